@@ -1,0 +1,354 @@
+//! The executor face: the concurrent.futures mapping (DESIGN.md §5), the same on every tier.
+//!
+//! | Python | here |
+//! | --- | --- |
+//! | `executor.submit(fn)` | [`Executor::submit`] (waits for room), [`Executor::try_submit`] (hands the job back when full), [`Executor::submit_blocking`] (sync callers) |
+//! | `executor.map(fn, it)` | [`Executor::map`]: an ordered `Stream` with a bounded window in flight |
+//! | `as_completed(fs)` | [`as_completed`] and [`Executor::map_unordered`] |
+//! | `wait(fs, return_when)` | [`wait`] with [`WaitMode`] |
+//! | `shutdown(wait, cancel_futures)` | [`Executor::shutdown`] with [`ShutdownMode`] |
+//!
+//! # Drop semantics
+//!
+//! [`Executor`] is a cheap `Clone` handle. Dropping the last clone without calling
+//! [`shutdown`](Executor::shutdown) closes the queue: queued tasks still run, and the workers
+//! exit on their own afterwards, without anyone waiting for them. Call `shutdown` to know
+//! that every thread is gone.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::stream::{self, Stream, StreamExt};
+
+use crate::error::{BuildError, Error, TrySubmitError};
+use crate::task::{TaskHandle, closure_task, recover_closure};
+use crate::tier::{Inline, PushError, ShutdownMode, Threads, Tier, TierKind, TierStats};
+
+mod wait;
+
+pub use wait::{WaitMode, Waited, as_completed, wait, wait_timeout};
+
+/// The smallest default `map` window: enough to keep a pool busy while results are consumed.
+pub const MIN_MAP_WINDOW: usize = 4;
+
+/// Default `map` window per worker: each worker has one task running and one queued behind it,
+/// so it never idles between tasks, and the input is pulled no faster than it is consumed.
+pub const MAP_WINDOW_PER_WORKER: usize = 2;
+
+struct Inner {
+    tier: Arc<dyn Tier>,
+    closed: AtomicBool,
+    workers: usize,
+}
+
+/// Runs closures on one tier; the concurrent.futures face. See the module docs.
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor")
+            .field("tier", &self.inner.tier.kind())
+            .field("workers", &self.inner.workers)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Executor {
+    /// An executor on any tier.
+    pub fn from_tier(tier: Arc<dyn Tier>) -> Self {
+        let workers = tier.stats().workers;
+        Executor {
+            inner: Arc::new(Inner {
+                tier,
+                closed: AtomicBool::new(false),
+                workers,
+            }),
+        }
+    }
+
+    /// The inline tier: tasks run on the thread that first waits for them.
+    pub fn inline() -> Self {
+        Executor::from_tier(Arc::new(Inline::new()))
+    }
+
+    /// The thread tier with `workers` threads and default settings.
+    pub fn threads(workers: usize) -> Result<Self, BuildError> {
+        let pool = Threads::builder().workers(workers).build()?;
+        Ok(Executor::from_tier(Arc::new(pool)))
+    }
+
+    /// The best in-process tier available here: threads when this machine has more than one
+    /// core, inline otherwise. The choice is logged and readable through [`tier`](Self::tier).
+    pub fn auto() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chosen = if cores > 1 {
+            Threads::builder()
+                .build()
+                .map(|t| Executor::from_tier(Arc::new(t)))
+        } else {
+            Err(BuildError::invalid("one core: no parallelism to gain"))
+        };
+        match chosen {
+            Ok(e) => {
+                tracing::info!(tier = "threads", cores, "auto() picked a tier");
+                e
+            }
+            Err(why) => {
+                tracing::info!(tier = "inline", cores, %why, "auto() picked a tier");
+                Executor::inline()
+            }
+        }
+    }
+
+    /// The tier this executor runs on.
+    pub fn tier(&self) -> TierKind {
+        self.inner.tier.kind()
+    }
+
+    /// Number of workers (0 for inline).
+    pub fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    /// A snapshot of the tier's counters.
+    pub fn stats(&self) -> TierStats {
+        self.inner.tier.stats()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has been called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    fn refuse(&self, name: Option<Arc<str>>) -> Error {
+        let e = Error::shut_down().with_tier(self.tier());
+        match name {
+            Some(n) => e.with_task(n),
+            None => e,
+        }
+    }
+
+    fn build<F, T>(&self, name: Option<Arc<str>>, f: F) -> (crate::task::Job, TaskHandle<T>)
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let tier = &self.inner.tier;
+        closure_task(f, name, tier.kind(), tier.result_spin())
+    }
+
+    /// Submits `f`, waiting while the queue is full. The handle is a `Future` of the outcome.
+    ///
+    /// Errors with "shut down" after [`shutdown`](Self::shutdown).
+    pub async fn submit<F, T>(&self, f: F) -> Result<TaskHandle<T>, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_inner(None, f).await
+    }
+
+    /// As [`submit`](Self::submit), naming the task (the name shows in errors and logs).
+    pub async fn submit_named<F, T>(
+        &self,
+        name: impl Into<Arc<str>>,
+        f: F,
+    ) -> Result<TaskHandle<T>, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_inner(Some(name.into()), f).await
+    }
+
+    async fn submit_inner<F, T>(&self, name: Option<Arc<str>>, f: F) -> Result<TaskHandle<T>, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.is_shut_down() {
+            return Err(self.refuse(name));
+        }
+        let (job, mut handle) = self.build(name.clone(), f);
+        let tier = &self.inner.tier;
+        if tier.is_lazy() {
+            handle.set_lazy(job);
+            return Ok(handle);
+        }
+        let job = match tier.try_push(job) {
+            Ok(()) => return Ok(handle),
+            Err(PushError::Closed(_)) => return Err(self.refuse(name)),
+            Err(PushError::Full(job)) => job,
+        };
+        match tier.push(job).await {
+            Ok(()) => Ok(handle),
+            Err(_) => Err(self.refuse(name)),
+        }
+    }
+
+    /// Submits `f` if the queue has room now; otherwise hands `f` back in
+    /// [`TrySubmitError::Full`] (or [`TrySubmitError::ShutDown`]).
+    pub fn try_submit<F, T>(&self, f: F) -> Result<TaskHandle<T>, TrySubmitError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.is_shut_down() {
+            return Err(TrySubmitError::ShutDown(f));
+        }
+        let (job, mut handle) = self.build(None, f);
+        let tier = &self.inner.tier;
+        if tier.is_lazy() {
+            handle.set_lazy(job);
+            return Ok(handle);
+        }
+        match tier.try_push(job) {
+            Ok(()) => Ok(handle),
+            Err(PushError::Full(job)) => Err(TrySubmitError::Full(recover_closure::<F, T>(job))),
+            Err(PushError::Closed(job)) => {
+                Err(TrySubmitError::ShutDown(recover_closure::<F, T>(job)))
+            }
+        }
+    }
+
+    /// Submits `f` from plain sync code, blocking this thread while the queue is full.
+    ///
+    /// Do not call it on an async runtime's thread: use [`submit`](Self::submit) there.
+    pub fn submit_blocking<F, T>(&self, f: F) -> Result<TaskHandle<T>, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.is_shut_down() {
+            return Err(self.refuse(None));
+        }
+        let (job, mut handle) = self.build(None, f);
+        let tier = &self.inner.tier;
+        if tier.is_lazy() {
+            handle.set_lazy(job);
+            return Ok(handle);
+        }
+        match tier.push_blocking(job) {
+            Ok(()) => Ok(handle),
+            Err(_) => Err(self.refuse(None)),
+        }
+    }
+
+    /// The default `map` window for this executor.
+    pub fn default_window(&self) -> usize {
+        (self.inner.workers * MAP_WINDOW_PER_WORKER).max(MIN_MAP_WINDOW)
+    }
+
+    /// Applies `f` to every item, results in input order, with at most
+    /// [`default_window`](Self::default_window) items in flight. The input is pulled only as
+    /// results are consumed, so an endless iterator is fine and memory stays flat.
+    pub fn map<I, F, T>(
+        &self,
+        items: I,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let window = self.default_window();
+        self.map_window(items, window, f)
+    }
+
+    /// As [`map`](Self::map) with an explicit window (at least 1).
+    pub fn map_window<I, F, T>(
+        &self,
+        items: I,
+        window: usize,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        self.item_futures(items, f).buffered(window.max(1))
+    }
+
+    /// As [`map`](Self::map), yielding results as they finish (`as_completed` order).
+    pub fn map_unordered<I, F, T>(
+        &self,
+        items: I,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let window = self.default_window();
+        self.item_futures(items, f).buffer_unordered(window)
+    }
+
+    fn item_futures<I, F, T>(
+        &self,
+        items: I,
+        f: F,
+    ) -> impl Stream<Item = impl Future<Output = Result<T, Error>> + Send + use<I, F, T>>
+    + Send
+    + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let this = self.clone();
+        let f = Arc::new(f);
+        stream::iter(items).map(move |item| {
+            let this = this.clone();
+            let f = f.clone();
+            async move { this.submit(move || f(item)).await?.await }
+        })
+    }
+
+    /// Stops the executor: new submissions fail with "shut down"; queued tasks run
+    /// ([`ShutdownMode::Drain`]) or fail with "shut down" ([`ShutdownMode::Cancel`]); running
+    /// tasks finish. Returns when every thread of the tier has exited. Safe to call twice.
+    pub async fn shutdown(&self, mode: ShutdownMode) {
+        self.inner.closed.store(true, Ordering::Release);
+        let tier = self.inner.tier.clone();
+        let (tx, rx) = futures::channel::oneshot::channel();
+        // Joining threads blocks; do it on a short-lived thread so the runtime keeps running.
+        let joiner = std::thread::Builder::new()
+            .name("offload-shutdown".into())
+            .spawn(move || {
+                tier.shutdown(mode);
+                let _ = tx.send(());
+            });
+        match joiner {
+            Ok(j) => {
+                let _ = rx.await;
+                let _ = j.join();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for shutdown; joining on the caller's thread");
+                self.inner.tier.shutdown(mode);
+            }
+        }
+    }
+
+    /// As [`shutdown`](Self::shutdown), blocking the calling thread (for sync code).
+    pub fn shutdown_blocking(&self, mode: ShutdownMode) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.tier.shutdown(mode);
+    }
+}

@@ -1,0 +1,74 @@
+//! # offload
+//!
+//! Keep an async service responsive while it does CPU-heavy work. I/O-bound tasks run
+//! cooperatively on tokio; a CPU-heavy call runs on a tier — inline, the library's thread pool —
+//! behind one concurrent.futures-style face: [`Executor::submit`], [`Executor::map`],
+//! [`as_completed`], [`wait`], [`Executor::shutdown`].
+//!
+//! ```
+//! use futures::StreamExt;
+//! use offload::{Executor, ShutdownMode, TierKind};
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let pool = Executor::threads(2)?;
+//! assert_eq!(pool.tier(), TierKind::Threads);
+//!
+//! // submit: a handle that is a Future of the task's outcome.
+//! let h = pool.submit(|| (1..=10u64).product::<u64>()).await?;
+//! assert_eq!(h.await?, 3_628_800);
+//!
+//! // map: results in order, a bounded window in flight.
+//! let squares: Vec<u64> = pool
+//!     .map(1..=5u64, |x| x * x)
+//!     .map(|r| r.expect("squares do not fail"))
+//!     .collect()
+//!     .await;
+//! assert_eq!(squares, [1, 4, 9, 16, 25]);
+//!
+//! // A panic is an error of its own task, with its message.
+//! let e = pool.submit(|| -> u32 { panic!("bad input") }).await?.await.unwrap_err();
+//! assert!(e.is_panic() && e.to_string().contains("bad input"));
+//!
+//! pool.shutdown(ShutdownMode::Drain).await;
+//! # Ok::<(), offload::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! ## Tiers
+//!
+//! | tier | runs a task | killable | use it for |
+//! | --- | --- | --- | --- |
+//! | [`tier::Inline`] | on the thread that first waits for it, once | no | no parallelism available; tests |
+//! | [`tier::Threads`] | on named pool threads that spin before they park | no | CPU work in-process |
+//!
+//! ## Scheduler
+//!
+//! [`Scheduler`] owns (or attaches to) a tokio runtime, runs named I/O tasks in groups
+//! ([`TaskGroup`]), reports every poll longer than a threshold by task name, and shuts
+//! everything down with a deadline.
+//!
+//! ## Platform support
+//!
+//! Linux (the library is developed and tested there); other Unixes should work for the
+//! in-process tiers.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod error;
+mod executor;
+mod scheduler;
+mod task;
+pub mod tier;
+
+pub use error::{BuildError, Error, ErrorKind, ExitInfo, TrySubmitError};
+pub use executor::{
+    Executor, MAP_WINDOW_PER_WORKER, MIN_MAP_WINDOW, WaitMode, Waited, as_completed, wait,
+    wait_timeout,
+};
+pub use scheduler::{
+    Cooperate, DEFAULT_IO_THREADS, DEFAULT_SLOW_POLL, DEFAULT_YIELD_EVERY, Scheduler,
+    SchedulerBuilder, SchedulerStats, TaskExit, TaskGroup, yield_now,
+};
+pub use task::{Job, Ran, TaskHandle, WorkerCtx};
+pub use tier::{RunInfo, ShutdownMode, TierKind};

@@ -1,0 +1,363 @@
+//! The scheduler: a tokio runtime (owned, or the caller's), the CPU executor beside it, named
+//! I/O tasks in groups, the long-poll watchdog, and shutdown with a deadline.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+//! let sum = sched.block_on(async {
+//!     let h = sched.executor().submit(|| (1..=100u64).sum::<u64>()).await?;
+//!     h.await
+//! })?;
+//! assert_eq!(sum, 5050);
+//! sched.shutdown(Duration::from_secs(1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::Notify;
+
+use crate::error::BuildError;
+use crate::executor::Executor;
+use crate::tier::{ShutdownMode, Threads, TierStats};
+
+mod coop;
+mod group;
+mod watchdog;
+
+pub use coop::{Cooperate, DEFAULT_YIELD_EVERY, yield_now};
+pub use group::{TaskExit, TaskGroup};
+pub use watchdog::DEFAULT_SLOW_POLL;
+pub(crate) use watchdog::{WatchdogState, Watched};
+
+/// Default number of I/O (runtime) threads when the scheduler owns its runtime: one. The CPU
+/// workers take the other cores (cores − 1), so the default is one thread per core in all.
+pub const DEFAULT_IO_THREADS: usize = 1;
+
+/// Settings for a [`Scheduler`]; `&mut Self` setters, then [`build`](Self::build) (own a
+/// runtime) or [`attach`](Self::attach) (use the runtime this code already runs in).
+#[derive(Debug, Clone)]
+pub struct SchedulerBuilder {
+    io_threads: usize,
+    cpu: crate::tier::ThreadsBuilder,
+    slow_poll: Duration,
+}
+
+impl Default for SchedulerBuilder {
+    fn default() -> Self {
+        SchedulerBuilder {
+            io_threads: DEFAULT_IO_THREADS,
+            cpu: Threads::builder(),
+            slow_poll: DEFAULT_SLOW_POLL,
+        }
+    }
+}
+
+impl SchedulerBuilder {
+    /// Runtime worker threads when the scheduler owns its runtime (default
+    /// [`DEFAULT_IO_THREADS`]).
+    pub fn io_threads(&mut self, n: usize) -> &mut Self {
+        self.io_threads = n;
+        self
+    }
+
+    /// CPU worker threads (default cores − 1, at least 1).
+    pub fn cpu_workers(&mut self, n: usize) -> &mut Self {
+        self.cpu.workers(n);
+        self
+    }
+
+    /// Capacity of the CPU queue (default 256 per worker).
+    pub fn queue_capacity(&mut self, n: usize) -> &mut Self {
+        self.cpu.queue_capacity(n);
+        self
+    }
+
+    /// How long idle CPU workers spin before they park.
+    pub fn spin_before_park(&mut self, d: Duration) -> &mut Self {
+        self.cpu.spin_before_park(d);
+        self
+    }
+
+    /// The watchdog threshold: polls longer than this are reported (default
+    /// [`DEFAULT_SLOW_POLL`]).
+    pub fn slow_poll_threshold(&mut self, d: Duration) -> &mut Self {
+        self.slow_poll = d;
+        self
+    }
+
+    fn finish(&self, runtime: Option<Runtime>, handle: Handle) -> Result<Scheduler, BuildError> {
+        let cpu = Executor::from_tier(Arc::new(self.cpu.build()?));
+        Ok(Scheduler {
+            inner: Arc::new(Inner {
+                runtime: Mutex::new(runtime),
+                handle,
+                executor: cpu,
+                watchdog: Arc::new(WatchdogState::new(self.slow_poll)),
+                live: Arc::new(Live::default()),
+                spawned: AtomicU64::new(0),
+                io_threads: self.io_threads,
+            }),
+        })
+    }
+
+    /// Builds a scheduler that owns a multi-thread tokio runtime (threads `offload-io-N`).
+    pub fn build(&self) -> Result<Scheduler, BuildError> {
+        if self.io_threads == 0 {
+            return Err(BuildError::invalid(
+                "the scheduler needs at least 1 I/O thread",
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.io_threads)
+            .thread_name_fn(|| {
+                static N: AtomicUsize = AtomicUsize::new(0);
+                format!("offload-io-{}", N.fetch_add(1, Ordering::Relaxed))
+            })
+            .enable_all()
+            .build()
+            .map_err(|e| BuildError::io("could not start the tokio runtime", e))?;
+        let handle = rt.handle().clone();
+        self.finish(Some(rt), handle)
+    }
+
+    /// Builds a scheduler on the runtime this code already runs in (inside `#[tokio::main]`).
+    pub fn attach(&self) -> Result<Scheduler, BuildError> {
+        let handle = Handle::try_current().map_err(|_| {
+            BuildError::invalid("attach() must be called inside a tokio runtime; use build()")
+        })?;
+        self.finish(None, handle)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    tasks: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    next: AtomicU64,
+    empty: Notify,
+}
+
+struct LiveGuard {
+    live: Arc<Live>,
+    id: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut tasks = self.live.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.remove(&self.id);
+        if tasks.is_empty() {
+            self.live.empty.notify_waiters();
+        }
+    }
+}
+
+struct Inner {
+    runtime: Mutex<Option<Runtime>>,
+    handle: Handle,
+    executor: Executor,
+    watchdog: Arc<WatchdogState>,
+    live: Arc<Live>,
+    spawned: AtomicU64,
+    io_threads: usize,
+}
+
+/// The cooperative side and the CPU side of an application, together. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+/// A snapshot of the scheduler's counters.
+#[derive(Debug, Clone, Default)]
+pub struct SchedulerStats {
+    /// Runtime threads (when owned) .
+    pub io_threads: usize,
+    /// Named tasks spawned since start.
+    pub tasks_spawned: u64,
+    /// Named tasks still running.
+    pub tasks_live: usize,
+    /// Polls longer than the watchdog threshold.
+    pub slow_polls: u64,
+    /// The longest poll the watchdog saw above its threshold.
+    pub longest_slow_poll: Duration,
+    /// Slow polls per task name, sorted by name.
+    pub slow_polls_by_task: Vec<(String, u64)>,
+    /// The CPU executor's counters.
+    pub cpu: TierStats,
+}
+
+impl fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("owns_runtime", &self.owns_runtime())
+            .field("executor", &self.inner.executor)
+            .finish()
+    }
+}
+
+impl Scheduler {
+    /// Settings for a new scheduler.
+    pub fn builder() -> SchedulerBuilder {
+        SchedulerBuilder::default()
+    }
+
+    /// The runtime handle the scheduler spawns on.
+    pub fn handle(&self) -> &Handle {
+        &self.inner.handle
+    }
+
+    /// Whether the scheduler owns its runtime (built with [`SchedulerBuilder::build`]).
+    pub fn owns_runtime(&self) -> bool {
+        self.inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// The CPU executor (thread tier).
+    pub fn executor(&self) -> &Executor {
+        &self.inner.executor
+    }
+
+    /// Runs `fut` to completion on the scheduler's runtime, from sync code.
+    ///
+    /// # Panics
+    ///
+    /// As tokio's `Handle::block_on`: when called from inside an async context.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        self.inner.handle.block_on(fut)
+    }
+
+    pub(crate) fn watch<F: Future>(&self, name: Arc<str>, fut: F) -> Watched<F> {
+        Watched::new(fut, name, self.inner.watchdog.clone())
+    }
+
+    /// Spawns a named task on the runtime; its polls are watched, and
+    /// [`close`](Self::close) waits for it (then cancels it past the deadline).
+    pub fn spawn<F>(&self, name: &str, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let live = self.inner.live.clone();
+        let id = live.next.fetch_add(1, Ordering::Relaxed);
+        self.inner.spawned.fetch_add(1, Ordering::Relaxed);
+        let watched = self.watch(name.into(), fut);
+        // Registered before the task can finish: the lock is held across the spawn.
+        let mut tasks = live.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = LiveGuard {
+            live: live.clone(),
+            id,
+        };
+        let jh = self.inner.handle.spawn(async move {
+            let _guard = guard;
+            watched.await
+        });
+        tasks.insert(id, jh.abort_handle());
+        jh
+    }
+
+    /// A new named group of tasks.
+    pub fn group<T: Send + 'static>(&self, name: &str) -> TaskGroup<T> {
+        TaskGroup::new(name.into(), self.clone())
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> SchedulerStats {
+        let w = &self.inner.watchdog;
+        SchedulerStats {
+            io_threads: if self.owns_runtime() {
+                self.inner.io_threads
+            } else {
+                0
+            },
+            tasks_spawned: self.inner.spawned.load(Ordering::Relaxed),
+            tasks_live: self
+                .inner
+                .live
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            slow_polls: w.slow_polls.load(Ordering::Relaxed),
+            longest_slow_poll: Duration::from_nanos(w.longest_ns.load(Ordering::Relaxed)),
+            slow_polls_by_task: w.by_task(),
+            cpu: self.inner.executor.stats(),
+        }
+    }
+
+    /// Graceful stop from async code: waits up to `deadline` for the named tasks spawned with
+    /// [`spawn`](Self::spawn), cancels those still running, then shuts the CPU executor down
+    /// (queued CPU work drains). Groups are stopped by their own `shutdown`.
+    pub async fn close(&self, deadline: Duration) {
+        let live = &self.inner.live;
+        let all_done = async {
+            loop {
+                let notified = live.empty.notified();
+                if live
+                    .tasks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty()
+                {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(deadline, all_done).await.is_err() {
+            let tasks = live.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            tracing::info!(
+                left = tasks.len(),
+                "shutdown deadline passed: cancelling tasks"
+            );
+            for t in tasks.values() {
+                t.abort();
+            }
+        }
+        self.inner.executor.shutdown(ShutdownMode::Drain).await;
+    }
+
+    /// Stops everything from sync code and waits for it: [`close`](Self::close), then, when the
+    /// scheduler owns its runtime, the runtime's shutdown (threads joined, up to `deadline`).
+    /// Afterwards no thread of the library is left.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async context (use `close` there).
+    pub fn shutdown(self, deadline: Duration) {
+        self.inner.handle.block_on(self.close(deadline));
+        let rt = self
+            .inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rt) = rt {
+            rt.shutdown_timeout(deadline);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let rt = self
+            .runtime
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rt) = rt {
+            // Dropping a runtime inside an async context panics; this never blocks.
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Tiers: the interchangeable places where a task can run.
+//!
+//! | tier | module | where a task runs | killable | takes |
+//! | --- | --- | --- | --- | --- |
+//! | [`Inline`] | `inline.rs` | on the thread that first waits for its handle | no | closures |
+//! | [`Threads`] | `threads.rs` | on the library's own pool of named threads | no | closures |
+//!
+//! Every in-process tier implements the small [`Tier`] trait: take a [`Job`] now or hand it back
+//! when full, take it after waiting for room, shut down. Each job reports, when it finishes, its
+//! own run time measured where it ran and the time it spent queued ([`RunInfo`]), so that
+//! placement learns each tier's real overhead on this machine.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+mod inline;
+mod threads;
+
+pub use inline::Inline;
+pub use threads::{
+    DEFAULT_QUEUE_PER_WORKER, RESULT_SPIN, SPIN_BEFORE_PARK, Threads, ThreadsBuilder,
+    default_workers,
+};
+
+pub(crate) use crate::task::Job;
+
+/// Which tier a task ran on, or an executor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum TierKind {
+    /// On the caller's thread.
+    Inline,
+    /// On the library's thread pool.
+    Threads,
+    /// In a worker process.
+    Processes,
+    /// On an MPI rank.
+    Cluster,
+}
+
+impl TierKind {
+    /// The tier's short lowercase name, as printed in errors and stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            TierKind::Inline => "inline",
+            TierKind::Threads => "threads",
+            TierKind::Processes => "processes",
+            TierKind::Cluster => "cluster",
+        }
+    }
+
+    /// Whether a task running on this tier can be stopped (deadline or cancel).
+    pub fn is_killable(self) -> bool {
+        matches!(self, TierKind::Processes | TierKind::Cluster)
+    }
+
+    /// Whether this tier runs work outside the caller's thread.
+    pub fn is_off_core(self) -> bool {
+        !matches!(self, TierKind::Inline)
+    }
+}
+
+impl fmt::Display for TierKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a tier tells about one task it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunInfo {
+    /// The tier that ran it.
+    pub tier: TierKind,
+    /// The worker that ran it (thread index, process slot, rank), if any.
+    pub worker: Option<usize>,
+    /// The task's own run time, measured where it ran.
+    pub run_time: Duration,
+    /// From submission to the start of the run (queueing and hand-off).
+    pub queued: Duration,
+}
+
+/// How to shut an executor down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// Finish every queued task, then stop.
+    Drain,
+    /// Fail every queued task with a "shut down" error; running tasks finish.
+    Cancel,
+}
+
+/// A point-in-time snapshot of a tier's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TierStats {
+    /// Worker count (threads, processes or ranks); 0 for inline.
+    pub workers: usize,
+    /// Tasks waiting in the queue right now.
+    pub queued: usize,
+    /// Tasks finished (value or panic).
+    pub completed: u64,
+    /// Tasks that panicked.
+    pub panicked: u64,
+    /// Running average of the tasks' own run time.
+    pub mean_run_time: Duration,
+}
+
+/// A future a tier returns while it waits for room in its queue: the job comes back if the tier
+/// shuts down meanwhile.
+pub type PushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Job>> + Send + 'a>>;
+
+/// Why a tier did not take a job at once; the job comes back.
+#[derive(Debug)]
+pub enum PushError {
+    /// The queue is at capacity.
+    Full(Job),
+    /// The tier is shut down.
+    Closed(Job),
+}
+
+/// An in-process place to run [`Job`]s.
+///
+/// Implementations keep the contracts of DESIGN.md §3: bounded queues, one outcome per job (a
+/// job that is dropped unrun fails its task with "shut down"), and explicit shutdown after
+/// which none of the tier's threads is left.
+pub trait Tier: Send + Sync + fmt::Debug + 'static {
+    /// Which tier this is.
+    fn kind(&self) -> TierKind;
+
+    /// Whether jobs run lazily on the thread that first waits for them (the inline tier).
+    fn is_lazy(&self) -> bool {
+        false
+    }
+
+    /// Takes `job` if there is room now.
+    fn try_push(&self, job: Job) -> Result<(), PushError>;
+
+    /// Takes `job`, waiting for room.
+    fn push(&self, job: Job) -> PushFuture<'_>;
+
+    /// Takes `job`, blocking the calling thread while the queue is full.
+    fn push_blocking(&self, job: Job) -> Result<(), Job>;
+
+    /// How long a waiter may spin for a result before it parks: a tier whose tasks finish in a
+    /// few microseconds answers faster than a thread wake-up, so waiting for it by spinning pays.
+    fn result_spin(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Stops taking work, handles queued work per `mode`, and joins every thread of the tier.
+    /// Blocks the calling thread until they are gone.
+    fn shutdown(&self, mode: ShutdownMode);
+
+    /// A snapshot of the counters.
+    fn stats(&self) -> TierStats;
+}
