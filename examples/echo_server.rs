@@ -1,0 +1,356 @@
+//! Echo server: a listener task spawning a client handler per connection (the `multitask`
+//! example of the sources), on the scheduler's runtime, with the limits a real server needs.
+//!
+//! - loopback by default (`--addr`);
+//! - bounded line length (`--max-line`): a longer line is refused with `ERR line too long`, and
+//!   the server never holds more than the limit of it;
+//! - idle timeout (`--idle-timeout-ms`): a client that sends no complete line for that long is
+//!   dropped with `ERR idle timeout` — a client trickling one byte a second does not keep a
+//!   connection forever;
+//! - maximum connections (`--max-conns`): one more is told `ERR server full` and closed;
+//! - graceful shutdown on Ctrl-C: the listener stops, every client is told `BYE`, and the
+//!   scheduler waits for the handlers up to a deadline.
+//!
+//! ```text
+//! cargo run --example echo_server                 # serve on 127.0.0.1:7878 until Ctrl-C
+//! cargo run --example echo_server -- --self-test  # serve, echo a few clients, exit
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use offload::Scheduler;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+#[path = "common/lines.rs"]
+mod lines;
+
+pub use lines::ServerStats;
+use lines::{Line, READ_CHUNK, read_line, refuse};
+
+/// Default longest line, in bytes.
+pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+/// Default idle timeout: the longest a client may take to send a complete line.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default maximum number of connections served at once.
+pub const DEFAULT_MAX_CONNS: usize = 1024;
+/// Default time the handlers get to finish after the shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The server's limits.
+#[derive(Debug, Clone)]
+pub struct EchoConfig {
+    /// Longest line accepted, in bytes (without the newline).
+    pub max_line: usize,
+    /// Longest time without a complete line before the client is dropped.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are refused with a message.
+    pub max_conns: usize,
+    /// How long the handlers get to finish after shutdown is asked.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EchoConfig {
+    fn default() -> Self {
+        EchoConfig {
+            max_line: DEFAULT_MAX_LINE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_conns: DEFAULT_MAX_CONNS,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// The listener task: accepts until `shutdown` resolves, one handler per connection (a named
+/// task of `sched`, watched for slow polls), then tells every client `BYE` and waits up to
+/// the grace period for the handlers. Returns when the listener is closed.
+pub async fn serve(
+    sched: Scheduler,
+    listener: TcpListener,
+    cfg: EchoConfig,
+    stats: Arc<ServerStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let cfg = Arc::new(cfg);
+    let permits = Arc::new(Semaphore::new(cfg.max_conns));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                ServerStats::bump(&stats.accepted);
+                let (cfg, stats, stop) = (cfg.clone(), stats.clone(), stop_rx.clone());
+                sched.spawn("echo/client", async move {
+                    let _permit = permit;
+                    client_handler(stream, peer, &cfg, &stats, stop).await;
+                });
+            }
+            Err(_) => {
+                ServerStats::bump(&stats.refused_full);
+                tracing::info!(%peer, max = cfg.max_conns, "refused: server full");
+                let msg = format!("ERR server full: {} connections at most", cfg.max_conns);
+                sched.spawn("echo/refuse", async move {
+                    let mut stream = stream;
+                    let (mut rd, mut wr) = stream.split();
+                    refuse(&mut rd, &mut wr, &msg).await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(cfg.max_conns).unwrap_or(u32::MAX);
+    match tokio::time::timeout(cfg.shutdown_grace, permits.acquire_many(all)).await {
+        Ok(_) => tracing::info!("all clients closed"),
+        Err(_) => tracing::warn!(
+            open = stats.active.load(Ordering::Relaxed),
+            "grace period over with clients still open"
+        ),
+    }
+}
+
+struct Active<'a>(&'a ServerStats);
+
+impl<'a> Active<'a> {
+    fn enter(stats: &'a ServerStats) -> Self {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        Active(stats)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The client handler: reads bounded lines and writes each one back until the client closes,
+/// breaks a limit, or the server shuts down.
+async fn client_handler(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cfg: &EchoConfig,
+    stats: &ServerStats,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _active = Active::enter(stats);
+    if *stop.borrow_and_update() {
+        return;
+    }
+    let (rd, wr) = stream.split();
+    let mut rd = BufReader::with_capacity(READ_CHUNK, rd);
+    let mut wr = BufWriter::with_capacity(READ_CHUNK, wr);
+    let mut line = Vec::new();
+    loop {
+        let read = tokio::select! {
+            // Only `true` is ever sent, and a dropped sender means the server is gone too.
+            _ = stop.changed() => {
+                let _ = wr.flush().await;
+                refuse(&mut rd, &mut wr, "BYE server shutting down").await;
+                return;
+            }
+            r = tokio::time::timeout(cfg.idle_timeout, read_line(&mut rd, &mut line, cfg.max_line, stats)) => r,
+        };
+        let got = match read {
+            Ok(Ok(got)) => got,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "read failed");
+                return;
+            }
+            Err(_) => {
+                ServerStats::bump(&stats.dropped_idle);
+                tracing::info!(%peer, "dropped: idle timeout");
+                let _ = wr.flush().await;
+                let msg = format!(
+                    "ERR idle timeout: no complete line in {} ms",
+                    cfg.idle_timeout.as_millis()
+                );
+                refuse(&mut rd, &mut wr, &msg).await;
+                return;
+            }
+        };
+        match got {
+            Line::Complete => {
+                line.push(b'\n');
+                let wrote = tokio::time::timeout(cfg.idle_timeout, async {
+                    wr.write_all(&line).await?;
+                    // Flush when no further input is already here: one write per burst.
+                    if rd.buffer().is_empty() {
+                        wr.flush().await?;
+                    }
+                    Ok::<(), std::io::Error>(())
+                })
+                .await;
+                if !matches!(wrote, Ok(Ok(()))) {
+                    tracing::debug!(%peer, "write failed or timed out");
+                    return;
+                }
+                ServerStats::bump(&stats.lines);
+                stats
+                    .bytes_out
+                    .fetch_add(line.len() as u64, Ordering::Relaxed);
+            }
+            Line::Eof => {
+                // An unterminated last line is echoed as it came.
+                let _ = wr.write_all(&line).await;
+                let _ = wr.flush().await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+            Line::TooLong => {
+                ServerStats::bump(&stats.dropped_too_long);
+                tracing::info!(%peer, max = cfg.max_line, "dropped: line too long");
+                let _ = wr.flush().await;
+                let msg = format!("ERR line too long: {} bytes at most", cfg.max_line);
+                refuse(&mut rd, &mut wr, &msg).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Echo clients for `--self-test`: each sends `lines` lines and checks every byte comes back.
+#[allow(dead_code)]
+async fn self_test(addr: SocketAddr, clients: usize, lines: usize) -> Result<usize, String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        tasks.spawn(async move {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("client {c}: connect: {e}"))?;
+            let (rd, mut wr) = stream.into_split();
+            let mut rd = BufReader::new(rd);
+            let mut got = String::new();
+            for i in 0..lines {
+                let sent = format!("client {c} line {i} {}", "x".repeat(i % 97));
+                wr.write_all(format!("{sent}\n").as_bytes())
+                    .await
+                    .map_err(|e| format!("client {c}: write: {e}"))?;
+                got.clear();
+                rd.read_line(&mut got)
+                    .await
+                    .map_err(|e| format!("client {c}: read: {e}"))?;
+                if got.trim_end() != sent {
+                    return Err(format!("client {c}: sent {sent:?}, got {got:?}"));
+                }
+            }
+            Ok::<usize, String>(lines)
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r.map_err(|e| e.to_string())??;
+    }
+    Ok(total)
+}
+
+#[allow(dead_code)]
+#[derive(clap::Parser, Debug)]
+#[command(about = "Echo server: a listener task and a client handler per connection")]
+struct Args {
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    addr: SocketAddr,
+    /// Longest line accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_LINE)]
+    max_line: usize,
+    /// Longest time a client may take to send a complete line, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    idle_timeout_ms: u64,
+    /// Connections served at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNS)]
+    max_conns: usize,
+    /// Serve on an ephemeral loopback port, echo a few clients, print the result and exit.
+    #[arg(long)]
+    self_test: bool,
+}
+
+#[allow(dead_code)]
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use clap::Parser;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let cfg = EchoConfig {
+        max_line: args.max_line,
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        max_conns: args.max_conns,
+        ..EchoConfig::default()
+    };
+    let sched = Scheduler::builder().build()?;
+    let stats = Arc::new(ServerStats::default());
+    let addr = if args.self_test {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    } else {
+        args.addr
+    };
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening beyond loopback");
+    }
+    let result = sched.block_on(async {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        println!(
+            "echo server on {local} (max line {} B, idle timeout {} ms, max {} connections)",
+            cfg.max_line,
+            cfg.idle_timeout.as_millis(),
+            cfg.max_conns
+        );
+        if args.self_test {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let server = sched.spawn(
+                "echo/listener",
+                serve(sched.clone(), listener, cfg, stats.clone(), async {
+                    let _ = rx.await;
+                }),
+            );
+            let echoed = self_test(local, 8, 50).await;
+            let _ = tx.send(());
+            let _ = server.await;
+            let echoed = echoed.map_err(std::io::Error::other)?;
+            println!("self-test: {echoed} lines from 8 clients came back byte for byte");
+        } else {
+            println!("Ctrl-C to stop");
+            serve(sched.clone(), listener, cfg, stats.clone(), async {
+                let _ = tokio::signal::ctrl_c().await;
+                println!("shutting down");
+            })
+            .await;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    println!(
+        "served {} connections, {} lines; refused {} (full); dropped {} (idle), {} (line too long)",
+        ServerStats::get(&stats.accepted),
+        ServerStats::get(&stats.lines),
+        ServerStats::get(&stats.refused_full),
+        ServerStats::get(&stats.dropped_idle),
+        ServerStats::get(&stats.dropped_too_long),
+    );
+    sched.shutdown(Duration::from_secs(2));
+    result?;
+    Ok(())
+}
