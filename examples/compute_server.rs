@@ -220,7 +220,12 @@ impl Dispatch {
     }
 
     /// Runs `work` (of the given `size`, for call site `key`) where the policy says.
-    pub async fn run<T, F>(&self, key: &'static str, size: u64, work: F) -> Result<T, offload::Error>
+    pub async fn run<T, F>(
+        &self,
+        key: &'static str,
+        size: u64,
+        work: F,
+    ) -> Result<T, offload::Error>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -328,7 +333,12 @@ pub async fn serve(
             continue;
         };
         ServerStats::bump(&stats.accepted);
-        let (d, s, stop, idle) = (dispatch.clone(), stats.clone(), stop_rx.clone(), cfg.idle_timeout);
+        let (d, s, stop, idle) = (
+            dispatch.clone(),
+            stats.clone(),
+            stop_rx.clone(),
+            cfg.idle_timeout,
+        );
         sched.spawn("compute/client", async move {
             let _permit = permit;
             client_handler(stream, &d, &s, stop, idle).await;
@@ -412,8 +422,14 @@ async fn self_test(addr: SocketAddr) -> Result<(), String> {
         ("echo hello".to_string(), "hello".to_string()),
         ("primes 100".to_string(), sum_primes(100).to_string()),
         ("primes 100000".to_string(), sum_primes(100_000).to_string()),
-        ("hash 1000".to_string(), format!("{:016x}", hash_bytes(1000))),
-        ("hash 4000000".to_string(), format!("{:016x}", hash_bytes(4_000_000))),
+        (
+            "hash 1000".to_string(),
+            format!("{:016x}", hash_bytes(1000)),
+        ),
+        (
+            "hash 4000000".to_string(),
+            format!("{:016x}", hash_bytes(4_000_000)),
+        ),
         ("bogus".to_string(), "ERR unknown request".to_string()),
     ];
     // Four rounds, so that the adaptive policy sees each call site again after learning it.

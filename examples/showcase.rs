@@ -1,0 +1,632 @@
+//! The showcase: why this library exists, in one command.
+//!
+//! ```text
+//! cargo run --release --example showcase            # about 30 s on 2 cores
+//! cargo run --release --example showcase -- --quick # a few seconds, smaller load
+//! ```
+//!
+//! It runs the compute server (`examples/compute_server.rs`) in this process on loopback, once
+//! per placement policy — `inline`, `offload`, `adaptive` — and drives it with two kinds of
+//! client at once:
+//! - **echo clients** send `echo` lines at a steady pace and measure each reply's latency (what
+//!   every other user of a service feels);
+//! - **compute clients** send requests of mixed cost back to back (mostly tiny, a few long) and
+//!   count the replies (what the service gets done).
+//!
+//! Then it prints a table (echo p50 / p99 / p99.9, compute requests per second, calls per tier,
+//! slow polls seen by the scheduler's watchdog), writes `target/showcase/results.json` and draws
+//! `target/showcase/latency.svg`. The `inline` row shows the problem: every long request stalls
+//! the echo replies queued behind it. `offload` fixes latency but pays a hand-off on every tiny
+//! call; `adaptive` keeps the tiny calls inline and sends only the long ones away.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use offload::Scheduler;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[allow(dead_code)]
+#[path = "compute_server.rs"]
+mod compute_server;
+
+pub use compute_server::Policy;
+use compute_server::{ComputeConfig, Dispatch, ServerStats, hash_bytes, sum_primes};
+
+/// The longest any client waits for one reply before it counts an error.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The watchdog threshold used while measuring: a poll that holds the I/O thread for 1 ms
+/// delays every echo reply behind it by as much.
+const SLOW_POLL: Duration = Duration::from_millis(1);
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Policies to run, in order.
+    pub policies: Vec<Policy>,
+    /// Load before measuring, per policy (the adaptive model learns here).
+    pub warmup: Duration,
+    /// Measured time per policy.
+    pub measure: Duration,
+    /// Echo clients.
+    pub echo_clients: usize,
+    /// Time between one echo client's requests.
+    pub echo_interval: Duration,
+    /// Compute clients (closed loop: the next request when the last reply came).
+    pub compute_clients: usize,
+    /// Server runtime (I/O) threads.
+    pub io_threads: usize,
+    /// Server CPU pool threads.
+    pub cpu_workers: usize,
+    /// Where results.json and latency.svg go.
+    pub out: PathBuf,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+impl Settings {
+    /// The README's run: about 30 s in all.
+    pub fn full() -> Self {
+        Settings {
+            policies: vec![Policy::Inline, Policy::Offload, Policy::Adaptive],
+            warmup: Duration::from_secs(1),
+            measure: Duration::from_secs(8),
+            echo_clients: 8,
+            echo_interval: Duration::from_millis(5),
+            compute_clients: 4,
+            io_threads: offload::DEFAULT_IO_THREADS,
+            cpu_workers: 1,
+            out: default_out(),
+            progress: true,
+        }
+    }
+
+    /// A few seconds in all, for CI and tests.
+    pub fn quick() -> Self {
+        Settings {
+            warmup: Duration::from_millis(300),
+            measure: Duration::from_millis(700),
+            echo_clients: 2,
+            compute_clients: 2,
+            ..Settings::full()
+        }
+    }
+}
+
+/// `target/showcase` of this package (or of `CARGO_TARGET_DIR`).
+pub fn default_out() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("showcase")
+}
+
+/// One policy's figures (a row of the table and an object of results.json).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyResult {
+    /// The policy.
+    pub policy: Policy,
+    /// Echo latency, median, µs.
+    pub echo_p50_us: u64,
+    /// Echo latency, 99th percentile, µs.
+    pub echo_p99_us: u64,
+    /// Echo latency, 99.9th percentile, µs.
+    pub echo_p999_us: u64,
+    /// Echo latency, worst, µs.
+    pub echo_max_us: u64,
+    /// Echo replies measured.
+    pub echo_count: u64,
+    /// Compute replies per second.
+    pub compute_rps: f64,
+    /// Compute replies measured.
+    pub compute_count: u64,
+    /// Calls per tier while measuring.
+    pub tier_counts: BTreeMap<String, u64>,
+    /// Polls of the server's tasks longer than 1 ms while measuring.
+    pub slow_polls: u64,
+    /// Replies that were wrong, errors, or late.
+    pub errors: u64,
+    /// Measured seconds.
+    pub seconds: f64,
+}
+
+/// The compute mix: (request, weight out of 100). Mostly tiny calls, a few long ones.
+pub const MIX: [(&str, u32); 4] = [
+    ("primes 300", 70),
+    ("hash 2000", 20),
+    ("primes 30000", 8),
+    ("hash 4000000", 2),
+];
+
+fn expected_reply(req: &str) -> String {
+    let (verb, n) = req.split_once(' ').expect("MIX entries have an argument");
+    let n: u64 = n.parse().expect("MIX arguments are numbers");
+    match verb {
+        "primes" => sum_primes(n).to_string(),
+        _ => format!("{:016x}", hash_bytes(n)),
+    }
+}
+
+struct Load {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    compute_done: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Runs every policy of `settings`, prints the table, writes results.json and latency.svg.
+pub fn run(settings: &Settings) -> Result<Vec<PolicyResult>, Box<dyn std::error::Error>> {
+    let mut results = Vec::new();
+    for &policy in &settings.policies {
+        results.push(run_policy(policy, settings)?);
+    }
+    print_table(&results);
+    std::fs::create_dir_all(&settings.out)?;
+    let json = settings.out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?)?;
+    let svg = settings.out.join("latency.svg");
+    std::fs::write(&svg, latency_svg(&results))?;
+    println!("wrote {} and {}", json.display(), svg.display());
+    Ok(results)
+}
+
+fn progress_bar(settings: &Settings, policy: Policy) -> ProgressBar {
+    if !settings.progress {
+        return ProgressBar::hidden();
+    }
+    let total = (settings.warmup + settings.measure).as_millis() as u64;
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template("{prefix:>9} [{bar:32}] {msg}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(policy.name());
+    bar
+}
+
+fn run_policy(
+    policy: Policy,
+    settings: &Settings,
+) -> Result<PolicyResult, Box<dyn std::error::Error>> {
+    let sched = Scheduler::builder()
+        .io_threads(settings.io_threads)
+        .cpu_workers(settings.cpu_workers)
+        .slow_poll_threshold(SLOW_POLL)
+        .build()?;
+    let dispatch = Arc::new(Dispatch::new(sched.clone(), policy));
+    let stats = Arc::new(ServerStats::default());
+    let listener = sched.block_on(TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = sched.spawn(
+        "compute/listener",
+        compute_server::serve(
+            sched.clone(),
+            listener,
+            dispatch.clone(),
+            ComputeConfig::default(),
+            stats,
+            async {
+                let _ = stopped.await;
+            },
+        ),
+    );
+
+    // The clients get a runtime of their own, on this thread.
+    let clients = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bar = progress_bar(settings, policy);
+    let load = Arc::new(Load {
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        compute_done: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let expected: Arc<Vec<(String, String, u32)>> = Arc::new(
+        MIX.iter()
+            .map(|(r, w)| (r.to_string(), expected_reply(r), *w))
+            .collect(),
+    );
+
+    let measured = clients.block_on(async {
+        let mut echo = tokio::task::JoinSet::new();
+        for c in 0..settings.echo_clients {
+            echo.spawn(echo_client(addr, c, settings.echo_interval, load.clone()));
+        }
+        let mut compute = tokio::task::JoinSet::new();
+        for c in 0..settings.compute_clients {
+            compute.spawn(compute_client(
+                addr,
+                c as u64,
+                expected.clone(),
+                load.clone(),
+            ));
+        }
+
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(100);
+        while t0.elapsed() < settings.warmup {
+            tokio::time::sleep(tick).await;
+            bar.set_position(t0.elapsed().as_millis() as u64);
+            bar.set_message("warming up");
+        }
+        let tiers_before = dispatch.counts.snapshot();
+        let slow_before = sched.stats().slow_polls;
+        load.measuring.store(true, Ordering::Release);
+        let m0 = Instant::now();
+        while m0.elapsed() < settings.measure {
+            tokio::time::sleep(tick.min(settings.measure)).await;
+            let done = load.compute_done.load(Ordering::Relaxed);
+            bar.set_position(t0.elapsed().as_millis() as u64);
+            bar.set_message(format!(
+                "{:.0} compute req/s",
+                done as f64 / m0.elapsed().as_secs_f64()
+            ));
+        }
+        load.measuring.store(false, Ordering::Release);
+        let seconds = m0.elapsed().as_secs_f64();
+        let tiers_after = dispatch.counts.snapshot();
+        let slow_polls = sched.stats().slow_polls - slow_before;
+        load.stop.store(true, Ordering::Release);
+
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+            .expect("static histogram bounds are valid");
+        while let Some(h) = echo.join_next().await {
+            match h {
+                Ok(h) => hist.add(&h).expect("histograms share their bounds"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "echo client failed");
+                    load.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        while compute.join_next().await.is_some() {}
+        let tier_counts = tiers_after
+            .iter()
+            .map(|(k, v)| (k.clone(), v - tiers_before.get(k).copied().unwrap_or(0)))
+            .collect();
+        (hist, seconds, tier_counts, slow_polls)
+    });
+    let (hist, seconds, tier_counts, slow_polls) = measured;
+    let _ = stop_server.send(());
+    let _ = sched.block_on(server);
+    sched.shutdown(Duration::from_secs(2));
+
+    let compute_count = load.compute_done.load(Ordering::Relaxed);
+    let result = PolicyResult {
+        policy,
+        echo_p50_us: hist.value_at_quantile(0.50),
+        echo_p99_us: hist.value_at_quantile(0.99),
+        echo_p999_us: hist.value_at_quantile(0.999),
+        echo_max_us: hist.max(),
+        echo_count: hist.len(),
+        compute_rps: compute_count as f64 / seconds,
+        compute_count,
+        tier_counts,
+        slow_polls,
+        errors: load.errors.load(Ordering::Relaxed),
+        seconds,
+    };
+    bar.finish_with_message(format!(
+        "{:.0} compute req/s, echo p99 {} µs",
+        result.compute_rps, result.echo_p99_us
+    ));
+    Ok(result)
+}
+
+async fn connect(
+    addr: SocketAddr,
+) -> Option<(
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+)> {
+    let stream = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    Some((BufReader::new(rd), wr))
+}
+
+/// Sends `echo` lines at a steady pace; returns the latency histogram (µs) of the measured ones.
+async fn echo_client(
+    addr: SocketAddr,
+    id: usize,
+    every: Duration,
+    load: Arc<Load>,
+) -> Histogram<u64> {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .expect("static histogram bounds are valid");
+    let Some((mut rd, mut wr)) = connect(addr).await else {
+        load.errors.fetch_add(1, Ordering::Relaxed);
+        return hist;
+    };
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reply = String::new();
+    let mut seq = 0u64;
+    while !load.stop.load(Ordering::Acquire) {
+        ticks.tick().await;
+        seq += 1;
+        let text = format!("client {id} ping {seq}");
+        let t0 = Instant::now();
+        reply.clear();
+        let ok = tokio::time::timeout(REPLY_TIMEOUT, async {
+            wr.write_all(format!("echo {text}\n").as_bytes()).await?;
+            rd.read_line(&mut reply).await
+        })
+        .await;
+        let took = t0.elapsed();
+        if !matches!(ok, Ok(Ok(n)) if n > 0) || reply.trim_end() != text {
+            load.errors.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        if load.measuring.load(Ordering::Acquire) {
+            hist.saturating_record(took.as_micros() as u64);
+        }
+    }
+    hist
+}
+
+/// Sends requests from [`MIX`] back to back, checking each reply.
+async fn compute_client(
+    addr: SocketAddr,
+    id: u64,
+    mix: Arc<Vec<(String, String, u32)>>,
+    load: Arc<Load>,
+) {
+    let Some((mut rd, mut wr)) = connect(addr).await else {
+        load.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let total: u32 = mix.iter().map(|m| m.2).sum();
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ (id + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut reply = String::new();
+    while !load.stop.load(Ordering::Acquire) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let mut pick = (rng % u64::from(total)) as u32;
+        let (req, want, _) = mix
+            .iter()
+            .find(|m| {
+                if pick < m.2 {
+                    true
+                } else {
+                    pick -= m.2;
+                    false
+                }
+            })
+            .expect("pick is below the total weight");
+        reply.clear();
+        let ok = tokio::time::timeout(REPLY_TIMEOUT, async {
+            wr.write_all(format!("{req}\n").as_bytes()).await?;
+            rd.read_line(&mut reply).await
+        })
+        .await;
+        if !matches!(ok, Ok(Ok(n)) if n > 0) || reply.trim_end() != want {
+            load.errors.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        if load.measuring.load(Ordering::Acquire) {
+            load.compute_done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn print_table(results: &[PolicyResult]) {
+    println!();
+    println!(
+        "{:<9} {:>10} {:>10} {:>11} {:>12} {:>8} {:>8} {:>10} {:>6}",
+        "policy",
+        "echo p50",
+        "echo p99",
+        "echo p99.9",
+        "compute r/s",
+        "inline",
+        "threads",
+        "slow poll",
+        "errors"
+    );
+    for r in results {
+        let tier = |k: &str| r.tier_counts.get(k).copied().unwrap_or(0);
+        println!(
+            "{:<9} {:>8}µs {:>8}µs {:>9}µs {:>12.0} {:>8} {:>8} {:>10} {:>6}",
+            r.policy.name(),
+            r.echo_p50_us,
+            r.echo_p99_us,
+            r.echo_p999_us,
+            r.compute_rps,
+            tier("inline"),
+            tier("threads"),
+            r.slow_polls,
+            r.errors
+        );
+    }
+    let find = |p: Policy| results.iter().find(|r| r.policy == p);
+    if let (Some(i), Some(o), Some(a)) = (
+        find(Policy::Inline),
+        find(Policy::Offload),
+        find(Policy::Adaptive),
+    ) {
+        let p99 = a.echo_p99_us as f64 / o.echo_p99_us.max(1) as f64;
+        let best = i.compute_rps.max(o.compute_rps);
+        let rps = a.compute_rps / best.max(f64::MIN_POSITIVE);
+        let verdict = |ok: bool| if ok { "holds" } else { "MISSED" };
+        println!();
+        println!(
+            "adaptive echo p99 = {p99:.2} x offload's (floor: <= 1.2, {})",
+            verdict(p99 <= 1.2)
+        );
+        println!(
+            "adaptive compute r/s = {rps:.2} x the better of inline and offload (floor: >= 0.95, {})",
+            verdict(rps >= 0.95)
+        );
+    }
+    println!();
+}
+
+/// A grouped bar chart of echo latency per policy (log scale), as SVG text.
+pub fn latency_svg(results: &[PolicyResult]) -> String {
+    const W: f64 = 760.0;
+    const LEFT: f64 = 90.0;
+    const RIGHT: f64 = 150.0;
+    const TOP: f64 = 50.0;
+    const ROW: f64 = 70.0;
+    const BAR: f64 = 16.0;
+    type Series = (&'static str, &'static str, fn(&PolicyResult) -> u64);
+    let series: [Series; 3] = [
+        ("p50", "#4c78a8", |r| r.echo_p50_us),
+        ("p99", "#f58518", |r| r.echo_p99_us),
+        ("p99.9", "#e45756", |r| r.echo_p999_us),
+    ];
+    let max = results
+        .iter()
+        .flat_map(|r| series.iter().map(move |s| s.2(r)))
+        .max()
+        .unwrap_or(1)
+        .max(10);
+    let decades = (max as f64).log10().ceil().max(1.0);
+    let plot_w = W - LEFT - RIGHT;
+    let x = |us: u64| LEFT + plot_w * ((us.max(1) as f64).log10() / decades).clamp(0.0, 1.0);
+    let h = TOP + ROW * results.len() as f64 + 40.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">Echo latency under mixed compute load (µs, log scale)</text>"#
+    );
+    for d in 0..=decades as u32 {
+        let us = 10u64.pow(d);
+        let gx = x(us);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{gx:.1}" y1="{TOP}" x2="{gx:.1}" y2="{:.1}" stroke="#ddd"/><text x="{gx:.1}" y="{:.1}" text-anchor="middle" fill="#555">{us}</text>"##,
+            h - 30.0,
+            h - 16.0
+        );
+    }
+    for (i, r) in results.iter().enumerate() {
+        let y0 = TOP + ROW * i as f64 + 8.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-weight="bold">{}</text>"#,
+            LEFT - 8.0,
+            y0 + 1.5 * BAR + 4.0,
+            r.policy.name()
+        );
+        for (j, (name, color, get)) in series.iter().enumerate() {
+            let v = get(r);
+            let y = y0 + BAR * j as f64;
+            let bw = (x(v) - LEFT).max(1.0);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{LEFT}" y="{y:.1}" width="{bw:.1}" height="{:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}">{name} {v} µs</text>"#,
+                BAR - 2.0,
+                LEFT + bw + 4.0,
+                y + BAR - 5.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" fill="#333">{:.0} compute req/s</text>"##,
+            W - RIGHT + 60.0,
+            y0 + 1.5 * BAR + 4.0,
+            r.compute_rps
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[allow(dead_code)]
+#[derive(clap::Parser, Debug)]
+#[command(
+    about = "Echo latency and compute throughput of the compute server, per placement policy"
+)]
+struct Args {
+    /// Small, fast settings (a few seconds in all).
+    #[arg(long)]
+    quick: bool,
+    /// Policies to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    policies: Option<Vec<Policy>>,
+    /// Measured seconds per policy.
+    #[arg(long)]
+    secs: Option<f64>,
+    /// Echo clients.
+    #[arg(long)]
+    echo_clients: Option<usize>,
+    /// Compute clients.
+    #[arg(long)]
+    compute_clients: Option<usize>,
+    /// Output folder (default: target/showcase).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[allow(dead_code)]
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use clap::Parser;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // The watchdog's slow-poll warnings are counted in the table instead.
+                tracing_subscriber::EnvFilter::new("warn,offload::scheduler=error")
+            }),
+        )
+        .init();
+    let args = Args::parse();
+    let mut settings = if args.quick {
+        Settings::quick()
+    } else {
+        Settings::full()
+    };
+    if let Some(p) = args.policies {
+        settings.policies = p;
+    }
+    if let Some(secs) = args.secs {
+        settings.measure = Duration::try_from_secs_f64(secs)?;
+    }
+    if let Some(n) = args.echo_clients {
+        settings.echo_clients = n;
+    }
+    if let Some(n) = args.compute_clients {
+        settings.compute_clients = n;
+    }
+    if let Some(out) = args.out {
+        settings.out = out;
+    }
+    settings.progress = !args.no_progress;
+    println!(
+        "showcase: compute server on loopback, {} echo clients every {} ms, {} compute clients; \
+         {:.1} s per policy",
+        settings.echo_clients,
+        settings.echo_interval.as_millis(),
+        settings.compute_clients,
+        (settings.warmup + settings.measure).as_secs_f64()
+    );
+    println!(
+        "compute mix: {}",
+        MIX.map(|(r, w)| format!("{w}% {r}")).join(", ")
+    );
+    run(&settings)?;
+    Ok(())
+}
