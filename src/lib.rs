@@ -41,6 +41,27 @@
 //! | [`tier::Inline`] | on the thread that first waits for it, once | no | no parallelism available; tests |
 //! | [`tier::Threads`] | on named pool threads that spin before they park | no | CPU work in-process |
 //!
+//! ## Placement: adaptive backgrounding
+//!
+//! A [`CallSite`] decides per call, before it runs, whether a CPU-heavy call runs inline (the
+//! cost of a direct call) or off-core: from a user probe, or from what the model learned of the
+//! key's past durations, per log2 of a size hint. Unknown keys start off-core; an inline call
+//! that overruns moves its key off-core at once. [`Scheduler::placement_stats`] shows calls per
+//! tier, mean and p99 durations and mispredictions per key. See [`placement`] and its
+//! `README.md` for the model.
+//!
+//! ```
+//! let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+//! let parse = sched.site("parse");
+//! let words = sched.block_on(async {
+//!     let text = "a few words".to_string();
+//!     parse.sized(text.len() as u64).call(move || text.split(' ').count()).await
+//! })?;
+//! assert_eq!(words, 3);
+//! # sched.shutdown(std::time::Duration::from_secs(1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## Scheduler
 //!
 //! [`Scheduler`] owns (or attaches to) a tokio runtime, runs named I/O tasks in groups
@@ -57,6 +78,7 @@
 
 mod error;
 mod executor;
+pub mod placement;
 mod scheduler;
 mod task;
 pub mod tier;
@@ -65,6 +87,9 @@ pub use error::{BuildError, Error, ErrorKind, ExitInfo, TrySubmitError};
 pub use executor::{
     Executor, MAP_WINDOW_PER_WORKER, MIN_MAP_WINDOW, WaitMode, Waited, as_completed, wait,
     wait_timeout,
+};
+pub use placement::{
+    Call, CallSite, KeyStats, Placement, PlacementConfig, PlacementStats, Stage, TierCost,
 };
 pub use scheduler::{
     Cooperate, DEFAULT_IO_THREADS, DEFAULT_SLOW_POLL, DEFAULT_YIELD_EVERY, Scheduler,

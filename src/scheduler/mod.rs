@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 
 use crate::error::BuildError;
 use crate::executor::Executor;
+use crate::placement::{Placement, PlacementConfig};
 use crate::tier::{ShutdownMode, Threads, TierStats};
 
 mod coop;
@@ -48,6 +49,8 @@ pub struct SchedulerBuilder {
     io_threads: usize,
     cpu: crate::tier::ThreadsBuilder,
     slow_poll: Duration,
+    placement: PlacementConfig,
+    placement_tiers: Vec<Executor>,
 }
 
 impl Default for SchedulerBuilder {
@@ -56,6 +59,8 @@ impl Default for SchedulerBuilder {
             io_threads: DEFAULT_IO_THREADS,
             cpu: Threads::builder(),
             slow_poll: DEFAULT_SLOW_POLL,
+            placement: PlacementConfig::default(),
+            placement_tiers: Vec::new(),
         }
     }
 }
@@ -93,13 +98,32 @@ impl SchedulerBuilder {
         self
     }
 
+    /// Placement settings for [`Scheduler::site`] (default: every constant of
+    /// [`PlacementConfig`]).
+    pub fn placement(&mut self, config: PlacementConfig) -> &mut Self {
+        self.placement = config;
+        self
+    }
+
+    /// Another off-core tier for placement, beside the CPU executor: a killable tier (processes,
+    /// cluster) for [`CallSite::killable`](crate::CallSite::killable) work, or any executor
+    /// that should compete on expected completion.
+    pub fn placement_tier(&mut self, tier: Executor) -> &mut Self {
+        self.placement_tiers.push(tier);
+        self
+    }
+
     fn finish(&self, runtime: Option<Runtime>, handle: Handle) -> Result<Scheduler, BuildError> {
         let cpu = Executor::from_tier(Arc::new(self.cpu.build()?));
+        let mut tiers = vec![cpu.clone()];
+        tiers.extend(self.placement_tiers.iter().cloned());
+        let placement = Placement::new(tiers, &self.placement)?;
         Ok(Scheduler {
             inner: Arc::new(Inner {
                 runtime: Mutex::new(runtime),
                 handle,
                 executor: cpu,
+                placement,
                 watchdog: Arc::new(WatchdogState::new(self.slow_poll)),
                 live: Arc::new(Live::default()),
                 spawned: AtomicU64::new(0),
@@ -163,6 +187,7 @@ struct Inner {
     runtime: Mutex<Option<Runtime>>,
     handle: Handle,
     executor: Executor,
+    placement: Placement,
     watchdog: Arc<WatchdogState>,
     live: Arc<Live>,
     spawned: AtomicU64,
@@ -226,6 +251,12 @@ impl Scheduler {
     /// The CPU executor (thread tier).
     pub fn executor(&self) -> &Executor {
         &self.inner.executor
+    }
+
+    /// Placement over the CPU executor (and any [`SchedulerBuilder::placement_tier`]): call
+    /// sites, the model, the stats.
+    pub fn placement(&self) -> &Placement {
+        &self.inner.placement
     }
 
     /// Runs `fut` to completion on the scheduler's runtime, from sync code.

@@ -1,0 +1,318 @@
+//! Placement: adaptive backgrounding (DESIGN.md §4), decided per call, before it runs.
+//!
+//! A [`CallSite`] names a place in the program that calls CPU work ("parse", "resize"). Each call
+//! through it runs **inline** when its predicted duration is under the inline budget, and moves
+//! **off-core** otherwise, to the tier with the lowest expected completion. Predictions come
+//! from, in order: a user probe ([`Call::probe`], [`Call::expect`]), else the model: per key and
+//! per log2-size bucket ([`CallSite::sized`]), the smoothed durations of past calls wherever they
+//! ran. Unknown keys start off-core; an inline call that overran its prediction moves its bucket
+//! off-core at once; a small exploration share keeps the model honest.
+//!
+//! | file | concern |
+//! | --- | --- |
+//! | `config.rs` | the tuning constants and [`PlacementConfig`] |
+//! | `model.rs` | the duration estimate per bucket, its arithmetic, misprediction handling |
+//! | `policy.rs` | inline or off-core, which tier, exploration, learned tier overheads |
+//! | `site.rs` | [`CallSite`], [`Call`], [`Stage`]: the calls themselves and their timing |
+//! | `stats.rs` | [`PlacementStats`]: per-key counts, mean and p99, tier overheads |
+//! | `README.md` | the formulas, the constants, and why |
+//!
+//! ```
+//! use offload::{Scheduler, Stage};
+//!
+//! let sched = Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+//! let parse = sched.site("parse");
+//! sched.block_on(async {
+//!     // Sized calls: the model learns duration per log2 of the size.
+//!     let doc = vec![7u8; 1 << 10];
+//!     let n = parse.sized(doc.len() as u64).call(move || doc.iter().filter(|&&b| b == 7).count()).await?;
+//!     assert_eq!(n, 1024);
+//!     // A staged call decides halfway, with what its first part computed.
+//!     let v = parse
+//!         .staged(|| {
+//!             let todo = 10u64;
+//!             if todo < 100 { Stage::Done(todo) } else { Stage::Offload(move || todo * 2) }
+//!         })
+//!         .await?;
+//!     assert_eq!(v, 10);
+//!     Ok::<_, offload::Error>(())
+//! })?;
+//! let stats = sched.placement_stats();
+//! assert_eq!(stats.key("parse").map(|k| k.calls), Some(2));
+//! # sched.shutdown(std::time::Duration::from_secs(1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Killable work
+//!
+//! [`CallSite::killable`] marks work that must be isolated and stoppable: it never runs inline
+//! nor on the thread tier. It runs on a tier whose [`TierKind::is_killable`] is true, attached
+//! with [`SchedulerBuilder::placement_tier`](crate::SchedulerBuilder::placement_tier) or
+//! [`Placement::new`]; with none attached, such a call fails with
+//! [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) saying so.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::BuildError;
+use crate::executor::Executor;
+use crate::scheduler::Scheduler;
+
+mod config;
+mod model;
+mod policy;
+mod site;
+mod stats;
+
+pub use config::{
+    DEV_SMOOTHING_SHIFT, DEV_WEIGHT, EXPLORE_EVERY, EXPLORE_INLINE_LIMIT, FORGIVE_AFTER,
+    INITIAL_DEV, INLINE_BUDGET, MISPREDICT_FACTOR, PlacementConfig, SAMPLE_EVERY, SMOOTHING_SHIFT,
+    TIMING_RATIO,
+};
+pub use site::{Call, CallSite, Stage};
+pub use stats::{KeyStats, PlacementStats, TierCost};
+
+use model::{BUCKETS, Bucket, Params, UNKNOWN, UNSIZED};
+use policy::TierSlot;
+use stats::{KeyCounters, tier_index};
+
+/// Everything placement learned about one call-site key.
+#[derive(Debug)]
+pub(crate) struct SiteState {
+    pub(crate) key: Arc<str>,
+    pub(crate) buckets: Box<[Bucket]>,
+    pub(crate) counters: KeyCounters,
+}
+
+impl SiteState {
+    fn new(key: Arc<str>) -> Self {
+        SiteState {
+            key,
+            buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
+            counters: KeyCounters::default(),
+        }
+    }
+
+    /// The prediction of bucket `idx`. A sized bucket never timed borrows the prediction of the
+    /// nearest larger bucket that has one, when that one is under the budget: a larger input of
+    /// the same key being cheap says this one is too. Otherwise [`UNKNOWN`] (go off-core).
+    pub(crate) fn predict(&self, idx: usize, budget_ns: u64) -> u64 {
+        let p = self.buckets[idx].prediction();
+        if p != UNKNOWN || idx >= UNSIZED {
+            return p;
+        }
+        for b in &self.buckets[idx + 1..UNSIZED] {
+            let q = b.prediction();
+            if q != UNKNOWN {
+                return if q <= budget_ns { q } else { UNKNOWN };
+            }
+        }
+        UNKNOWN
+    }
+
+    fn snapshot(&self) -> KeyStats {
+        let c = &self.counters;
+        let inline: u64 = self
+            .buckets
+            .iter()
+            .map(|b| b.inline.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>()
+            + c.staged_done.load(std::sync::atomic::Ordering::Relaxed);
+        let tier = |t| c.tiers[tier_index(t)].load(std::sync::atomic::Ordering::Relaxed);
+        let (threads, processes, cluster) = (
+            tier(crate::TierKind::Threads),
+            tier(crate::TierKind::Processes),
+            tier(crate::TierKind::Cluster),
+        );
+        let (timed, mean, p99) = c.hist.summary();
+        KeyStats {
+            key: self.key.to_string(),
+            calls: inline + threads + processes + cluster,
+            inline,
+            threads,
+            processes,
+            cluster,
+            timed,
+            mean,
+            p99,
+            mispredictions: c.mispredictions.load(std::sync::atomic::Ordering::Relaxed),
+            explored: c.explored.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// State shared by every call site of one [`Placement`].
+pub(crate) struct Shared {
+    pub(crate) params: Params,
+    pub(crate) sample_mask: u64,
+    pub(crate) always_time_ns: u64,
+    pub(crate) explore_every: u64,
+    pub(crate) explore_inline_ns: u64,
+    clock_pair_ns: u64,
+    pub(crate) tiers: Vec<TierSlot>,
+    sites: Mutex<HashMap<Arc<str>, Arc<SiteState>>>,
+    config: PlacementConfig,
+}
+
+/// The cost of one pair of clock reads here: the least of 16 rounds of 16 pairs, so that a
+/// round that was preempted does not count.
+fn clock_pair_cost() -> u64 {
+    let mut best = u64::MAX;
+    for _ in 0..16 {
+        let t0 = Instant::now();
+        for _ in 0..16 {
+            black_box(Instant::now().elapsed());
+        }
+        let per = u64::try_from(t0.elapsed().as_nanos() / 16).unwrap_or(u64::MAX);
+        best = best.min(per);
+    }
+    best.max(1)
+}
+
+/// The placement engine: the registry of call-site keys, the model, and the off-core tiers.
+/// Cheap to clone. A [`Scheduler`] has one ([`Scheduler::placement`]); build your own with
+/// [`Placement::new`] to place calls over any executors.
+#[derive(Clone)]
+pub struct Placement {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = self
+            .shared
+            .sites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        f.debug_struct("Placement")
+            .field("keys", &keys)
+            .field("tiers", &self.shared.tiers)
+            .field("inline_budget", &self.shared.config.inline_budget)
+            .finish()
+    }
+}
+
+impl Placement {
+    /// Placement over off-core `tiers` (for example the thread tier, and a killable tier for
+    /// [`CallSite::killable`] work), with `config`. Inline needs no executor: it is the
+    /// caller's own thread.
+    ///
+    /// ```
+    /// use offload::{Executor, Placement, PlacementConfig};
+    /// let placement = Placement::new(vec![Executor::threads(1)?], &PlacementConfig::default())?;
+    /// let site = placement.site("hash");
+    /// assert_eq!(site.key(), "hash");
+    /// # Ok::<(), offload::BuildError>(())
+    /// ```
+    pub fn new(tiers: Vec<Executor>, config: &PlacementConfig) -> Result<Placement, BuildError> {
+        config.validate()?;
+        if tiers.is_empty() {
+            return Err(BuildError::invalid(
+                "placement needs at least one off-core tier (the thread tier)",
+            ));
+        }
+        let params = Params::new(config);
+        let clock_pair_ns = clock_pair_cost();
+        let explore_inline_ns = params
+            .budget_ns
+            .saturating_mul(u64::from(config.explore_inline_limit));
+        tracing::debug!(
+            clock_pair_ns,
+            budget_ns = params.budget_ns,
+            tiers = tiers.len(),
+            "placement started"
+        );
+        Ok(Placement {
+            shared: Arc::new(Shared {
+                params,
+                sample_mask: config.sample_every - 1,
+                always_time_ns: clock_pair_ns.saturating_mul(config.timing_ratio),
+                explore_every: config.explore_every,
+                explore_inline_ns,
+                clock_pair_ns,
+                tiers: tiers
+                    .into_iter()
+                    .map(|e| TierSlot::new(e, config.smoothing_shift))
+                    .collect(),
+                sites: Mutex::new(HashMap::new()),
+                config: config.clone(),
+            }),
+        })
+    }
+
+    /// The call site of `key`: interned once here (a map lookup under a lock), then every call
+    /// through it goes straight to its buckets. Sites of the same key share what they learn.
+    pub fn site(&self, key: &str) -> CallSite {
+        let state = {
+            let mut sites = self.shared.sites.lock().unwrap_or_else(|p| p.into_inner());
+            match sites.get(key) {
+                Some(s) => s.clone(),
+                None => {
+                    let k: Arc<str> = key.into();
+                    let s = Arc::new(SiteState::new(k.clone()));
+                    sites.insert(k, s.clone());
+                    s
+                }
+            }
+        };
+        CallSite::new(state, self.shared.clone())
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &PlacementConfig {
+        &self.shared.config
+    }
+
+    /// A snapshot of every key and every off-core tier.
+    pub fn stats(&self) -> PlacementStats {
+        let sites: Vec<Arc<SiteState>> = self
+            .shared
+            .sites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut keys: Vec<KeyStats> = sites.iter().map(|s| s.snapshot()).collect();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        PlacementStats {
+            keys,
+            tiers: self
+                .shared
+                .tiers
+                .iter()
+                .map(|t| TierCost {
+                    tier: t.kind,
+                    overhead: Duration::from_nanos(t.overhead_ns()),
+                    samples: t.samples(),
+                })
+                .collect(),
+            clock_pair: Duration::from_nanos(self.shared.clock_pair_ns),
+        }
+    }
+}
+
+impl Scheduler {
+    /// The call site of `key` on this scheduler's placement (see [`Placement::site`]).
+    ///
+    /// ```
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let site = sched.site("sum");
+    /// let total = sched.block_on(site.call(|| (1..=100u64).sum::<u64>()))?;
+    /// assert_eq!(total, 5050);
+    /// # sched.shutdown(std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn site(&self, key: &str) -> CallSite {
+        self.placement().site(key)
+    }
+
+    /// A snapshot of what placement learned, per key (see [`Placement::stats`]).
+    pub fn placement_stats(&self) -> PlacementStats {
+        self.placement().stats()
+    }
+}

@@ -1,0 +1,205 @@
+//! The decision (DESIGN.md §4): inline while the prediction is under the inline budget, else the
+//! off-core tier with the lowest expected completion, `overhead + queue delay + prediction`,
+//! where each tier's overhead is learned from the trips its tasks made. Killable work skips
+//! every in-process tier. A small exploration share flips decisions to keep the model honest.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::model::UNKNOWN;
+use crate::executor::Executor;
+use crate::tier::TierKind;
+
+/// What the caller said about this call, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hint {
+    /// Nothing: the model decides.
+    Model,
+    /// An expected duration in ns: used as the prediction.
+    Expect(u64),
+    /// A probe said "long": off-core.
+    Long,
+    /// A probe said "short": inline.
+    Short,
+}
+
+impl Hint {
+    /// The prediction this hint stands for, or `None` to ask the model.
+    pub(crate) fn prediction(self) -> Option<u64> {
+        match self {
+            Hint::Model => None,
+            Hint::Expect(ns) => Some(ns),
+            Hint::Long => Some(UNKNOWN),
+            Hint::Short => Some(0),
+        }
+    }
+}
+
+/// Whether the `n`-th decision of a bucket (counting from 0) is an exploration.
+#[inline]
+pub(crate) fn explores(n: u64, every: u64) -> bool {
+    every != 0 && n % every == every - 1
+}
+
+/// Expected completion on a tier, saturating: `overhead + queue delay + predicted` (an unknown
+/// prediction counts as 0: it is the same for every tier, so only overheads decide).
+pub(crate) fn expected_completion(overhead_ns: u64, queue_delay_ns: u64, predicted: u64) -> u64 {
+    let p = if predicted == UNKNOWN { 0 } else { predicted };
+    overhead_ns.saturating_add(queue_delay_ns).saturating_add(p)
+}
+
+/// Delay before a new task starts on a busy tier: `queued × mean run time / workers`.
+pub(crate) fn queue_delay(queued: usize, mean_run_ns: u64, workers: usize) -> u64 {
+    (queued as u64).saturating_mul(mean_run_ns) / workers.max(1) as u64
+}
+
+/// An off-core tier as placement sees it: its executor and its learned overhead.
+pub(crate) struct TierSlot {
+    pub(crate) exec: Executor,
+    pub(crate) kind: TierKind,
+    overhead_ns: AtomicU64,
+    samples: AtomicU64,
+    shift: u32,
+}
+
+impl fmt::Debug for TierSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TierSlot")
+            .field("kind", &self.kind)
+            .field("overhead_ns", &self.overhead_ns())
+            .field("samples", &self.samples())
+            .finish()
+    }
+}
+
+impl TierSlot {
+    pub(crate) fn new(exec: Executor, shift: u32) -> Self {
+        TierSlot {
+            kind: exec.tier(),
+            exec,
+            overhead_ns: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            shift,
+        }
+    }
+
+    /// Learned overhead (0 until the first trip: an untried tier looks cheap and gets tried).
+    pub(crate) fn overhead_ns(&self) -> u64 {
+        self.overhead_ns.load(Relaxed)
+    }
+
+    /// Trips folded in.
+    pub(crate) fn samples(&self) -> u64 {
+        self.samples.load(Relaxed)
+    }
+
+    /// Folds in one trip: the caller's wall time minus the task's own run time (queueing,
+    /// hand-off, result delivery, wake-up). Smoothed with the model's gain, linear in ns.
+    pub(crate) fn learn(&self, trip_ns: u64) {
+        let n = self.samples.fetch_add(1, Relaxed);
+        let old = self.overhead_ns.load(Relaxed);
+        let new = if n == 0 {
+            trip_ns
+        } else {
+            let d = 1i128 << self.shift;
+            let v = i128::from(old) + (i128::from(trip_ns) - i128::from(old)) / d;
+            v.clamp(0, i128::from(u64::MAX)) as u64
+        };
+        self.overhead_ns.store(new, Relaxed);
+    }
+
+    /// The expected completion of a call predicted at `predicted` ns on this tier, now.
+    fn expected(&self, predicted: u64) -> u64 {
+        let s = self.exec.stats();
+        let mean = u64::try_from(s.mean_run_time.as_nanos()).unwrap_or(u64::MAX);
+        let q = queue_delay(s.queued, mean, s.workers);
+        expected_completion(self.overhead_ns(), q, predicted)
+    }
+}
+
+/// The off-core tier for a call: the cheapest eligible one by expected completion; killable
+/// calls may only use killable tiers. `None` when no tier is eligible.
+pub(crate) fn pick(tiers: &[TierSlot], predicted: u64, killable: bool) -> Option<&TierSlot> {
+    let mut eligible = tiers.iter().filter(|t| !killable || t.kind.is_killable());
+    let first = eligible.next()?;
+    let Some(second) = eligible.next() else {
+        return Some(first);
+    };
+    let mut best = (first.expected(predicted), first);
+    for t in std::iter::once(second).chain(eligible) {
+        let c = t.expected(predicted);
+        if c < best.0 {
+            best = (c, t);
+        }
+    }
+    Some(best.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exploration_is_one_in_every() {
+        let hits = (0..640).filter(|&n| explores(n, 64)).count();
+        assert_eq!(hits, 10);
+        assert!(!explores(0, 64)); // the first decision is never an exploration
+        assert!(explores(63, 64));
+        assert!((0..1000).all(|n| !explores(n, 0)));
+    }
+
+    #[test]
+    fn expected_completion_adds_and_saturates() {
+        assert_eq!(expected_completion(20_000, 5_000, 1_000_000), 1_025_000);
+        assert_eq!(expected_completion(20_000, 0, UNKNOWN), 20_000);
+        assert_eq!(expected_completion(u64::MAX, 1, 1), u64::MAX);
+    }
+
+    #[test]
+    fn queue_delay_spreads_over_workers() {
+        assert_eq!(queue_delay(10, 2_000, 2), 10_000);
+        assert_eq!(queue_delay(0, 2_000, 2), 0);
+        assert_eq!(queue_delay(3, 1_000, 0), 3_000);
+    }
+
+    #[test]
+    fn hints_stand_for_predictions() {
+        assert_eq!(Hint::Model.prediction(), None);
+        assert_eq!(Hint::Short.prediction(), Some(0));
+        assert_eq!(Hint::Long.prediction(), Some(UNKNOWN));
+        assert_eq!(Hint::Expect(7).prediction(), Some(7));
+    }
+
+    #[test]
+    fn overhead_learns_the_first_trip_then_smooths() {
+        let exec = Executor::inline();
+        let t = TierSlot::new(exec, 3);
+        assert_eq!(t.overhead_ns(), 0);
+        t.learn(24_000);
+        assert_eq!(t.overhead_ns(), 24_000);
+        t.learn(16_000);
+        assert_eq!(t.overhead_ns(), 23_000);
+        assert_eq!(t.samples(), 2);
+    }
+
+    #[test]
+    fn killable_calls_skip_in_process_tiers() {
+        let tiers = [TierSlot::new(Executor::inline(), 3)];
+        assert!(pick(&tiers, 1_000, true).is_none());
+        assert_eq!(
+            pick(&tiers, 1_000, false).map(|t| t.kind),
+            Some(TierKind::Inline)
+        );
+    }
+
+    #[test]
+    fn the_cheaper_tier_wins() {
+        let a = TierSlot::new(Executor::inline(), 3);
+        let b = TierSlot::new(Executor::inline(), 3);
+        a.learn(50_000);
+        b.learn(10_000);
+        let tiers = [a, b];
+        let chosen = pick(&tiers, 1_000, false).map(|t| t.overhead_ns());
+        assert_eq!(chosen, Some(10_000));
+    }
+}

@@ -1,0 +1,448 @@
+//! Call sites and the calls through them: the fast path (decided inline), the off-core path,
+//! and the staged call (Listing 4 of the source article, without the generator trick).
+//!
+//! The fast path is one load (the bucket's prediction), one compare, one `fetch_add` (the
+//! bucket's inline counter, which also drives sampling and exploration), the call itself under
+//! `catch_unwind` (free unless it panics), and, one call in [`SAMPLE_EVERY`] when the call is
+//! cheap, two clock reads and the model update. No allocation, no lock, no string hashing: the
+//! key was interned when the site was made.
+//!
+//! [`SAMPLE_EVERY`]: super::SAMPLE_EVERY
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use super::model::{UNKNOWN, UNSIZED, size_bucket};
+use super::policy::{self, Hint, explores};
+use super::stats::{KeyStats, tier_index};
+use super::{Shared, SiteState};
+use crate::error::{Error, ErrorKind, panic_message};
+use crate::tier::TierKind;
+
+const TARGET: &str = "offload::placement";
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+fn shown(pred: u64) -> Option<u64> {
+    (pred != UNKNOWN).then_some(pred)
+}
+
+/// How a call was routed.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// Run here; `n` is the bucket's inline-decision index, `pred` the prediction used.
+    Inline { n: u64, pred: u64 },
+    /// Send off-core.
+    OffCore { pred: u64 },
+}
+
+/// A named place in the program that makes CPU-heavy calls; see the [module docs](super).
+///
+/// Cheap to clone (two `Arc`s). Every call through it is placed by the model of its key.
+#[derive(Clone)]
+pub struct CallSite {
+    state: Arc<SiteState>,
+    shared: Arc<Shared>,
+    killable: bool,
+}
+
+impl fmt::Debug for CallSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallSite")
+            .field("key", &self.state.key)
+            .field("killable", &self.killable)
+            .field("prediction", &self.prediction(None))
+            .finish()
+    }
+}
+
+/// The outcome of the first part of a [staged call](CallSite::staged).
+pub enum Stage<T, G> {
+    /// The first part finished the work: this is the result, nothing goes off-core.
+    Done(T),
+    /// The rest is long: run this off-core and return its result.
+    Offload(G),
+}
+
+impl<T, G> fmt::Debug for Stage<T, G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Done(_) => "Stage::Done(..)",
+            Stage::Offload(_) => "Stage::Offload(..)",
+        })
+    }
+}
+
+/// One call being set up: a size hint, a user probe, then [`call`](Call::call) or
+/// [`staged`](Call::staged). Made by [`CallSite::sized`], [`CallSite::expect`] and
+/// [`CallSite::probe`]; the options chain.
+#[derive(Debug, Clone, Copy)]
+#[must_use = "a Call does nothing until .call(..) or .staged(..) is awaited"]
+pub struct Call<'a> {
+    site: &'a CallSite,
+    bucket: usize,
+    hint: Hint,
+}
+
+impl CallSite {
+    pub(crate) fn new(state: Arc<SiteState>, shared: Arc<Shared>) -> Self {
+        CallSite {
+            state,
+            shared,
+            killable: false,
+        }
+    }
+
+    /// The key this site was made with.
+    pub fn key(&self) -> &str {
+        &self.state.key
+    }
+
+    /// Marks the site's work as needing isolation: it never runs inline nor on an in-process
+    /// tier, only on a killable tier (processes, cluster). Without one attached, calls fail
+    /// with [`ErrorKind::Unsupported`].
+    pub fn killable(mut self) -> Self {
+        self.killable = true;
+        self
+    }
+
+    /// Whether [`killable`](Self::killable) was set.
+    pub fn is_killable(&self) -> bool {
+        self.killable
+    }
+
+    fn with(&self, bucket: usize, hint: Hint) -> Call<'_> {
+        Call {
+            site: self,
+            bucket,
+            hint,
+        }
+    }
+
+    /// A call with a size hint (bytes, items, n): the model learns duration per log2 of it.
+    pub fn sized(&self, n: u64) -> Call<'_> {
+        self.with(size_bucket(n), Hint::Model)
+    }
+
+    /// A call the caller expects to take `d`: that is the prediction, whatever the model says.
+    pub fn expect(&self, d: Duration) -> Call<'_> {
+        self.with(UNSIZED, Hint::Expect(nanos(d)))
+    }
+
+    /// A call with a user probe, evaluated now: `true` means "long" (off-core), `false` means
+    /// "short" (inline). It overrides the model.
+    pub fn probe(&self, long: impl FnOnce() -> bool) -> Call<'_> {
+        self.with(UNSIZED, if long() { Hint::Long } else { Hint::Short })
+    }
+
+    /// Runs `f` where the model says: inline when its prediction is under the inline budget,
+    /// else off-core. See [`Call::call`].
+    pub async fn call<F, T>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.with(UNSIZED, Hint::Model).call(f).await
+    }
+
+    /// A staged call: `first` runs inline, and decides with what it computed whether the rest
+    /// goes off-core. See [`Call::staged`].
+    pub async fn staged<F, G, T>(&self, first: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> Stage<T, G>,
+        G: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.with(UNSIZED, Hint::Model).staged(first).await
+    }
+
+    /// What the model predicts now for a call of this size (`None`: no size hint), or `None`
+    /// when it does not know yet (such a call goes off-core).
+    pub fn prediction(&self, size: Option<u64>) -> Option<Duration> {
+        let idx = size.map_or(UNSIZED, size_bucket);
+        shown(self.state.predict(idx, self.shared.params.budget_ns)).map(Duration::from_nanos)
+    }
+
+    /// A snapshot of this site's key.
+    pub fn stats(&self) -> KeyStats {
+        self.state.snapshot()
+    }
+
+    fn panicked(&self, payload: Box<dyn Any + Send>) -> Error {
+        Error::panicked(panic_message(&*payload), None)
+            .with_task(self.state.key.clone())
+            .with_tier(TierKind::Inline)
+    }
+
+    fn no_killable_tier(&self) -> Error {
+        Error::new(
+            ErrorKind::Unsupported,
+            "the call site is marked killable, but no killable tier (processes, cluster) is \
+             attached: attach one with SchedulerBuilder::placement_tier (or Placement::new), or \
+             drop .killable() to let the thread tier run it (a running thread cannot be stopped)",
+        )
+        .with_task(self.state.key.clone())
+    }
+
+    /// The decision. The first branch is the fast path; everything else is out of line.
+    #[inline]
+    fn route(&self, idx: usize, hint: Hint) -> Route {
+        if !self.killable && hint == Hint::Model {
+            let b = &self.state.buckets[idx];
+            let pred = b.prediction();
+            if pred <= self.shared.params.budget_ns {
+                let n = b.inline.fetch_add(1, Relaxed);
+                if !explores(n, self.shared.explore_every) {
+                    return Route::Inline { n, pred };
+                }
+                b.inline.fetch_sub(1, Relaxed);
+                self.state.counters.explored.fetch_add(1, Relaxed);
+                return Route::OffCore { pred };
+            }
+        }
+        self.route_slow(idx, hint)
+    }
+
+    #[inline(never)]
+    fn route_slow(&self, idx: usize, hint: Hint) -> Route {
+        let sh = &*self.shared;
+        let budget = sh.params.budget_ns;
+        let b = &self.state.buckets[idx];
+        let (pred, user) = match hint.prediction() {
+            Some(p) => (p, true),
+            None => (self.state.predict(idx, budget), false),
+        };
+        if self.killable {
+            return Route::OffCore { pred };
+        }
+        if pred <= budget {
+            let n = b.inline.fetch_add(1, Relaxed);
+            if !user && explores(n, sh.explore_every) {
+                b.inline.fetch_sub(1, Relaxed);
+                self.state.counters.explored.fetch_add(1, Relaxed);
+                return Route::OffCore { pred };
+            }
+            return Route::Inline { n, pred };
+        }
+        if !user && pred != UNKNOWN && pred <= sh.explore_inline_ns {
+            let m = b.off.fetch_add(1, Relaxed);
+            if explores(m, sh.explore_every) {
+                self.state.counters.explored.fetch_add(1, Relaxed);
+                let n = b.inline.fetch_add(1, Relaxed);
+                return Route::Inline { n, pred };
+            }
+        }
+        Route::OffCore { pred }
+    }
+
+    /// Runs `f` here; timed when it is long enough for the clock to be cheap, or sampled.
+    #[inline]
+    fn run_inline<F, T>(&self, idx: usize, n: u64, pred: u64, f: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T,
+    {
+        let sh = &*self.shared;
+        if pred < sh.always_time_ns && n & sh.sample_mask != 0 {
+            let r = catch_unwind(AssertUnwindSafe(f));
+            tracing::trace!(
+                target: TARGET,
+                key = %self.state.key,
+                predicted_ns = pred,
+                tier = "inline",
+                "placed"
+            );
+            return r.map_err(|p| self.panicked(p));
+        }
+        let t0 = Instant::now();
+        let r = catch_unwind(AssertUnwindSafe(f));
+        let ns = nanos(t0.elapsed());
+        self.learn_inline(idx, n, pred, ns);
+        r.map_err(|p| self.panicked(p))
+    }
+
+    /// Folds a timed inline call into the model; a misprediction moves its bucket off-core.
+    #[inline(never)]
+    fn learn_inline(&self, idx: usize, n: u64, pred: u64, ns: u64) {
+        let sh = &*self.shared;
+        let c = &self.state.counters;
+        c.hist.record(ns);
+        let b = &self.state.buckets[idx];
+        if b.check_overrun(ns, pred, n, &sh.params) {
+            c.mispredictions.fetch_add(1, Relaxed);
+            tracing::debug!(
+                target: TARGET,
+                key = %self.state.key,
+                predicted_ns = pred,
+                actual_ns = ns,
+                "misprediction: an inline call overran; its bucket goes off-core"
+            );
+        } else {
+            b.observe(ns, &sh.params);
+        }
+        tracing::trace!(
+            target: TARGET,
+            key = %self.state.key,
+            predicted_ns = pred,
+            tier = "inline",
+            actual_ns = ns,
+            "placed"
+        );
+    }
+
+    /// Sends `f` to the cheapest eligible off-core tier and learns from its trip. `lead_ns` is
+    /// time already spent on this call inline (a staged call's first part).
+    async fn off_core<F, T>(&self, idx: usize, pred: u64, lead_ns: u64, f: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let sh = &*self.shared;
+        let st = &*self.state;
+        let Some(slot) = policy::pick(&sh.tiers, pred, self.killable) else {
+            return Err(self.no_killable_tier());
+        };
+        st.counters.tiers[tier_index(slot.kind)].fetch_add(1, Relaxed);
+        let t0 = Instant::now();
+        let mut handle = slot.exec.submit_named(st.key.clone(), f).await?;
+        let out = (&mut handle).await;
+        let wall = nanos(t0.elapsed());
+        if let Some(info) = handle.run_info() {
+            let run = nanos(info.run_time);
+            let total = run.saturating_add(lead_ns);
+            st.counters.hist.record(total);
+            st.buckets[idx].observe(total, &sh.params);
+            slot.learn(wall.saturating_sub(run));
+            tracing::trace!(
+                target: TARGET,
+                key = %st.key,
+                predicted_ns = ?shown(pred),
+                tier = %slot.kind,
+                actual_ns = total,
+                trip_ns = wall.saturating_sub(run),
+                "placed"
+            );
+        }
+        out
+    }
+}
+
+impl Call<'_> {
+    /// Adds a size hint (see [`CallSite::sized`]).
+    pub fn sized(mut self, n: u64) -> Self {
+        self.bucket = size_bucket(n);
+        self
+    }
+
+    /// Sets the expected duration (see [`CallSite::expect`]).
+    pub fn expect(mut self, d: Duration) -> Self {
+        self.hint = Hint::Expect(nanos(d));
+        self
+    }
+
+    /// Adds a user probe, evaluated now (see [`CallSite::probe`]).
+    pub fn probe(mut self, long: impl FnOnce() -> bool) -> Self {
+        self.hint = if long() { Hint::Long } else { Hint::Short };
+        self
+    }
+
+    /// Runs `f` inline or off-core, as placed, and returns its value.
+    ///
+    /// Inline, `f` runs on this thread during the first poll; a panic comes back as an
+    /// [`Error`] whose [`is_panic`](Error::is_panic) is true. Off-core, `f` is submitted to the
+    /// chosen tier and awaited.
+    ///
+    /// # Errors
+    ///
+    /// A panic of `f`; "shut down" when the tier was shut down; [`ErrorKind::Unsupported`] for
+    /// a killable site without a killable tier.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it finishes withdraws an off-core call that has not started;
+    /// one that runs on a thread finishes there and its value is dropped. An inline call runs
+    /// to completion within one poll.
+    pub async fn call<F, T>(self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let site = self.site;
+        match site.route(self.bucket, self.hint) {
+            Route::Inline { n, pred } => site.run_inline(self.bucket, n, pred, f),
+            Route::OffCore { pred } => site.off_core(self.bucket, pred, 0, f).await,
+        }
+    }
+
+    /// A staged call (Listing 4): `first` always runs inline; it returns [`Stage::Done`] with the
+    /// value when what it computed says the work is short, or [`Stage::Offload`] with the rest
+    /// of the work (a closure owning what it needs) when it is long. The rest goes to the
+    /// off-core tier (for a killable site, only to a killable tier); the model of the key
+    /// learns the whole duration, first part included.
+    ///
+    /// ```
+    /// use offload::Stage;
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let site = sched.site("sum-below");
+    /// let sum_below = |n: u64| {
+    ///     site.staged(move || {
+    ///         let items: Vec<u64> = (0..n).collect(); // the first part
+    ///         if items.len() < 1_000 {
+    ///             Stage::Done(items.iter().sum::<u64>())
+    ///         } else {
+    ///             Stage::Offload(move || items.iter().sum::<u64>()) // the long rest
+    ///         }
+    ///     })
+    /// };
+    /// assert_eq!(sched.block_on(sum_below(10))?, 45);
+    /// assert_eq!(sched.block_on(sum_below(100_000))?, 4_999_950_000);
+    /// let s = site.stats();
+    /// assert_eq!((s.inline, s.threads), (1, 1));
+    /// # sched.shutdown(std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call); a panic of `first` is an error too.
+    pub async fn staged<F, G, T>(self, first: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> Stage<T, G>,
+        G: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let site = self.site;
+        let st = &*site.state;
+        let sh = &*site.shared;
+        let t0 = Instant::now();
+        let stage = catch_unwind(AssertUnwindSafe(first)).map_err(|p| site.panicked(p))?;
+        let lead = nanos(t0.elapsed());
+        match stage {
+            Stage::Done(v) => {
+                st.counters.staged_done.fetch_add(1, Relaxed);
+                st.counters.hist.record(lead);
+                st.buckets[self.bucket].observe(lead, &sh.params);
+                tracing::trace!(
+                    target: TARGET,
+                    key = %st.key,
+                    tier = "inline",
+                    actual_ns = lead,
+                    "staged call finished in its first part"
+                );
+                Ok(v)
+            }
+            Stage::Offload(rest) => {
+                let pred = match self.hint.prediction() {
+                    Some(p) => p,
+                    None => st.predict(self.bucket, sh.params.budget_ns),
+                };
+                site.off_core(self.bucket, pred, lead, rest).await
+            }
+        }
+    }
+}
