@@ -13,8 +13,9 @@
 //! - `inline`: on the I/O thread that read the request — free for small requests, but a large
 //!   one stalls every connection on that thread;
 //! - `offload`: always on the CPU pool — the I/O thread stays free, every call pays a hand-off;
-//! - `adaptive`: per call, from a size model learned from past calls: small ones inline, long
-//!   ones on the pool.
+//! - `adaptive`: per call, through the library's placement (`sched.site(key).sized(n).call(..)`):
+//!   the model of each call site learns duration per size from past calls; small calls run
+//!   inline, long ones on the pool.
 //!
 //! ```text
 //! cargo run --release --example compute_server -- --policy adaptive
@@ -23,14 +24,13 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use offload::Scheduler;
+use offload::{CallSite, Scheduler};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -145,72 +145,27 @@ pub fn hash_bytes(len: u64) -> u64 {
     h
 }
 
-/// The stand-in for the library's placement until it is merged: per (key, log2 size) bucket, a
-/// moving average of the call's duration; a call runs inline when its bucket's prediction is
-/// under [`INLINE_BUDGET`], on the pool otherwise (and while the bucket is unknown).
-#[derive(Debug, Default)]
-struct SizeModel {
-    buckets: Mutex<HashMap<(&'static str, u32), Duration>>,
-}
-
-/// The longest a call may hold the I/O thread (stand-in model).
-pub const INLINE_BUDGET: Duration = Duration::from_micros(100);
-
-impl SizeModel {
-    fn bucket(size: u64) -> u32 {
-        64 - size.leading_zeros()
-    }
-
-    fn predict(&self, key: &'static str, size: u64) -> Option<Duration> {
-        let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        b.get(&(key, Self::bucket(size))).copied()
-    }
-
-    fn learn(&self, key: &'static str, size: u64, took: Duration) {
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        b.entry((key, Self::bucket(size)))
-            .and_modify(|d| *d = (*d * 7 + took) / 8)
-            .or_insert(took);
-    }
-}
-
-/// Calls placed per tier.
-#[derive(Debug, Default)]
-pub struct TierCounts {
-    /// Calls that ran on the I/O thread.
-    pub inline: AtomicU64,
-    /// Calls that ran on the CPU pool.
-    pub threads: AtomicU64,
-}
-
-impl TierCounts {
-    /// A snapshot, by tier name.
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        BTreeMap::from([
-            ("inline".to_string(), self.inline.load(Ordering::Relaxed)),
-            ("threads".to_string(), self.threads.load(Ordering::Relaxed)),
-        ])
-    }
-}
-
 /// Runs request work under a policy: the one place where the policy matters.
 #[derive(Debug)]
 pub struct Dispatch {
     sched: Scheduler,
     policy: Policy,
-    model: SizeModel,
-    /// Calls per tier.
-    pub counts: TierCounts,
+    primes: CallSite,
+    hash: CallSite,
+    inline: AtomicU64,
+    threads: AtomicU64,
 }
 
 impl Dispatch {
     /// A dispatcher for `policy` on `sched`.
     pub fn new(sched: Scheduler, policy: Policy) -> Self {
         Dispatch {
+            primes: sched.site("primes"),
+            hash: sched.site("hash"),
             sched,
             policy,
-            model: SizeModel::default(),
-            counts: TierCounts::default(),
+            inline: AtomicU64::new(0),
+            threads: AtomicU64::new(0),
         }
     }
 
@@ -219,45 +174,42 @@ impl Dispatch {
         self.policy
     }
 
-    /// Runs `work` (of the given `size`, for call site `key`) where the policy says.
-    pub async fn run<T, F>(
-        &self,
-        key: &'static str,
-        size: u64,
-        work: F,
-    ) -> Result<T, offload::Error>
+    /// Calls placed per tier so far, by tier name (`inline`, `threads`).
+    pub fn tier_counts(&self) -> BTreeMap<String, u64> {
+        let (inline, threads) = match self.policy {
+            Policy::Adaptive => {
+                let (p, h) = (self.primes.stats(), self.hash.stats());
+                (p.inline + h.inline, p.threads + h.threads)
+            }
+            _ => (
+                self.inline.load(Ordering::Relaxed),
+                self.threads.load(Ordering::Relaxed),
+            ),
+        };
+        BTreeMap::from([
+            ("inline".to_string(), inline),
+            ("threads".to_string(), threads),
+        ])
+    }
+
+    /// Runs `work` of the given `size` for call site `site` where the policy says.
+    async fn run<T, F>(&self, site: &CallSite, size: u64, work: F) -> Result<T, offload::Error>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let inline = match self.policy {
-            Policy::Inline => true,
-            Policy::Offload => false,
-            Policy::Adaptive => self
-                .model
-                .predict(key, size)
-                .is_some_and(|d| d < INLINE_BUDGET),
-        };
-        if inline {
-            self.counts.inline.fetch_add(1, Ordering::Relaxed);
-            let t0 = Instant::now();
-            let v = work();
-            self.model.learn(key, size, t0.elapsed());
-            Ok(v)
-        } else {
-            self.counts.threads.fetch_add(1, Ordering::Relaxed);
-            let (v, took) = self
-                .sched
-                .executor()
-                .submit_named(key, move || {
-                    let t0 = Instant::now();
-                    let v = work();
-                    (v, t0.elapsed())
-                })
-                .await?
-                .await?;
-            self.model.learn(key, size, took);
-            Ok(v)
+        match self.policy {
+            Policy::Inline => {
+                self.inline.fetch_add(1, Ordering::Relaxed);
+                Ok(work())
+            }
+            Policy::Offload => {
+                self.threads.fetch_add(1, Ordering::Relaxed);
+                let handle = self.sched.executor().submit_named(site.key(), work).await?;
+                handle.await
+            }
+            // The library decides per call, from what it learned of this site and size.
+            Policy::Adaptive => site.sized(size).call(work).await,
         }
     }
 
@@ -266,11 +218,13 @@ impl Dispatch {
         match parse(line) {
             Err(e) => e,
             Ok(Request::Echo(text)) => text,
-            Ok(Request::Primes(n)) => match self.run("primes", n, move || sum_primes(n)).await {
-                Ok(v) => v.to_string(),
-                Err(e) => format!("ERR {e}"),
-            },
-            Ok(Request::Hash(n)) => match self.run("hash", n, move || hash_bytes(n)).await {
+            Ok(Request::Primes(n)) => {
+                match self.run(&self.primes, n, move || sum_primes(n)).await {
+                    Ok(v) => v.to_string(),
+                    Err(e) => format!("ERR {e}"),
+                }
+            }
+            Ok(Request::Hash(n)) => match self.run(&self.hash, n, move || hash_bytes(n)).await {
                 Ok(v) => format!("{v:016x}"),
                 Err(e) => format!("ERR {e}"),
             },
@@ -527,7 +481,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = server.await;
         outcome
     });
-    let counts = dispatch.counts.snapshot();
+    let counts = dispatch.tier_counts();
     println!(
         "served {} requests on {} connections; calls per tier: {counts:?}; slow polls: {}",
         ServerStats::get(&stats.lines),

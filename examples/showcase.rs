@@ -259,7 +259,7 @@ fn run_policy(
             bar.set_position(t0.elapsed().as_millis() as u64);
             bar.set_message("warming up");
         }
-        let tiers_before = dispatch.counts.snapshot();
+        let tiers_before = dispatch.tier_counts();
         let slow_before = sched.stats().slow_polls;
         load.measuring.store(true, Ordering::Release);
         let m0 = Instant::now();
@@ -274,7 +274,7 @@ fn run_policy(
         }
         load.measuring.store(false, Ordering::Release);
         let seconds = m0.elapsed().as_secs_f64();
-        let tiers_after = dispatch.counts.snapshot();
+        let tiers_after = dispatch.tier_counts();
         let slow_polls = sched.stats().slow_polls - slow_before;
         load.stop.store(true, Ordering::Release);
 
@@ -482,7 +482,7 @@ pub fn latency_svg(results: &[PolicyResult]) -> String {
     const LEFT: f64 = 90.0;
     const RIGHT: f64 = 150.0;
     const TOP: f64 = 50.0;
-    const ROW: f64 = 70.0;
+    const ROW: f64 = 80.0;
     const BAR: f64 = 16.0;
     type Series = (&'static str, &'static str, fn(&PolicyResult) -> u64);
     let series: [Series; 3] = [
@@ -543,9 +543,8 @@ pub fn latency_svg(results: &[PolicyResult]) -> String {
         }
         let _ = writeln!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" fill="#333">{:.0} compute req/s</text>"##,
-            W - RIGHT + 60.0,
-            y0 + 1.5 * BAR + 4.0,
+            r##"<text x="{LEFT}" y="{:.1}" fill="#333">{:.0} compute req/s</text>"##,
+            y0 + 3.0 * BAR + 11.0,
             r.compute_rps
         );
     }

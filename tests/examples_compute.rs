@@ -56,8 +56,8 @@ async fn compute_every_policy_answers_the_same_and_places_as_it_says() {
             assert_eq!(d.answer(b"echo hi there").await, "hi there");
             assert!(d.answer(b"nope").await.starts_with("ERR"));
         }
-        let inline = d.counts.inline.load(Ordering::Relaxed);
-        let threads = d.counts.threads.load(Ordering::Relaxed);
+        let counts = d.tier_counts();
+        let (inline, threads) = (counts["inline"], counts["threads"]);
         assert_eq!(
             inline + threads,
             6,
