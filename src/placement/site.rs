@@ -201,8 +201,7 @@ impl CallSite {
                 if !explores(n, self.shared.explore_every) {
                     return Route::Inline { n, pred };
                 }
-                b.inline.fetch_sub(1, Relaxed);
-                self.state.counters.explored.fetch_add(1, Relaxed);
+                b.flipped_out.fetch_add(1, Relaxed);
                 return Route::OffCore { pred };
             }
         }
@@ -218,25 +217,22 @@ impl CallSite {
             Some(p) => (p, true),
             None => (self.state.predict(idx, budget), false),
         };
-        if self.killable {
-            return Route::OffCore { pred };
-        }
-        if pred <= budget {
+        if !self.killable && pred <= budget {
             let n = b.inline.fetch_add(1, Relaxed);
             if !user && explores(n, sh.explore_every) {
-                b.inline.fetch_sub(1, Relaxed);
-                self.state.counters.explored.fetch_add(1, Relaxed);
+                b.flipped_out.fetch_add(1, Relaxed);
                 return Route::OffCore { pred };
             }
             return Route::Inline { n, pred };
         }
-        if !user && pred != UNKNOWN && pred <= sh.explore_inline_ns {
-            let m = b.off.fetch_add(1, Relaxed);
-            if explores(m, sh.explore_every) {
-                self.state.counters.explored.fetch_add(1, Relaxed);
-                let n = b.inline.fetch_add(1, Relaxed);
-                return Route::Inline { n, pred };
-            }
+        let m = b.off.fetch_add(1, Relaxed);
+        let may_explore = !user && !self.killable && pred != UNKNOWN;
+        if may_explore && pred <= sh.explore_inline_ns && explores(m, sh.explore_every) {
+            b.flipped_in.fetch_add(1, Relaxed);
+            return Route::Inline {
+                n: b.inline.load(Relaxed),
+                pred,
+            };
         }
         Route::OffCore { pred }
     }
@@ -424,7 +420,7 @@ impl Call<'_> {
         let lead = nanos(t0.elapsed());
         match stage {
             Stage::Done(v) => {
-                st.counters.staged_done.fetch_add(1, Relaxed);
+                st.buckets[self.bucket].inline.fetch_add(1, Relaxed);
                 st.counters.hist.record(lead);
                 st.buckets[self.bucket].observe(lead, &sh.params);
                 tracing::trace!(
@@ -437,6 +433,7 @@ impl Call<'_> {
                 Ok(v)
             }
             Stage::Offload(rest) => {
+                st.buckets[self.bucket].off.fetch_add(1, Relaxed);
                 let pred = match self.hint.prediction() {
                     Some(p) => p,
                     None => st.predict(self.bucket, sh.params.budget_ns),
