@@ -167,6 +167,8 @@ pub(crate) struct Bucket {
     pub(crate) inline: AtomicU64,
     /// Decisions for off-core, explored or not (it picks the calls explored inline).
     pub(crate) off: AtomicU64,
+    /// Which inline decisions are explored off-core: those with `n & mask == mask`.
+    explore_mask: AtomicU64,
     /// Inline decisions flipped off-core by exploration.
     pub(crate) flipped_out: AtomicU64,
     /// Off-core decisions flipped inline by exploration.
@@ -184,6 +186,7 @@ impl Default for Bucket {
             predict: AtomicU64::new(UNKNOWN),
             inline: AtomicU64::new(0),
             off: AtomicU64::new(0),
+            explore_mask: AtomicU64::new(u64::MAX),
             flipped_out: AtomicU64::new(0),
             flipped_in: AtomicU64::new(0),
             mean: AtomicI64::new(0),
@@ -200,6 +203,16 @@ impl Bucket {
     #[inline]
     pub(crate) fn prediction(&self) -> u64 {
         self.predict.load(Relaxed)
+    }
+
+    /// The mask that picks inline decisions to explore (see [`super::policy::explore_mask`]).
+    #[inline]
+    pub(crate) fn explore_mask(&self) -> u64 {
+        self.explore_mask.load(Relaxed)
+    }
+
+    pub(crate) fn set_explore_mask(&self, mask: u64) {
+        self.explore_mask.store(mask, Relaxed);
     }
 
     pub(crate) fn estimate(&self) -> Estimate {

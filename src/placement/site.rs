@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::model::{UNKNOWN, UNSIZED, size_bucket};
-use super::policy::{self, Hint, explores};
+use super::policy::{self, Hint, explore_mask, explores, explores_masked};
 use super::stats::{KeyStats, tier_index};
 use super::{Shared, SiteState};
 use crate::error::{Error, ErrorKind, panic_message};
@@ -198,7 +198,7 @@ impl CallSite {
             let pred = b.prediction();
             if pred <= self.shared.params.budget_ns {
                 let n = b.inline.fetch_add(1, Relaxed);
-                if !explores(n, self.shared.explore_every) {
+                if !explores_masked(n, b.explore_mask()) {
                     return Route::Inline { n, pred };
                 }
                 b.flipped_out.fetch_add(1, Relaxed);
@@ -219,7 +219,7 @@ impl CallSite {
         };
         if !self.killable && pred <= budget {
             let n = b.inline.fetch_add(1, Relaxed);
-            if !user && explores(n, sh.explore_every) {
+            if !user && explores_masked(n, b.explore_mask()) {
                 b.flipped_out.fetch_add(1, Relaxed);
                 return Route::OffCore { pred };
             }
@@ -281,6 +281,7 @@ impl CallSite {
         } else {
             b.observe(ns, &sh.params);
         }
+        self.refresh_explore(idx);
         tracing::trace!(
             target: TARGET,
             key = %self.state.key,
@@ -289,6 +290,15 @@ impl CallSite {
             actual_ns = ns,
             "placed"
         );
+    }
+
+    /// Recomputes which inline decisions of bucket `idx` are explored, from its new prediction
+    /// and the cheapest learned trip.
+    fn refresh_explore(&self, idx: usize) {
+        let sh = &*self.shared;
+        let trip = sh.tiers.iter().map(|t| t.overhead_ns()).min().unwrap_or(0);
+        let b = &self.state.buckets[idx];
+        b.set_explore_mask(explore_mask(sh.explore_every, b.prediction(), trip));
     }
 
     /// Sends `f` to the cheapest eligible off-core tier and learns from its trip. `lead_ns` is
@@ -313,6 +323,7 @@ impl CallSite {
             let total = run.saturating_add(lead_ns);
             st.counters.hist.record(total);
             st.buckets[idx].observe(total, &sh.params);
+            self.refresh_explore(idx);
             slot.learn(wall.saturating_sub(run));
             tracing::trace!(
                 target: TARGET,
@@ -423,6 +434,7 @@ impl Call<'_> {
                 st.buckets[self.bucket].inline.fetch_add(1, Relaxed);
                 st.counters.hist.record(lead);
                 st.buckets[self.bucket].observe(lead, &sh.params);
+                site.refresh_explore(self.bucket);
                 tracing::trace!(
                     target: TARGET,
                     key = %st.key,
