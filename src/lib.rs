@@ -89,7 +89,8 @@ pub use executor::{
     wait_timeout,
 };
 pub use placement::{
-    Call, CallSite, KeyStats, Placement, PlacementConfig, PlacementStats, Stage, TierCost,
+    BucketStats, Call, CallSite, KeyStats, Placement, PlacementConfig, PlacementStats, Stage,
+    TierCost,
 };
 pub use scheduler::{
     Cooperate, DEFAULT_IO_THREADS, DEFAULT_SLOW_POLL, DEFAULT_YIELD_EVERY, Scheduler,

@@ -54,6 +54,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hint::black_box;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,7 +74,7 @@ pub use config::{
     TIMING_RATIO,
 };
 pub use site::{Call, CallSite, Stage};
-pub use stats::{KeyStats, PlacementStats, TierCost};
+pub use stats::{BucketStats, KeyStats, PlacementStats, TierCost};
 
 use model::{BUCKETS, Bucket, Params, UNKNOWN, UNSIZED};
 use policy::TierSlot;
@@ -115,13 +116,31 @@ impl SiteState {
 
     fn snapshot(&self) -> KeyStats {
         let c = &self.counters;
-        let inline: u64 = self
+        let buckets: Vec<BucketStats> = self
             .buckets
             .iter()
-            .map(|b| b.inline.load(std::sync::atomic::Ordering::Relaxed))
-            .sum::<u64>()
-            + c.staged_done.load(std::sync::atomic::Ordering::Relaxed);
-        let tier = |t| c.tiers[tier_index(t)].load(std::sync::atomic::Ordering::Relaxed);
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let (out, into) = (b.flipped_out.load(Relaxed), b.flipped_in.load(Relaxed));
+                let inline = (b.inline.load(Relaxed) + into).saturating_sub(out);
+                let off_core = (b.off.load(Relaxed) + out).saturating_sub(into);
+                (inline + off_core > 0).then(|| BucketStats {
+                    size_from: (i < UNSIZED).then(|| if i == 0 { 0 } else { 1u64 << (i - 1) }),
+                    inline,
+                    off_core,
+                    prediction: Some(b.prediction())
+                        .filter(|&p| p != UNKNOWN)
+                        .map(Duration::from_nanos),
+                })
+            })
+            .collect();
+        let inline: u64 = buckets.iter().map(|b| b.inline).sum();
+        let explored: u64 = self
+            .buckets
+            .iter()
+            .map(|b| b.flipped_out.load(Relaxed) + b.flipped_in.load(Relaxed))
+            .sum();
+        let tier = |t| c.tiers[tier_index(t)].load(Relaxed);
         let (threads, processes, cluster) = (
             tier(crate::TierKind::Threads),
             tier(crate::TierKind::Processes),
@@ -138,8 +157,9 @@ impl SiteState {
             timed,
             mean,
             p99,
-            mispredictions: c.mispredictions.load(std::sync::atomic::Ordering::Relaxed),
-            explored: c.explored.load(std::sync::atomic::Ordering::Relaxed),
+            mispredictions: c.mispredictions.load(Relaxed),
+            explored,
+            buckets,
         }
     }
 }

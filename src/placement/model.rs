@@ -153,7 +153,7 @@ pub(crate) fn is_overrun(ns: u64, predicted: u64, p: &Params) -> bool {
 
 const NOT_HELD: i64 = i64::MIN;
 
-/// One bucket of one key, in atomics on its own cache line.
+/// One bucket of one key, in atomics on its own cache lines (the hot ones first).
 ///
 /// Updates are load-compute-store without a lock: two calls finishing at the same instant may
 /// lose one of their samples, which only blurs an estimate that is smoothed anyway. The
@@ -162,10 +162,17 @@ const NOT_HELD: i64 = i64::MIN;
 #[derive(Debug)]
 pub(crate) struct Bucket {
     predict: AtomicU64,
-    /// Inline decisions (the fast path's one read-modify-write).
+    /// Decisions for inline, explored or not (the fast path's one read-modify-write; it also
+    /// picks the sampled and the explored calls).
     pub(crate) inline: AtomicU64,
-    /// Off-core decisions that were candidates for inline exploration.
+    /// Decisions for off-core, explored or not (it picks the calls explored inline).
     pub(crate) off: AtomicU64,
+    /// Which inline decisions are explored off-core: those with `n & mask == mask`.
+    explore_mask: AtomicU64,
+    /// Inline decisions flipped off-core by exploration.
+    pub(crate) flipped_out: AtomicU64,
+    /// Off-core decisions flipped inline by exploration.
+    pub(crate) flipped_in: AtomicU64,
     mean: AtomicI64,
     dev: AtomicI64,
     samples: AtomicU64,
@@ -179,6 +186,9 @@ impl Default for Bucket {
             predict: AtomicU64::new(UNKNOWN),
             inline: AtomicU64::new(0),
             off: AtomicU64::new(0),
+            explore_mask: AtomicU64::new(u64::MAX),
+            flipped_out: AtomicU64::new(0),
+            flipped_in: AtomicU64::new(0),
             mean: AtomicI64::new(0),
             dev: AtomicI64::new(0),
             samples: AtomicU64::new(0),
@@ -193,6 +203,16 @@ impl Bucket {
     #[inline]
     pub(crate) fn prediction(&self) -> u64 {
         self.predict.load(Relaxed)
+    }
+
+    /// The mask that picks inline decisions to explore (see [`super::policy::explore_mask`]).
+    #[inline]
+    pub(crate) fn explore_mask(&self) -> u64 {
+        self.explore_mask.load(Relaxed)
+    }
+
+    pub(crate) fn set_explore_mask(&self, mask: u64) {
+        self.explore_mask.store(mask, Relaxed);
     }
 
     pub(crate) fn estimate(&self) -> Estimate {

@@ -41,6 +41,28 @@ pub(crate) fn explores(n: u64, every: u64) -> bool {
     every != 0 && n % every == every - 1
 }
 
+/// The exploration mask of an inline bucket predicted at `pred` ns when the cheapest off-core
+/// trip costs `overhead_ns`: one inline decision in `every × max(1, overhead / pred)`, rounded up
+/// to a power of two, is explored off-core. An exploration costs about one trip, so this keeps
+/// exploring under ~1/`every` of the key's own time: a 100 ns call is not sent on a 25 µs trip
+/// one time in 64. `u64::MAX` (never) when `every` is 0.
+pub(crate) fn explore_mask(every: u64, pred: u64, overhead_ns: u64) -> u64 {
+    if every == 0 || pred == UNKNOWN {
+        return u64::MAX;
+    }
+    let ratio = (overhead_ns / pred.max(1)).max(1);
+    every
+        .saturating_mul(ratio)
+        .checked_next_power_of_two()
+        .map_or(u64::MAX, |p| p - 1)
+}
+
+/// Whether inline decision `n` is explored under `mask`.
+#[inline]
+pub(crate) fn explores_masked(n: u64, mask: u64) -> bool {
+    n & mask == mask
+}
+
 /// Expected completion on a tier, saturating: `overhead + queue delay + predicted` (an unknown
 /// prediction counts as 0: it is the same for every tier, so only overheads decide).
 pub(crate) fn expected_completion(overhead_ns: u64, queue_delay_ns: u64, predicted: u64) -> u64 {
@@ -146,6 +168,22 @@ mod tests {
         assert!(!explores(0, 64)); // the first decision is never an exploration
         assert!(explores(63, 64));
         assert!((0..1000).all(|n| !explores(n, 0)));
+    }
+
+    #[test]
+    fn exploration_of_cheap_calls_is_scaled_by_the_trip_they_would_make() {
+        // A 2 µs call and a 20 µs trip: 64 × 10 = 640, rounded to 1024.
+        let m = explore_mask(64, 2_000, 20_000);
+        assert_eq!(m, 1023);
+        assert_eq!((0..4096).filter(|&n| explores_masked(n, m)).count(), 4);
+        // A call longer than the trip: plain 1 in 64.
+        assert_eq!(explore_mask(64, 40_000, 20_000), 63);
+        // Unknown overhead: 1 in 64.
+        assert_eq!(explore_mask(64, 100, 0), 63);
+        // Off, and unknown prediction: never.
+        assert_eq!(explore_mask(0, 100, 0), u64::MAX);
+        assert_eq!(explore_mask(64, UNKNOWN, 0), u64::MAX);
+        assert!(!explores_masked(12345, u64::MAX));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::model::{UNKNOWN, UNSIZED, size_bucket};
-use super::policy::{self, Hint, explores};
+use super::policy::{self, Hint, explore_mask, explores, explores_masked};
 use super::stats::{KeyStats, tier_index};
 use super::{Shared, SiteState};
 use crate::error::{Error, ErrorKind, panic_message};
@@ -198,11 +198,10 @@ impl CallSite {
             let pred = b.prediction();
             if pred <= self.shared.params.budget_ns {
                 let n = b.inline.fetch_add(1, Relaxed);
-                if !explores(n, self.shared.explore_every) {
+                if !explores_masked(n, b.explore_mask()) {
                     return Route::Inline { n, pred };
                 }
-                b.inline.fetch_sub(1, Relaxed);
-                self.state.counters.explored.fetch_add(1, Relaxed);
+                b.flipped_out.fetch_add(1, Relaxed);
                 return Route::OffCore { pred };
             }
         }
@@ -218,25 +217,22 @@ impl CallSite {
             Some(p) => (p, true),
             None => (self.state.predict(idx, budget), false),
         };
-        if self.killable {
-            return Route::OffCore { pred };
-        }
-        if pred <= budget {
+        if !self.killable && pred <= budget {
             let n = b.inline.fetch_add(1, Relaxed);
-            if !user && explores(n, sh.explore_every) {
-                b.inline.fetch_sub(1, Relaxed);
-                self.state.counters.explored.fetch_add(1, Relaxed);
+            if !user && explores_masked(n, b.explore_mask()) {
+                b.flipped_out.fetch_add(1, Relaxed);
                 return Route::OffCore { pred };
             }
             return Route::Inline { n, pred };
         }
-        if !user && pred != UNKNOWN && pred <= sh.explore_inline_ns {
-            let m = b.off.fetch_add(1, Relaxed);
-            if explores(m, sh.explore_every) {
-                self.state.counters.explored.fetch_add(1, Relaxed);
-                let n = b.inline.fetch_add(1, Relaxed);
-                return Route::Inline { n, pred };
-            }
+        let m = b.off.fetch_add(1, Relaxed);
+        let may_explore = !user && !self.killable && pred != UNKNOWN;
+        if may_explore && pred <= sh.explore_inline_ns && explores(m, sh.explore_every) {
+            b.flipped_in.fetch_add(1, Relaxed);
+            return Route::Inline {
+                n: b.inline.load(Relaxed),
+                pred,
+            };
         }
         Route::OffCore { pred }
     }
@@ -285,6 +281,7 @@ impl CallSite {
         } else {
             b.observe(ns, &sh.params);
         }
+        self.refresh_explore(idx);
         tracing::trace!(
             target: TARGET,
             key = %self.state.key,
@@ -293,6 +290,15 @@ impl CallSite {
             actual_ns = ns,
             "placed"
         );
+    }
+
+    /// Recomputes which inline decisions of bucket `idx` are explored, from its new prediction
+    /// and the cheapest learned trip.
+    fn refresh_explore(&self, idx: usize) {
+        let sh = &*self.shared;
+        let trip = sh.tiers.iter().map(|t| t.overhead_ns()).min().unwrap_or(0);
+        let b = &self.state.buckets[idx];
+        b.set_explore_mask(explore_mask(sh.explore_every, b.prediction(), trip));
     }
 
     /// Sends `f` to the cheapest eligible off-core tier and learns from its trip. `lead_ns` is
@@ -317,6 +323,7 @@ impl CallSite {
             let total = run.saturating_add(lead_ns);
             st.counters.hist.record(total);
             st.buckets[idx].observe(total, &sh.params);
+            self.refresh_explore(idx);
             slot.learn(wall.saturating_sub(run));
             tracing::trace!(
                 target: TARGET,
@@ -424,9 +431,10 @@ impl Call<'_> {
         let lead = nanos(t0.elapsed());
         match stage {
             Stage::Done(v) => {
-                st.counters.staged_done.fetch_add(1, Relaxed);
+                st.buckets[self.bucket].inline.fetch_add(1, Relaxed);
                 st.counters.hist.record(lead);
                 st.buckets[self.bucket].observe(lead, &sh.params);
+                site.refresh_explore(self.bucket);
                 tracing::trace!(
                     target: TARGET,
                     key = %st.key,
@@ -437,6 +445,7 @@ impl Call<'_> {
                 Ok(v)
             }
             Stage::Offload(rest) => {
+                st.buckets[self.bucket].off.fetch_add(1, Relaxed);
                 let pred = match self.hint.prediction() {
                     Some(p) => p,
                     None => st.predict(self.bucket, sh.params.budget_ns),

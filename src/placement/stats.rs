@@ -82,8 +82,6 @@ pub(crate) struct KeyCounters {
     /// Off-core calls per tier, indexed by [`tier_index`].
     pub(crate) tiers: [AtomicU64; 4],
     pub(crate) mispredictions: AtomicU64,
-    pub(crate) explored: AtomicU64,
-    pub(crate) staged_done: AtomicU64,
     pub(crate) hist: Histogram,
 }
 
@@ -104,7 +102,7 @@ pub struct KeyStats {
     pub key: String,
     /// Calls placed (every decision, timed or not).
     pub calls: u64,
-    /// Calls run inline (including the first parts of staged calls that finished inline).
+    /// Calls run inline (including staged calls that finished in their first part).
     pub inline: u64,
     /// Calls run on the thread tier.
     pub threads: u64,
@@ -123,6 +121,35 @@ pub struct KeyStats {
     pub mispredictions: u64,
     /// Decisions flipped to explore the other side.
     pub explored: u64,
+    /// The size buckets that were used, by size (the bucket of calls without a size hint last).
+    pub buckets: Vec<BucketStats>,
+}
+
+/// One size bucket of a key: calls of sizes `size_from ..= 2 × size_from − 1` (one bit length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketStats {
+    /// The smallest size in the bucket; `None` for calls without a size hint.
+    pub size_from: Option<u64>,
+    /// Calls placed inline.
+    pub inline: u64,
+    /// Calls placed off-core.
+    pub off_core: u64,
+    /// The model's prediction now, `None` while unknown.
+    pub prediction: Option<Duration>,
+}
+
+impl KeyStats {
+    /// The bucket holding calls of size `n` (`None`: calls without a size hint), if used.
+    pub fn bucket(&self, n: Option<u64>) -> Option<&BucketStats> {
+        let from = n.map(|n| {
+            if n == 0 {
+                0
+            } else {
+                1u64 << (63 - n.leading_zeros())
+            }
+        });
+        self.buckets.iter().find(|b| b.size_from == from)
+    }
 }
 
 impl KeyStats {

@@ -1,0 +1,44 @@
+//! An unknown key starts off-core: nothing is known of its cost, so the safe place is off the
+//! I/O thread. So does an unknown size of a known key when no larger size is known cheap.
+
+use std::time::Duration;
+
+use offload::Scheduler;
+
+fn on_worker() -> bool {
+    std::thread::current()
+        .name()
+        .is_some_and(|n| n.starts_with("offload-cpu"))
+}
+
+#[test]
+fn the_first_call_of_a_key_goes_off_core() {
+    let sched = Scheduler::builder()
+        .io_threads(1)
+        .cpu_workers(1)
+        .build()
+        .expect("scheduler starts");
+    let site = sched.site("never-seen");
+    assert_eq!(site.prediction(None), None);
+    sched.block_on(async {
+        assert!(site.call(on_worker).await.expect("ok"));
+        let s = site.stats();
+        assert_eq!((s.calls, s.inline, s.threads), (1, 0, 1));
+        // Learned from that one call: a trivial closure is cheap, so the next runs inline.
+        assert!(site.prediction(None).is_some());
+        assert!(!site.call(on_worker).await.expect("ok"));
+
+        // A size never seen, with no larger size known: off-core too.
+        assert!(site.sized(1 << 30).call(on_worker).await.expect("ok"));
+        // A smaller size than one known to be cheap borrows its prediction: inline.
+        assert!(!site.sized(1 << 10).call(on_worker).await.expect("ok"));
+    });
+    let stats = sched.placement_stats();
+    let k = stats.key("never-seen").expect("the key is in the stats");
+    assert_eq!(k.calls, 4);
+    assert_eq!(k.threads, 2);
+    assert_eq!(stats.tiers.len(), 1);
+    assert_eq!(stats.tiers[0].samples, 2);
+    assert!(stats.tiers[0].overhead > Duration::ZERO);
+    sched.shutdown(Duration::from_secs(5));
+}
