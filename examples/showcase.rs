@@ -70,6 +70,8 @@ pub struct Settings {
     pub out: PathBuf,
     /// Show progress bars.
     pub progress: bool,
+    /// Print what placement learned, per key, after each policy.
+    pub verbose: bool,
 }
 
 impl Settings {
@@ -86,6 +88,7 @@ impl Settings {
             cpu_workers: 1,
             out: default_out(),
             progress: true,
+            verbose: false,
         }
     }
 
@@ -299,6 +302,15 @@ fn run_policy(
     let (hist, seconds, tier_counts, slow_polls) = measured;
     let _ = stop_server.send(());
     let _ = sched.block_on(server);
+    if settings.verbose && policy == Policy::Adaptive {
+        for k in sched.placement_stats().keys {
+            println!(
+                "  {:<7} calls {:>7}  inline {:>7}  threads {:>6}  mean {:>9.1?}  p99 {:>9.1?}  \
+                 mispredictions {}  explored {}",
+                k.key, k.calls, k.inline, k.threads, k.mean, k.p99, k.mispredictions, k.explored
+            );
+        }
+    }
     sched.shutdown(Duration::from_secs(2));
 
     let compute_count = load.compute_done.load(Ordering::Relaxed);
@@ -579,6 +591,9 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     no_progress: bool,
+    /// Print what placement learned, per key.
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[allow(dead_code)]
@@ -614,6 +629,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         settings.out = out;
     }
     settings.progress = !args.no_progress;
+    settings.verbose = args.verbose;
     println!(
         "showcase: compute server on loopback, {} echo clients every {} ms, {} compute clients; \
          {:.1} s per policy",
