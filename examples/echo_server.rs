@@ -249,7 +249,7 @@ async fn self_test(addr: SocketAddr, clients: usize, lines: usize) -> Result<usi
                 rd.read_line(&mut got)
                     .await
                     .map_err(|e| format!("client {c}: read: {e}"))?;
-                if got.trim_end() != sent {
+                if got.strip_suffix('\n') != Some(sent.as_str()) {
                     return Err(format!("client {c}: sent {sent:?}, got {got:?}"));
                 }
             }
