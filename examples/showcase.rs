@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use offload::Scheduler;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -52,9 +52,12 @@ const SLOW_POLL: Duration = Duration::from_millis(1);
 pub struct Settings {
     /// Policies to run, in order.
     pub policies: Vec<Policy>,
-    /// Load before measuring, per policy (the adaptive model learns here).
+    /// Rounds: each runs every policy once, in order, so that a change in the machine's load
+    /// over the run falls on every policy alike. A policy's figures merge its rounds.
+    pub rounds: u32,
+    /// Load before measuring, per policy and round (the adaptive model learns here).
     pub warmup: Duration,
-    /// Measured time per policy.
+    /// Measured time per policy and round.
     pub measure: Duration,
     /// Echo clients.
     pub echo_clients: usize,
@@ -79,8 +82,9 @@ impl Settings {
     pub fn full() -> Self {
         Settings {
             policies: vec![Policy::Inline, Policy::Offload, Policy::Adaptive],
-            warmup: Duration::from_secs(1),
-            measure: Duration::from_secs(8),
+            rounds: 3,
+            warmup: Duration::from_millis(500),
+            measure: Duration::from_millis(2500),
             echo_clients: 8,
             echo_interval: Duration::from_millis(5),
             compute_clients: 4,
@@ -95,6 +99,7 @@ impl Settings {
     /// A few seconds in all, for CI and tests.
     pub fn quick() -> Self {
         Settings {
+            rounds: 1,
             warmup: Duration::from_millis(300),
             measure: Duration::from_millis(700),
             echo_clients: 2,
@@ -165,11 +170,85 @@ struct Load {
     errors: AtomicU64,
 }
 
+/// One policy's figures from one round.
+struct Round {
+    hist: Histogram<u64>,
+    compute_count: u64,
+    seconds: f64,
+    tier_counts: BTreeMap<String, u64>,
+    slow_polls: u64,
+    errors: u64,
+}
+
+impl Round {
+    fn merge(&mut self, other: Round) {
+        self.hist
+            .add(&other.hist)
+            .expect("histograms share their bounds");
+        self.compute_count += other.compute_count;
+        self.seconds += other.seconds;
+        for (k, v) in other.tier_counts {
+            *self.tier_counts.entry(k).or_insert(0) += v;
+        }
+        self.slow_polls += other.slow_polls;
+        self.errors += other.errors;
+    }
+
+    fn result(self, policy: Policy) -> PolicyResult {
+        let h = &self.hist;
+        PolicyResult {
+            policy,
+            echo_p50_us: h.value_at_quantile(0.50),
+            echo_p99_us: h.value_at_quantile(0.99),
+            echo_p999_us: h.value_at_quantile(0.999),
+            echo_max_us: h.max(),
+            echo_count: h.len(),
+            compute_rps: self.compute_count as f64 / self.seconds.max(f64::MIN_POSITIVE),
+            compute_count: self.compute_count,
+            tier_counts: self.tier_counts,
+            slow_polls: self.slow_polls,
+            errors: self.errors,
+            seconds: self.seconds,
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
+}
+
 /// Runs every policy of `settings`, prints the table, writes results.json and latency.svg.
 pub fn run(settings: &Settings) -> Result<Vec<PolicyResult>, Box<dyn std::error::Error>> {
+    let multi = MultiProgress::new();
+    if !settings.progress {
+        multi.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let bars: Vec<ProgressBar> = settings
+        .policies
+        .iter()
+        .map(|&p| multi.add(progress_bar(settings, p)))
+        .collect();
+    let mut merged: Vec<Option<Round>> = settings.policies.iter().map(|_| None).collect();
+    let per_round = (settings.warmup + settings.measure).as_millis() as u64;
+    for r in 0..settings.rounds.max(1) {
+        for (i, &policy) in settings.policies.iter().enumerate() {
+            let round = run_round(policy, settings, &bars[i], u64::from(r) * per_round)?;
+            match &mut merged[i] {
+                Some(m) => m.merge(round),
+                slot => *slot = Some(round),
+            }
+        }
+    }
     let mut results = Vec::new();
-    for &policy in &settings.policies {
-        results.push(run_policy(policy, settings)?);
+    for ((&policy, bar), m) in settings.policies.iter().zip(&bars).zip(merged) {
+        let result = m
+            .expect("every policy ran at least one round")
+            .result(policy);
+        bar.finish_with_message(format!(
+            "{:.0} compute req/s, echo p99 {} µs",
+            result.compute_rps, result.echo_p99_us
+        ));
+        results.push(result);
     }
     print_table(&results);
     std::fs::create_dir_all(&settings.out)?;
@@ -182,23 +261,24 @@ pub fn run(settings: &Settings) -> Result<Vec<PolicyResult>, Box<dyn std::error:
 }
 
 fn progress_bar(settings: &Settings, policy: Policy) -> ProgressBar {
-    if !settings.progress {
-        return ProgressBar::hidden();
-    }
-    let total = (settings.warmup + settings.measure).as_millis() as u64;
+    let total =
+        u64::from(settings.rounds.max(1)) * (settings.warmup + settings.measure).as_millis() as u64;
     let bar = ProgressBar::new(total);
     let style = ProgressStyle::with_template("{prefix:>9} [{bar:32}] {msg}")
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_prefix(policy.name());
+    bar.set_message("waiting");
     bar
 }
 
-fn run_policy(
+fn run_round(
     policy: Policy,
     settings: &Settings,
-) -> Result<PolicyResult, Box<dyn std::error::Error>> {
+    bar: &ProgressBar,
+    base_ms: u64,
+) -> Result<Round, Box<dyn std::error::Error>> {
     let sched = Scheduler::builder()
         .io_threads(settings.io_threads)
         .cpu_workers(settings.cpu_workers)
@@ -227,7 +307,6 @@ fn run_policy(
     let clients = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let bar = progress_bar(settings, policy);
     let load = Arc::new(Load {
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
@@ -259,7 +338,7 @@ fn run_policy(
         let tick = Duration::from_millis(100);
         while t0.elapsed() < settings.warmup {
             tokio::time::sleep(tick).await;
-            bar.set_position(t0.elapsed().as_millis() as u64);
+            bar.set_position(base_ms + t0.elapsed().as_millis() as u64);
             bar.set_message("warming up");
         }
         let tiers_before = dispatch.tier_counts();
@@ -269,7 +348,7 @@ fn run_policy(
         while m0.elapsed() < settings.measure {
             tokio::time::sleep(tick.min(settings.measure)).await;
             let done = load.compute_done.load(Ordering::Relaxed);
-            bar.set_position(t0.elapsed().as_millis() as u64);
+            bar.set_position(base_ms + t0.elapsed().as_millis() as u64);
             bar.set_message(format!(
                 "{:.0} compute req/s",
                 done as f64 / m0.elapsed().as_secs_f64()
@@ -281,8 +360,7 @@ fn run_policy(
         let slow_polls = sched.stats().slow_polls - slow_before;
         load.stop.store(true, Ordering::Release);
 
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-            .expect("static histogram bounds are valid");
+        let mut hist = new_histogram();
         while let Some(h) = echo.join_next().await {
             match h {
                 Ok(h) => hist.add(&h).expect("histograms share their bounds"),
@@ -313,26 +391,14 @@ fn run_policy(
     }
     sched.shutdown(Duration::from_secs(2));
 
-    let compute_count = load.compute_done.load(Ordering::Relaxed);
-    let result = PolicyResult {
-        policy,
-        echo_p50_us: hist.value_at_quantile(0.50),
-        echo_p99_us: hist.value_at_quantile(0.99),
-        echo_p999_us: hist.value_at_quantile(0.999),
-        echo_max_us: hist.max(),
-        echo_count: hist.len(),
-        compute_rps: compute_count as f64 / seconds,
-        compute_count,
+    Ok(Round {
+        hist,
+        compute_count: load.compute_done.load(Ordering::Relaxed),
+        seconds,
         tier_counts,
         slow_polls,
         errors: load.errors.load(Ordering::Relaxed),
-        seconds,
-    };
-    bar.finish_with_message(format!(
-        "{:.0} compute req/s, echo p99 {} µs",
-        result.compute_rps, result.echo_p99_us
-    ));
-    Ok(result)
+    })
 }
 
 async fn connect(
@@ -357,8 +423,7 @@ async fn echo_client(
     every: Duration,
     load: Arc<Load>,
 ) -> Histogram<u64> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .expect("static histogram bounds are valid");
+    let mut hist = new_histogram();
     let Some((mut rd, mut wr)) = connect(addr).await else {
         load.errors.fetch_add(1, Ordering::Relaxed);
         return hist;
@@ -576,9 +641,12 @@ struct Args {
     /// Policies to run, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',')]
     policies: Option<Vec<Policy>>,
-    /// Measured seconds per policy.
+    /// Measured seconds per policy and round.
     #[arg(long)]
     secs: Option<f64>,
+    /// Rounds (each runs every policy once, interleaved).
+    #[arg(long)]
+    rounds: Option<u32>,
     /// Echo clients.
     #[arg(long)]
     echo_clients: Option<usize>,
@@ -625,6 +693,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = args.compute_clients {
         settings.compute_clients = n;
     }
+    if let Some(n) = args.rounds {
+        settings.rounds = n.max(1);
+    }
     if let Some(out) = args.out {
         settings.out = out;
     }
@@ -632,11 +703,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     settings.verbose = args.verbose;
     println!(
         "showcase: compute server on loopback, {} echo clients every {} ms, {} compute clients; \
-         {:.1} s per policy",
+         {} round(s) of {:.1} s per policy ({:.1} s warm-up, {:.1} s measured)",
         settings.echo_clients,
         settings.echo_interval.as_millis(),
         settings.compute_clients,
-        (settings.warmup + settings.measure).as_secs_f64()
+        settings.rounds,
+        (settings.warmup + settings.measure).as_secs_f64(),
+        settings.warmup.as_secs_f64(),
+        settings.measure.as_secs_f64()
     );
     println!(
         "compute mix: {}",
