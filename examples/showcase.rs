@@ -82,9 +82,9 @@ impl Settings {
     pub fn full() -> Self {
         Settings {
             policies: vec![Policy::Inline, Policy::Offload, Policy::Adaptive],
-            rounds: 3,
-            warmup: Duration::from_millis(500),
-            measure: Duration::from_millis(2500),
+            rounds: 8,
+            warmup: Duration::from_millis(250),
+            measure: Duration::from_millis(1000),
             echo_clients: 8,
             echo_interval: Duration::from_millis(5),
             compute_clients: 4,
