@@ -18,7 +18,9 @@ fn sum_primes(below: u64) -> u64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_target(false).init();
-    let sched = Scheduler::builder().slow_poll_threshold(Duration::from_millis(5)).build()?;
+    let sched = Scheduler::builder()
+        .slow_poll_threshold(Duration::from_millis(5))
+        .build()?;
     let cpu = sched.executor().clone();
     println!("CPU tier: {} with {} worker(s)", cpu.tier(), cpu.workers());
 
@@ -39,7 +41,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The same on the inline tier (Listing 1's fallback).
         let t0 = Instant::now();
         let inline = Executor::inline();
-        let n: usize = inline.map(0..8u64, |i| sum_primes(100_000 + 100 * i)).count().await;
+        let n: usize = inline
+            .map(0..8u64, |i| sum_primes(100_000 + 100 * i))
+            .count()
+            .await;
         println!("{n} sums inline in {:?}", t0.elapsed());
 
         // wait: the first of several to finish.
@@ -48,7 +53,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             hs.push(cpu.submit(move || sum_primes(n)).await?);
         }
         let w = wait(hs, WaitMode::FirstCompleted).await;
-        println!("first finished: {} done, {} still pending", w.done.len(), w.pending.len());
+        println!(
+            "first finished: {} done, {} still pending",
+            w.done.len(),
+            w.pending.len()
+        );
         Ok::<(), offload::Error>(())
     })?;
 
@@ -62,7 +71,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     sched.block_on(group.join_all());
     let stats = sched.stats();
-    println!("slow polls seen by the watchdog: {:?}", stats.slow_polls_by_task);
+    println!(
+        "slow polls seen by the watchdog: {:?}",
+        stats.slow_polls_by_task
+    );
 
     cpu.shutdown_blocking(ShutdownMode::Drain);
     sched.shutdown(Duration::from_secs(1));

@@ -48,7 +48,11 @@ async fn every_task_ends_in_exactly_one_outcome_panics_included() {
     assert_eq!(ok + panicked, 200);
     assert_eq!(panicked, (0..200).filter(|i| i % 7 == 0).count());
     // The counters move just after each outcome is delivered.
-    assert!(common::eventually(|| pool.stats().completed == 200), "{:?}", pool.stats());
+    assert!(
+        common::eventually(|| pool.stats().completed == 200),
+        "{:?}",
+        pool.stats()
+    );
     assert_eq!(pool.stats().panicked as usize, panicked);
     pool.shutdown(ShutdownMode::Drain).await;
 }

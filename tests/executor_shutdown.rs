@@ -9,7 +9,9 @@ use offload::ShutdownMode;
 #[tokio::test]
 async fn drain_finishes_queued_work_and_leaves_no_thread() {
     let pool = common::pool("drn-", 2, 100);
-    assert!(common::eventually(|| common::threads_named("drn-").len() == 2));
+    assert!(common::eventually(
+        || common::threads_named("drn-").len() == 2
+    ));
     let done = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for _ in 0..100 {
