@@ -62,3 +62,36 @@ fn a_50ms_blocking_poll_is_reported_by_name() {
     assert!(!text.contains("healthy"), "{text}");
     sched.shutdown(Duration::from_secs(2));
 }
+
+#[test]
+fn a_poll_that_never_returns_is_reported_while_it_runs() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sched = Scheduler::builder()
+        .io_threads(1)
+        .cpu_workers(1)
+        .slow_poll_threshold(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let release = Arc::new(AtomicBool::new(false));
+    let r = release.clone();
+    let h = sched.spawn("stuck", async move {
+        // Blocks its thread until the test has seen the report.
+        while !r.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sched.stats().stuck_polls == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seen_while_running = sched.stats().stuck_polls;
+    release.store(true, Ordering::SeqCst);
+    sched.block_on(h).unwrap();
+    assert_eq!(seen_while_running, 1, "reported once while still blocked");
+    assert_eq!(
+        sched.stats().slow_polls,
+        1,
+        "and counted as slow when it ended"
+    );
+    sched.shutdown(Duration::from_secs(1));
+}
