@@ -167,11 +167,11 @@ impl SiteState {
 /// State shared by every call site of one [`Placement`].
 pub(crate) struct Shared {
     pub(crate) params: Params,
-    pub(crate) sample_mask: u64,
-    pub(crate) always_time_ns: u64,
+    pub(crate) sample_every: u64,
+    pub(crate) timing_ratio: u64,
     pub(crate) explore_every: u64,
     pub(crate) explore_inline_ns: u64,
-    clock_pair_ns: u64,
+    pub(crate) clock_pair_ns: u64,
     pub(crate) tiers: Vec<TierSlot>,
     sites: Mutex<HashMap<Arc<str>, Arc<SiteState>>>,
     config: PlacementConfig,
@@ -249,8 +249,8 @@ impl Placement {
         Ok(Placement {
             shared: Arc::new(Shared {
                 params,
-                sample_mask: config.sample_every - 1,
-                always_time_ns: clock_pair_ns.saturating_mul(config.timing_ratio),
+                sample_every: config.sample_every,
+                timing_ratio: config.timing_ratio,
                 explore_every: config.explore_every,
                 explore_inline_ns,
                 clock_pair_ns,
