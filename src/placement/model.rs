@@ -158,7 +158,7 @@ const NOT_HELD: i64 = i64::MIN;
 /// Updates are load-compute-store without a lock: two calls finishing at the same instant may
 /// lose one of their samples, which only blurs an estimate that is smoothed anyway. The
 /// counters that the stats report use `fetch_add` and are exact.
-#[repr(align(64))]
+#[repr(C, align(64))]
 #[derive(Debug)]
 pub(crate) struct Bucket {
     predict: AtomicU64,
@@ -277,6 +277,12 @@ mod tests {
 
     fn params() -> Params {
         Params::new(&PlacementConfig::default())
+    }
+
+    #[test]
+    fn a_bucket_is_two_cache_lines_with_the_hot_fields_first() {
+        assert_eq!(std::mem::align_of::<Bucket>(), 64);
+        assert_eq!(std::mem::size_of::<Bucket>(), 128);
     }
 
     #[test]

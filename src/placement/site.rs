@@ -337,7 +337,7 @@ impl CallSite {
                 target: TARGET,
                 key = %st.key,
                 predicted_ns = ?shown(pred),
-                tier = %slot.kind,
+                tier = slot.kind.name(),
                 actual_ns = total,
                 trip_ns = wall.saturating_sub(run),
                 "placed"
