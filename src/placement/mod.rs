@@ -46,7 +46,7 @@
 //! # Killable work
 //!
 //! [`CallSite::killable`] marks work that must be isolated and stoppable: it never runs inline
-//! nor on the thread tier. It runs on a tier whose [`TierKind::is_killable`] is true, attached
+//! nor on the thread tier. It runs on a tier whose [`TierKind::is_killable`](crate::TierKind::is_killable) is true, attached
 //! with [`SchedulerBuilder::placement_tier`](crate::SchedulerBuilder::placement_tier) or
 //! [`Placement::new`]; with none attached, such a call fails with
 //! [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) saying so.
