@@ -30,14 +30,14 @@ pub const EXPLORE_EVERY: u64 = 64;
 /// exploration never holds the I/O thread for more than 2 × [`INLINE_BUDGET`].
 pub const EXPLORE_INLINE_LIMIT: u32 = 2;
 
-/// Inline calls predicted cheaper than [`TIMING_RATIO`] clock reads are timed one in this many
-/// (a power of two). A pair of clock reads costs 40–90 ns on these VMs, more than the whole
-/// fast-path budget; one in 8 makes it ~10 ns a call, and a cost that drifts upward is still
-/// seen within 8 calls.
-pub const SAMPLE_EVERY: u64 = 8;
+/// The most inline calls per timed one (a power of two). A pair of clock reads costs 40–90 ns
+/// on these VMs, more than the whole fast-path budget, so the cheapest calls are timed only one
+/// in 16 (~5 ns a call); a cost that drifts upward is still seen within 16 calls.
+pub const SAMPLE_EVERY: u64 = 16;
 
-/// Calls predicted to last at least this many times the measured cost of a pair of clock reads
-/// are timed every time: the timing then costs at most 2 % of the call.
+/// Inline calls are timed one in `clock pair × TIMING_RATIO / prediction` (a power of two, at
+/// most [`SAMPLE_EVERY`]): timing then costs at most 1/50 = 2 % of the calls' own time, and a
+/// call predicted above 50 clock pairs (~3.5 µs here) is timed every time.
 pub const TIMING_RATIO: u64 = 50;
 
 /// Smoothing of the duration estimate, as a shift: each timed call moves the estimate 1/8 of
@@ -132,7 +132,7 @@ impl PlacementConfig {
         self
     }
 
-    /// Cheap inline calls are timed one in `n`, a power of two (default [`SAMPLE_EVERY`]; 1
+    /// At most `n` inline calls per timed one, a power of two (default [`SAMPLE_EVERY`]; 1
     /// times every call).
     pub fn sample_every(&mut self, n: u64) -> &mut Self {
         self.sample_every = n;

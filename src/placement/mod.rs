@@ -46,7 +46,7 @@
 //! # Killable work
 //!
 //! [`CallSite::killable`] marks work that must be isolated and stoppable: it never runs inline
-//! nor on the thread tier. It runs on a tier whose [`TierKind::is_killable`] is true, attached
+//! nor on the thread tier. It runs on a tier whose [`TierKind::is_killable`](crate::TierKind::is_killable) is true, attached
 //! with [`SchedulerBuilder::placement_tier`](crate::SchedulerBuilder::placement_tier) or
 //! [`Placement::new`]; with none attached, such a call fails with
 //! [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) saying so.
@@ -167,11 +167,11 @@ impl SiteState {
 /// State shared by every call site of one [`Placement`].
 pub(crate) struct Shared {
     pub(crate) params: Params,
-    pub(crate) sample_mask: u64,
-    pub(crate) always_time_ns: u64,
+    pub(crate) sample_every: u64,
+    pub(crate) timing_ratio: u64,
     pub(crate) explore_every: u64,
     pub(crate) explore_inline_ns: u64,
-    clock_pair_ns: u64,
+    pub(crate) clock_pair_ns: u64,
     pub(crate) tiers: Vec<TierSlot>,
     sites: Mutex<HashMap<Arc<str>, Arc<SiteState>>>,
     config: PlacementConfig,
@@ -249,8 +249,8 @@ impl Placement {
         Ok(Placement {
             shared: Arc::new(Shared {
                 params,
-                sample_mask: config.sample_every - 1,
-                always_time_ns: clock_pair_ns.saturating_mul(config.timing_ratio),
+                sample_every: config.sample_every,
+                timing_ratio: config.timing_ratio,
                 explore_every: config.explore_every,
                 explore_inline_ns,
                 clock_pair_ns,

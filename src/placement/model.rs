@@ -158,7 +158,7 @@ const NOT_HELD: i64 = i64::MIN;
 /// Updates are load-compute-store without a lock: two calls finishing at the same instant may
 /// lose one of their samples, which only blurs an estimate that is smoothed anyway. The
 /// counters that the stats report use `fetch_add` and are exact.
-#[repr(align(64))]
+#[repr(C, align(64))]
 #[derive(Debug)]
 pub(crate) struct Bucket {
     predict: AtomicU64,
@@ -167,6 +167,8 @@ pub(crate) struct Bucket {
     pub(crate) inline: AtomicU64,
     /// Decisions for off-core, explored or not (it picks the calls explored inline).
     pub(crate) off: AtomicU64,
+    /// Which inline decisions are timed: those with `n & mask == 0`.
+    sample_mask: AtomicU64,
     /// Which inline decisions are explored off-core: those with `n & mask == mask`.
     explore_mask: AtomicU64,
     /// Inline decisions flipped off-core by exploration.
@@ -186,6 +188,7 @@ impl Default for Bucket {
             predict: AtomicU64::new(UNKNOWN),
             inline: AtomicU64::new(0),
             off: AtomicU64::new(0),
+            sample_mask: AtomicU64::new(0),
             explore_mask: AtomicU64::new(u64::MAX),
             flipped_out: AtomicU64::new(0),
             flipped_in: AtomicU64::new(0),
@@ -211,8 +214,15 @@ impl Bucket {
         self.explore_mask.load(Relaxed)
     }
 
-    pub(crate) fn set_explore_mask(&self, mask: u64) {
-        self.explore_mask.store(mask, Relaxed);
+    /// The mask that picks inline decisions to time (see [`super::policy::sample_mask`]).
+    #[inline]
+    pub(crate) fn sample_mask(&self) -> u64 {
+        self.sample_mask.load(Relaxed)
+    }
+
+    pub(crate) fn set_masks(&self, sample: u64, explore: u64) {
+        self.sample_mask.store(sample, Relaxed);
+        self.explore_mask.store(explore, Relaxed);
     }
 
     pub(crate) fn estimate(&self) -> Estimate {
@@ -267,6 +277,12 @@ mod tests {
 
     fn params() -> Params {
         Params::new(&PlacementConfig::default())
+    }
+
+    #[test]
+    fn a_bucket_is_two_cache_lines_with_the_hot_fields_first() {
+        assert_eq!(std::mem::align_of::<Bucket>(), 64);
+        assert_eq!(std::mem::size_of::<Bucket>(), 128);
     }
 
     #[test]

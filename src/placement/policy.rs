@@ -57,6 +57,19 @@ pub(crate) fn explore_mask(every: u64, pred: u64, overhead_ns: u64) -> u64 {
         .map_or(u64::MAX, |p| p - 1)
 }
 
+/// The sampling mask of an inline bucket predicted at `pred` ns: one call in
+/// `clock_pair × ratio / pred` is timed, rounded up to a power of two, at most `max_every`; so
+/// timing costs at most 1/`ratio` of the calls' own time. An unknown prediction times every call.
+pub(crate) fn sample_mask(max_every: u64, clock_pair_ns: u64, ratio: u64, pred: u64) -> u64 {
+    if pred == UNKNOWN {
+        return 0;
+    }
+    let want = clock_pair_ns.saturating_mul(ratio).div_ceil(pred.max(1));
+    want.clamp(1, max_every.max(1))
+        .checked_next_power_of_two()
+        .map_or(u64::MAX, |p| p - 1)
+}
+
 /// Whether inline decision `n` is explored under `mask`.
 #[inline]
 pub(crate) fn explores_masked(n: u64, mask: u64) -> bool {
@@ -184,6 +197,19 @@ mod tests {
         assert_eq!(explore_mask(0, 100, 0), u64::MAX);
         assert_eq!(explore_mask(64, UNKNOWN, 0), u64::MAX);
         assert!(!explores_masked(12345, u64::MAX));
+    }
+
+    #[test]
+    fn timing_is_sampled_by_how_cheap_the_call_is() {
+        // 70 ns of clock reads, ratio 50: a 100 ns call is timed at the cap, 1 in 16.
+        assert_eq!(sample_mask(16, 70, 50, 100), 15);
+        // A 1 µs call: 3500 / 1000 = 3.5, so 1 in 4.
+        assert_eq!(sample_mask(16, 70, 50, 1_000), 3);
+        // A 5 µs call: every time.
+        assert_eq!(sample_mask(16, 70, 50, 5_000), 0);
+        assert_eq!(sample_mask(16, 70, 50, UNKNOWN), 0);
+        assert_eq!(sample_mask(16, 70, 50, 0), 15);
+        assert_eq!(sample_mask(1, 70, 50, 1), 0);
     }
 
     #[test]

@@ -1,23 +1,25 @@
 //! Call sites and the calls through them: the fast path (decided inline), the off-core path,
 //! and the staged call (Listing 4 of the source article, without the generator trick).
 //!
-//! The fast path is one load (the bucket's prediction), one compare, one `fetch_add` (the
-//! bucket's inline counter, which also drives sampling and exploration), the call itself under
-//! `catch_unwind` (free unless it panics), and, one call in [`SAMPLE_EVERY`] when the call is
-//! cheap, two clock reads and the model update. No allocation, no lock, no string hashing: the
-//! key was interned when the site was made.
+//! The fast path is three loads from the bucket's cache line (prediction, sampling and
+//! exploration masks), one compare, one `fetch_add` (the bucket's inline counter, which picks
+//! the sampled and explored calls), the call itself under `catch_unwind` (free unless it
+//! panics), and on the sampled calls only (at most 2 % of the calls' time, see
+//! [`TIMING_RATIO`]) two clock reads and the model update. No allocation, no lock, no string
+//! hashing: the key was interned when the site was made.
 //!
-//! [`SAMPLE_EVERY`]: super::SAMPLE_EVERY
+//! [`TIMING_RATIO`]: super::TIMING_RATIO
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::model::{UNKNOWN, UNSIZED, size_bucket};
-use super::policy::{self, Hint, explore_mask, explores, explores_masked};
+use super::policy::{self, Hint, explore_mask, explores, explores_masked, sample_mask};
 use super::stats::{KeyStats, tier_index};
 use super::{Shared, SiteState};
 use crate::error::{Error, ErrorKind, panic_message};
@@ -143,23 +145,26 @@ impl CallSite {
 
     /// Runs `f` where the model says: inline when its prediction is under the inline budget,
     /// else off-core. See [`Call::call`].
-    pub async fn call<F, T>(&self, f: F) -> Result<T, Error>
+    pub fn call<F, T>(&self, f: F) -> impl Future<Output = Result<T, Error>> + use<'_, F, T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.with(UNSIZED, Hint::Model).call(f).await
+        self.with(UNSIZED, Hint::Model).call(f)
     }
 
     /// A staged call: `first` runs inline, and decides with what it computed whether the rest
     /// goes off-core. See [`Call::staged`].
-    pub async fn staged<F, G, T>(&self, first: F) -> Result<T, Error>
+    pub fn staged<F, G, T>(
+        &self,
+        first: F,
+    ) -> impl Future<Output = Result<T, Error>> + use<'_, F, G, T>
     where
         F: FnOnce() -> Stage<T, G>,
         G: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.with(UNSIZED, Hint::Model).staged(first).await
+        self.with(UNSIZED, Hint::Model).staged(first)
     }
 
     /// What the model predicts now for a call of this size (`None`: no size hint), or `None`
@@ -243,8 +248,7 @@ impl CallSite {
     where
         F: FnOnce() -> T,
     {
-        let sh = &*self.shared;
-        if pred < sh.always_time_ns && n & sh.sample_mask != 0 {
+        if n & self.state.buckets[idx].sample_mask() != 0 {
             let r = catch_unwind(AssertUnwindSafe(f));
             tracing::trace!(
                 target: TARGET,
@@ -281,7 +285,7 @@ impl CallSite {
         } else {
             b.observe(ns, &sh.params);
         }
-        self.refresh_explore(idx);
+        self.refresh_masks(idx);
         tracing::trace!(
             target: TARGET,
             key = %self.state.key,
@@ -292,13 +296,17 @@ impl CallSite {
         );
     }
 
-    /// Recomputes which inline decisions of bucket `idx` are explored, from its new prediction
-    /// and the cheapest learned trip.
-    fn refresh_explore(&self, idx: usize) {
+    /// Recomputes which inline decisions of bucket `idx` are timed and explored, from its new
+    /// prediction, the clock's cost and the cheapest learned trip.
+    fn refresh_masks(&self, idx: usize) {
         let sh = &*self.shared;
         let trip = sh.tiers.iter().map(|t| t.overhead_ns()).min().unwrap_or(0);
         let b = &self.state.buckets[idx];
-        b.set_explore_mask(explore_mask(sh.explore_every, b.prediction(), trip));
+        let pred = b.prediction();
+        b.set_masks(
+            sample_mask(sh.sample_every, sh.clock_pair_ns, sh.timing_ratio, pred),
+            explore_mask(sh.explore_every, pred, trip),
+        );
     }
 
     /// Sends `f` to the cheapest eligible off-core tier and learns from its trip. `lead_ns` is
@@ -323,13 +331,13 @@ impl CallSite {
             let total = run.saturating_add(lead_ns);
             st.counters.hist.record(total);
             st.buckets[idx].observe(total, &sh.params);
-            self.refresh_explore(idx);
+            self.refresh_masks(idx);
             slot.learn(wall.saturating_sub(run));
             tracing::trace!(
                 target: TARGET,
                 key = %st.key,
                 predicted_ns = ?shown(pred),
-                tier = %slot.kind,
+                tier = slot.kind.name(),
                 actual_ns = total,
                 trip_ns = wall.saturating_sub(run),
                 "placed"
@@ -382,7 +390,9 @@ impl Call<'_> {
         let site = self.site;
         match site.route(self.bucket, self.hint) {
             Route::Inline { n, pred } => site.run_inline(self.bucket, n, pred, f),
-            Route::OffCore { pred } => site.off_core(self.bucket, pred, 0, f).await,
+            // Boxed so that the future of a call stays small: the fast path never moves the
+            // off-core state around, and the off-core path allocates its job anyway.
+            Route::OffCore { pred } => Box::pin(site.off_core(self.bucket, pred, 0, f)).await,
         }
     }
 
@@ -434,7 +444,7 @@ impl Call<'_> {
                 st.buckets[self.bucket].inline.fetch_add(1, Relaxed);
                 st.counters.hist.record(lead);
                 st.buckets[self.bucket].observe(lead, &sh.params);
-                site.refresh_explore(self.bucket);
+                site.refresh_masks(self.bucket);
                 tracing::trace!(
                     target: TARGET,
                     key = %st.key,
