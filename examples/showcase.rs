@@ -140,6 +140,10 @@ pub struct PolicyResult {
     pub tier_counts: BTreeMap<String, u64>,
     /// Polls of the server's tasks longer than 1 ms while measuring.
     pub slow_polls: u64,
+    /// Inline calls that overran their prediction (placement; adaptive only) while measuring.
+    pub mispredictions: u64,
+    /// Calls placed against the model to keep it honest (placement; adaptive only).
+    pub explored: u64,
     /// Replies that were wrong, errors, or late.
     pub errors: u64,
     /// Measured seconds.
@@ -177,6 +181,8 @@ struct Round {
     seconds: f64,
     tier_counts: BTreeMap<String, u64>,
     slow_polls: u64,
+    mispredictions: u64,
+    explored: u64,
     errors: u64,
 }
 
@@ -191,6 +197,8 @@ impl Round {
             *self.tier_counts.entry(k).or_insert(0) += v;
         }
         self.slow_polls += other.slow_polls;
+        self.mispredictions += other.mispredictions;
+        self.explored += other.explored;
         self.errors += other.errors;
     }
 
@@ -207,10 +215,21 @@ impl Round {
             compute_count: self.compute_count,
             tier_counts: self.tier_counts,
             slow_polls: self.slow_polls,
+            mispredictions: self.mispredictions,
+            explored: self.explored,
             errors: self.errors,
             seconds: self.seconds,
         }
     }
+}
+
+/// Mispredictions and explorations placement counted so far, over every key.
+fn learning(sched: &Scheduler) -> (u64, u64) {
+    sched
+        .placement_stats()
+        .keys
+        .iter()
+        .fold((0, 0), |(m, e), k| (m + k.mispredictions, e + k.explored))
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -343,6 +362,7 @@ fn run_round(
         }
         let tiers_before = dispatch.tier_counts();
         let slow_before = sched.stats().slow_polls;
+        let learned_before = learning(&sched);
         load.measuring.store(true, Ordering::Release);
         let m0 = Instant::now();
         while m0.elapsed() < settings.measure {
@@ -358,6 +378,8 @@ fn run_round(
         let seconds = m0.elapsed().as_secs_f64();
         let tiers_after = dispatch.tier_counts();
         let slow_polls = sched.stats().slow_polls - slow_before;
+        let learned = learning(&sched);
+        let learned = (learned.0 - learned_before.0, learned.1 - learned_before.1);
         load.stop.store(true, Ordering::Release);
 
         let mut hist = new_histogram();
@@ -375,9 +397,9 @@ fn run_round(
             .iter()
             .map(|(k, v)| (k.clone(), v - tiers_before.get(k).copied().unwrap_or(0)))
             .collect();
-        (hist, seconds, tier_counts, slow_polls)
+        (hist, seconds, tier_counts, slow_polls, learned)
     });
-    let (hist, seconds, tier_counts, slow_polls) = measured;
+    let (hist, seconds, tier_counts, slow_polls, (mispredictions, explored)) = measured;
     let _ = stop_server.send(());
     let _ = sched.block_on(server);
     if settings.verbose && policy == Policy::Adaptive {
@@ -397,6 +419,8 @@ fn run_round(
         seconds,
         tier_counts,
         slow_polls,
+        mispredictions,
+        explored,
         errors: load.errors.load(Ordering::Relaxed),
     })
 }
@@ -541,6 +565,13 @@ fn print_table(results: &[PolicyResult]) {
         let rps = a.compute_rps / best.max(f64::MIN_POSITIVE);
         let verdict = |ok: bool| if ok { "holds" } else { "MISSED" };
         println!();
+        println!(
+            "adaptive placed {} calls inline and {} on threads; {} mispredictions, {} explorations",
+            a.tier_counts.get("inline").copied().unwrap_or(0),
+            a.tier_counts.get("threads").copied().unwrap_or(0),
+            a.mispredictions,
+            a.explored
+        );
         println!(
             "adaptive echo p99 = {p99:.2} x offload's (floor: <= 1.2, {})",
             verdict(p99 <= 1.2)
