@@ -138,7 +138,7 @@ struct Args {
     /// Samples for the shared and local runs.
     #[arg(long, default_value_t = 10_000_000)]
     samples: u64,
-    /// Worker threads (default: cores - 1, at least 1).
+    /// Worker threads (default: cores - 1, at least 2).
     #[arg(long)]
     workers: Option<usize>,
     /// Samples per worker per round in the rounds run.
@@ -166,9 +166,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
+    // At least two: with one worker the lock is never contended and the lesson disappears.
     let workers = args
         .workers
-        .unwrap_or_else(offload::tier::default_workers)
+        .unwrap_or_else(|| offload::tier::default_workers().max(2))
         .max(1);
     let pool = Executor::threads(workers)?;
     let w = workers as u64;

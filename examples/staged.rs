@@ -121,7 +121,7 @@ pub fn make_text(n: usize, seed: u64) -> String {
 #[command(about = "Listing 4: a legacy function that decides mid-way to move its rest off-core")]
 struct Args {
     /// The largest text, in words (the sizes go up by 10x from 100).
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 100_000)]
     max_words: usize,
 }
 
