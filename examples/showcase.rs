@@ -734,7 +734,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     settings.verbose = args.verbose;
     println!(
         "showcase: compute server on loopback, {} echo clients every {} ms, {} compute clients; \
-         {} round(s) of {:.1} s per policy ({:.1} s warm-up, {:.1} s measured)",
+         {} round(s) of {:.2} s per policy ({:.2} s warm-up, {:.2} s measured)",
         settings.echo_clients,
         settings.echo_interval.as_millis(),
         settings.compute_clients,
