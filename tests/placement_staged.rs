@@ -52,7 +52,7 @@ fn only_the_long_cases_go_off_core() {
     let spawned = site.clone();
     let h = sched.handle().spawn(async move {
         spawned
-            .staged(|| Stage::Offload(|| on_worker()))
+            .staged(|| Stage::Offload(on_worker))
             .await
             .expect("no panic")
     });
