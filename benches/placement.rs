@@ -7,6 +7,9 @@
 //!   tier (`always_offload`), and placed per call with a size hint (`adaptive`).
 //!
 //! One I/O thread and one CPU worker, as the scheduler's defaults give on a 2-core machine.
+//! The mixed costs are CPU work (a multiply-add loop calibrated at start to iterations per µs),
+//! not wall-clock spin-waits: a spin-wait that is preempted still ends on time, which would
+//! credit the single-threaded `always_inline` with work it never did on a shared machine.
 //!
 //! `cargo bench --bench placement`
 
@@ -28,11 +31,31 @@ fn work_100ns(seed: u64) -> u64 {
     x
 }
 
-fn spin(d: Duration) {
-    let t0 = Instant::now();
-    while t0.elapsed() < d {
-        std::hint::spin_loop();
+/// `iters` dependent multiply-adds: CPU work of a known size.
+#[inline(never)]
+fn burn(iters: u64) -> u64 {
+    let mut x = iters;
+    for i in 0..iters {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(black_box(i));
     }
+    x
+}
+
+/// Iterations of [`burn`] per microsecond here: the fastest of 20 rounds, so that a round that
+/// was preempted does not count.
+fn iters_per_us() -> u64 {
+    const N: u64 = 200_000;
+    let best = (0..20)
+        .map(|_| {
+            let t0 = Instant::now();
+            black_box(burn(black_box(N)));
+            t0.elapsed()
+        })
+        .min()
+        .expect("20 rounds");
+    (N * 1_000 / (best.as_nanos() as u64).max(1)).max(1)
 }
 
 fn scheduler() -> Scheduler {
@@ -79,8 +102,10 @@ fn fast_path(c: &mut Criterion) {
 
 const CALLS: usize = 10_000;
 const TASKS: usize = 64;
-const SHORT: Duration = Duration::from_micros(2);
-const LONG: Duration = Duration::from_millis(2);
+/// Short calls: ~2 µs of CPU work.
+const SHORT_US: u64 = 2;
+/// Long calls: ~2 ms of CPU work.
+const LONG_US: u64 = 2_000;
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -89,32 +114,34 @@ enum Mode {
     Adaptive,
 }
 
-/// The k-th call of the load: every 50th is long (2 %).
-fn cost(k: usize) -> Duration {
-    if k % 50 == 0 { LONG } else { SHORT }
+/// The k-th call of the load, in µs of work: every 50th is long (2 %).
+fn cost_us(k: usize) -> u64 {
+    if k % 50 == 0 { LONG_US } else { SHORT_US }
 }
 
-async fn load(mode: Mode, exec: &Executor, site: &CallSite) {
+async fn load(mode: Mode, exec: &Executor, site: &CallSite, ipu: u64) {
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
             let (exec, site) = (exec.clone(), site.clone());
             tokio::spawn(async move {
                 for k in (t..CALLS).step_by(TASKS) {
-                    let d = cost(k);
-                    match mode {
-                        Mode::Inline => spin(d),
+                    let us = cost_us(k);
+                    let iters = us * ipu;
+                    let v = match mode {
+                        Mode::Inline => burn(iters),
                         Mode::Offload => exec
-                            .submit(move || spin(d))
+                            .submit(move || burn(iters))
                             .await
                             .expect("open")
                             .await
                             .expect("no panic"),
                         Mode::Adaptive => site
-                            .sized(d.as_micros() as u64)
-                            .call(move || spin(d))
+                            .sized(us)
+                            .call(move || burn(iters))
                             .await
                             .expect("no panic"),
-                    }
+                    };
+                    black_box(v);
                 }
             })
         })
@@ -128,7 +155,9 @@ fn mixed(c: &mut Criterion) {
     let sched = scheduler();
     let exec = sched.executor().clone();
     let site = sched.site("mixed");
-    sched.block_on(load(Mode::Adaptive, &exec, &site)); // the model learns the two sizes
+    let ipu = iters_per_us();
+    eprintln!("mixed: {ipu} iterations of work per µs");
+    sched.block_on(load(Mode::Adaptive, &exec, &site, ipu)); // the model learns the two sizes
     let mut g = c.benchmark_group("mixed");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(8));
@@ -138,7 +167,7 @@ fn mixed(c: &mut Criterion) {
         ("adaptive", Mode::Adaptive),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| sched.block_on(load(mode, &exec, &site)))
+            b.iter(|| sched.block_on(load(mode, &exec, &site, ipu)))
         });
     }
     g.finish();

@@ -76,7 +76,7 @@ fn a_key_that_jumps_from_1us_to_5ms_goes_off_core_within_50_calls() {
     let timed = inline_calls_after_jump(every);
     eprintln!(
         "drift 1 µs -> 5 ms: {default} call(s) ran inline after the jump with default sampling \
-         (1 in {}), {timed} when every call is timed",
+         (at most 1 in {} timed), {timed} when every call is timed",
         offload::placement::SAMPLE_EVERY
     );
     assert!(default <= offload::placement::SAMPLE_EVERY, "{default}");

@@ -48,6 +48,15 @@ fn only_the_long_cases_go_off_core() {
     let s = site.stats();
     assert_eq!((s.inline, s.threads), (short, long));
     assert_eq!((short, long), (30, 10));
+    // A staged call is a Send future: it can be spawned like any task.
+    let spawned = site.clone();
+    let h = sched.handle().spawn(async move {
+        spawned
+            .staged(|| Stage::Offload(on_worker))
+            .await
+            .expect("no panic")
+    });
+    assert!(sched.block_on(h).expect("the task finished"));
     sched.shutdown(Duration::from_secs(5));
 }
 

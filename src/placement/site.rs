@@ -374,8 +374,9 @@ impl Call<'_> {
     ///
     /// # Errors
     ///
-    /// A panic of `f`; "shut down" when the tier was shut down; [`ErrorKind::Unsupported`] for
-    /// a killable site without a killable tier.
+    /// A panic of `f`; "shut down" when the off-core tier was shut down (calls placed inline
+    /// still run after a shutdown: they need no tier); [`ErrorKind::Unsupported`] for a
+    /// killable site without a killable tier.
     ///
     /// # Cancel safety
     ///
