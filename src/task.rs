@@ -126,6 +126,22 @@ pub(crate) struct Completer<T> {
 }
 
 impl<T> Completer<T> {
+    /// Claims the task for running on a remote worker; false when it was cancelled first (its
+    /// slot then already holds "cancelled", and dropping this completer changes nothing).
+    pub(crate) fn start(&mut self) -> bool {
+        if self.slot.start() {
+            true
+        } else {
+            self.armed = false;
+            false
+        }
+    }
+
+    /// When the task was submitted.
+    pub(crate) fn submitted(&self) -> Instant {
+        self.submitted
+    }
+
     pub(crate) fn finish(mut self, outcome: Result<T, Error>, info: RunInfo) {
         self.armed = false;
         let outcome = outcome.map_err(|e| e.fill(self.name.as_ref(), self.tier, info.worker));
@@ -256,6 +272,34 @@ where
         detached: false,
     };
     (job, handle)
+}
+
+/// Builds a handle whose outcome a remote tier delivers through the returned [`Completer`]
+/// (there is no closure to run here). Dropping the completer unfinished fails the task with
+/// "shut down".
+pub(crate) fn remote_task<T>(
+    name: Option<Arc<str>>,
+    tier: TierKind,
+    spin: Duration,
+) -> (Completer<T>, TaskHandle<T>) {
+    let slot = Arc::new(Slot::new());
+    let completer = Completer {
+        slot: slot.clone(),
+        name: name.clone(),
+        tier,
+        submitted: Instant::now(),
+        armed: true,
+    };
+    let handle = TaskHandle {
+        slot,
+        lazy: None,
+        name,
+        tier,
+        spin,
+        polled: false,
+        detached: false,
+    };
+    (completer, handle)
 }
 
 /// Gets the closure back out of a job a tier refused (so `try_submit` can hand it back).

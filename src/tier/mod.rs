@@ -4,6 +4,7 @@
 //! | --- | --- | --- | --- | --- |
 //! | [`Inline`] | `inline.rs` | on the thread that first waits for its handle | no | closures |
 //! | [`Threads`] | `threads.rs` | on the library's own pool of named threads | no | closures |
+//! | `mpi::Cluster` | `mpi/` | on the worker ranks of an MPI job (feature `mpi`) | no | [`RemoteFn`](crate::RemoteFn)s |
 //!
 //! Every in-process tier implements the small [`Tier`] trait: take a [`Job`] now or hand it back
 //! when full, take it after waiting for room, shut down. Each job reports, when it finishes, its
@@ -16,6 +17,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 mod inline;
+pub mod mpi;
 mod threads;
 
 pub use inline::Inline;
@@ -51,9 +53,11 @@ impl TierKind {
         }
     }
 
-    /// Whether a task running on this tier can be stopped (deadline or cancel).
+    /// Whether a task running on this tier can be stopped (deadline or cancel). Not on the
+    /// cluster: stopping a rank mid-task makes MPI abort the whole job, so only queued cluster
+    /// tasks can be withdrawn.
     pub fn is_killable(self) -> bool {
-        matches!(self, TierKind::Processes | TierKind::Cluster)
+        matches!(self, TierKind::Processes)
     }
 
     /// Whether this tier runs work outside the caller's thread.
