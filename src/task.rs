@@ -126,6 +126,7 @@ pub(crate) struct Completer<T> {
 }
 
 impl<T> Completer<T> {
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     /// Claims the task for running on a remote worker; false when it was cancelled first (its
     /// slot then already holds "cancelled", and dropping this completer changes nothing).
     pub(crate) fn start(&mut self) -> bool {
@@ -137,6 +138,7 @@ impl<T> Completer<T> {
         }
     }
 
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     /// When the task was submitted.
     pub(crate) fn submitted(&self) -> Instant {
         self.submitted
@@ -274,6 +276,7 @@ where
     (job, handle)
 }
 
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 /// Builds a handle whose outcome a remote tier delivers through the returned [`Completer`]
 /// (there is no closure to run here). Dropping the completer unfinished fails the task with
 /// "shut down".

@@ -79,7 +79,7 @@ pub use detect::{Detected, Launch, Launcher, detect};
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use cluster::{
-    Cluster, ClusterBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_PER_RANK, RESULT_SPIN, finish,
+    Cluster, ClusterBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_PER_RANK, RESULT_SPIN, SPIN_MIN_CORES, finish,
     launched_with_workers,
 };
 #[cfg(feature = "mpi")]
