@@ -306,12 +306,21 @@ impl ProcessPoolBuilder {
             cfg,
             state: Mutex::new(state),
             changed: Condvar::new(),
+            deadlines: Condvar::new(),
             tx,
             rx,
             next_id: AtomicU64::new(1),
             counters: pool::Counters::default(),
         });
-        let mut threads = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers + 1);
+        let s = shared.clone();
+        let watchdog = std::thread::Builder::new()
+            .name("offload-proc-deadlines".into())
+            .spawn(move || slot::watchdog(s));
+        match watchdog {
+            Ok(t) => threads.push(t),
+            Err(e) => return Err(BuildError::io("could not start the deadline thread", e)),
+        }
         for i in 0..workers {
             let s = shared.clone();
             let t = std::thread::Builder::new()
@@ -365,6 +374,7 @@ impl Owner {
             }
             if kill {
                 st.stopping = true;
+                s.deadlines.notify_all();
                 for sl in st.slots.iter_mut() {
                     if let Some(c) = sl.child.as_mut() {
                         let _ = c.kill();
@@ -375,6 +385,7 @@ impl Owner {
                     st = s.changed.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
                 st.stopping = true;
+                s.deadlines.notify_all();
                 s.fail_queued(&mut st, Error::shut_down);
                 for sl in st.slots.iter_mut() {
                     if let Some(conn) = sl.conn.clone() {

@@ -200,6 +200,8 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     /// Signalled when the pool becomes idle or a slot changes (shutdown waits on it).
     pub(crate) changed: Condvar,
+    /// Signalled when a task with a deadline starts (the watchdog waits on it).
+    pub(crate) deadlines: Condvar,
     pub(crate) tx: Sender<Req>,
     pub(crate) rx: Receiver<Req>,
     pub(crate) next_id: AtomicU64,
@@ -271,6 +273,9 @@ impl Shared {
             }
             let now = Instant::now();
             let started = slot.inflight.is_empty().then_some(now);
+            if started.is_some() && req.timeout.is_some() {
+                self.deadlines.notify_one();
+            }
             slot.inflight.push_back(InFlight {
                 id: req.id,
                 task: req.task,

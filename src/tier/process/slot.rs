@@ -2,7 +2,8 @@
 //! death, fails or re-queues its tasks, and starts the next one.
 //!
 //! The thread blocks in `read` on the worker's socket, so a result costs one wake-up of this
-//! thread; the read timeout is the running task's deadline. See `README.md` in this folder.
+//! thread. Deadlines are kept by the pool's watchdog thread ([`watchdog`]). See `README.md`
+//! in this folder.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -298,12 +299,10 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
             Err(e) => return fail(child, format!("a bad handshake frame: {e}"), stderr),
         }
         match (&*conn).read(&mut scratch) {
-            Ok(0) => {
-                let exit = reap(child);
-                if let Some(t) = stderr {
-                    let _ = t.join();
-                }
-                return Err(start_error(slot, exited_early(exit), Some(exit)));
+            // A worker that exits without reading its setup frame resets the connection.
+            Ok(0) => return eof_during_handshake(child, stderr, slot),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return eof_during_handshake(child, stderr, slot);
             }
             Ok(n) => buf.extend_from_slice(&scratch[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -323,6 +322,18 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
             }
         }
     }
+}
+
+fn eof_during_handshake(
+    child: Child,
+    stderr: Option<JoinHandle<()>>,
+    slot: usize,
+) -> Result<Started, StartError> {
+    let exit = reap(child);
+    if let Some(t) = stderr {
+        let _ = t.join();
+    }
+    Err(start_error(slot, exited_early(exit), Some(exit)))
 }
 
 fn exited_early(exit: ExitInfo) -> String {
@@ -365,26 +376,7 @@ fn serve(shared: &Arc<Shared>, slot: usize, s: &Started) -> End {
     let mut codec = wire::codec(shared.cfg.max_frame);
     let mut buf = s.buf.clone();
     let mut scratch = vec![0u8; 64 * 1024];
-    let mut timeout_set: Option<Duration> = None;
     loop {
-        // The read timeout is the running task's remaining time, if it has a deadline.
-        let remaining = {
-            let st = shared.lock();
-            st.slots[slot]
-                .inflight
-                .front()
-                .and_then(|t| match (t.timeout, t.started) {
-                    (Some(limit), Some(started)) if t.killed.is_none() => {
-                        Some((started + limit).saturating_duration_since(Instant::now()))
-                    }
-                    _ => None,
-                })
-        };
-        let want = remaining.map(|d| d.max(Duration::from_millis(1)));
-        if want != timeout_set {
-            let _ = s.conn.set_read_timeout(want);
-            timeout_set = want;
-        }
         match (&*s.conn).read(&mut scratch) {
             Ok(0) => return End::Eof,
             Ok(n) => {
@@ -410,26 +402,6 @@ fn serve(shared: &Arc<Shared>, slot: usize, s: &Started) -> End {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                let mut st = shared.lock();
-                let sl = &mut st.slots[slot];
-                if let Some(t) = sl.inflight.front_mut() {
-                    if let (Some(limit), Some(started), None) = (t.timeout, t.started, t.killed) {
-                        if started.elapsed() >= limit {
-                            t.killed = Some(KillReason::Timeout(limit));
-                            tracing::debug!(slot, pid = ?sl.pid, ?limit, "deadline: killing the worker");
-                            if let Some(c) = sl.child.as_mut() {
-                                let _ = c.kill();
-                            }
-                        }
-                    }
-                }
-            }
             Err(_) => return End::Eof,
         }
     }
@@ -472,6 +444,9 @@ fn on_frame(shared: &Arc<Shared>, slot: usize, s: &Started, frame: &[u8]) -> Res
             .expect("checked: the front is task `id`");
         if let Some(next) = sl.inflight.front_mut() {
             next.started = Some(Instant::now());
+            if next.timeout.is_some() {
+                shared.deadlines.notify_one();
+            }
             if next.killed == Some(KillReason::Cancel) {
                 if let Some(c) = sl.child.as_mut() {
                     let _ = c.kill();
@@ -608,4 +583,44 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
     shared.pump(&mut st);
     drop(st);
     shared.changed.notify_all();
+}
+
+/// The pool's deadline keeper: sleeps until the earliest deadline of a running task, kills
+/// the worker of a task past it (the slot thread then fails the task as "timed out"). Woken
+/// when a task with a deadline starts, and at shutdown.
+pub(crate) fn watchdog(shared: Arc<Shared>) {
+    let mut st = shared.lock();
+    while !st.stopping {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for (i, sl) in st.slots.iter_mut().enumerate() {
+            let Some(t) = sl.inflight.front_mut() else {
+                continue;
+            };
+            let (Some(limit), Some(started), None) = (t.timeout, t.started, t.killed) else {
+                continue;
+            };
+            let due = started + limit;
+            if due <= now {
+                t.killed = Some(KillReason::Timeout(limit));
+                tracing::debug!(slot = i, pid = ?sl.pid, ?limit, "deadline: killing the worker");
+                if let Some(c) = sl.child.as_mut() {
+                    let _ = c.kill();
+                }
+            } else {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        st = match next {
+            Some(due) => {
+                let wait = due.saturating_duration_since(Instant::now());
+                shared
+                    .deadlines
+                    .wait_timeout(st, wait)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0)
+            }
+            None => shared.deadlines.wait(st).unwrap_or_else(|p| p.into_inner()),
+        };
+    }
 }
