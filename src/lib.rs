@@ -52,11 +52,12 @@
 //! Linux (the library is developed and tested there); other Unixes should work for the
 //! in-process tiers.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod error;
 mod executor;
+mod remote;
 mod scheduler;
 mod task;
 pub mod tier;
@@ -66,9 +67,10 @@ pub use executor::{
     Executor, MAP_WINDOW_PER_WORKER, MIN_MAP_WINDOW, WaitMode, Waited, as_completed, wait,
     wait_timeout,
 };
+pub use remote::{AnyRemoteFn, CallFailure, Registry, RemoteFn, init, shared, wire};
 pub use scheduler::{
     Cooperate, DEFAULT_IO_THREADS, DEFAULT_SLOW_POLL, DEFAULT_YIELD_EVERY, Scheduler,
     SchedulerBuilder, SchedulerStats, TaskExit, TaskGroup, yield_now,
 };
 pub use task::{Job, Ran, TaskHandle, WorkerCtx};
-pub use tier::{RunInfo, ShutdownMode, TierKind};
+pub use tier::{ProcessPool, ProcessPoolBuilder, RunInfo, ShutdownMode, TierKind};

@@ -126,22 +126,20 @@ pub(crate) struct Completer<T> {
 }
 
 impl<T> Completer<T> {
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
-    /// Claims the task for running on a remote worker; false when it was cancelled first (its
-    /// slot then already holds "cancelled", and dropping this completer changes nothing).
-    pub(crate) fn start(&mut self) -> bool {
-        if self.slot.start() {
-            true
-        } else {
-            self.armed = false;
-            false
-        }
+    /// Claims the task for running; false when it was cancelled first (the slot then holds
+    /// its outcome, and this completer should be [`disarm`](Self::disarm)ed).
+    pub(crate) fn start(&self) -> bool {
+        self.slot.start()
     }
 
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     /// When the task was submitted.
     pub(crate) fn submitted(&self) -> Instant {
         self.submitted
+    }
+
+    /// Drops the completer without touching the slot (its outcome is already there).
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
     }
 
     pub(crate) fn finish(mut self, outcome: Result<T, Error>, info: RunInfo) {
@@ -272,18 +270,22 @@ where
         spin,
         polled: false,
         detached: false,
+        kill: None,
     };
     (job, handle)
 }
 
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
-/// Builds a handle whose outcome a remote tier delivers through the returned [`Completer`]
-/// (there is no closure to run here). Dropping the completer unfinished fails the task with
-/// "shut down".
+/// Stops a running task from outside (kills the worker process that runs it); returns whether
+/// it did. Given to the handles of killable tiers.
+pub(crate) type KillHook = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Builds the handle of a task that something other than a [`Job`] completes (a remote tier's
+/// reader), with the completer that fills it and an optional hook that stops it while it runs.
 pub(crate) fn remote_task<T>(
     name: Option<Arc<str>>,
     tier: TierKind,
     spin: Duration,
+    kill: Option<KillHook>,
 ) -> (Completer<T>, TaskHandle<T>) {
     let slot = Arc::new(Slot::new());
     let completer = Completer {
@@ -301,6 +303,7 @@ pub(crate) fn remote_task<T>(
         spin,
         polled: false,
         detached: false,
+        kill,
     };
     (completer, handle)
 }
@@ -330,7 +333,9 @@ where
 ///
 /// Dropping a handle whose task is still queued withdraws the task (it never runs, as with
 /// [`cancel`](TaskHandle::cancel)); call [`detach`](TaskHandle::detach) to let it run anyway.
-/// A task that already runs on a thread finishes: threads cannot be stopped from outside.
+/// A task that already runs on a thread finishes: threads cannot be stopped from outside. A
+/// task that already runs in a worker process finishes too when its handle is dropped; call
+/// [`cancel`](TaskHandle::cancel) to kill it.
 pub struct TaskHandle<T> {
     slot: Arc<Slot<T>>,
     lazy: Option<Job>,
@@ -339,6 +344,7 @@ pub struct TaskHandle<T> {
     spin: Duration,
     polled: bool,
     detached: bool,
+    kill: Option<KillHook>,
 }
 
 impl<T> fmt::Debug for TaskHandle<T> {
@@ -388,8 +394,18 @@ impl<T> TaskHandle<T> {
 
     /// Withdraws the task if it has not started. Returns true when it was withdrawn; its outcome
     /// is then a "cancelled" error. Returns false when it already runs or finished.
+    ///
+    /// On a killable tier ([`is_killable`](Self::is_killable): worker processes) a running task
+    /// is stopped too: its worker is killed (and replaced), the outcome is "cancelled", and
+    /// this returns true.
     pub fn cancel(&self) -> bool {
-        self.slot.cancel()
+        if self.slot.cancel() {
+            return true;
+        }
+        match &self.kill {
+            Some(kill) if !self.slot.is_done() => kill(),
+            _ => false,
+        }
     }
 
     /// Lets the task run even if this handle is dropped before it starts.

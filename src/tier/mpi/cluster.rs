@@ -79,7 +79,7 @@ pub(super) struct WorldInfo {
 /// Delivers a remote result to a typed handle.
 pub(super) trait Deliver: Send {
     /// Claims the task; false when it was cancelled while queued.
-    fn start(&mut self) -> bool;
+    fn start(&self) -> bool;
     fn submitted(&self) -> Instant;
     fn deliver(self: Box<Self>, body: Result<&[u8], Error>, info: RunInfo);
 }
@@ -89,7 +89,7 @@ struct One<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Deliver for One<R> {
-    fn start(&mut self) -> bool {
+    fn start(&self) -> bool {
         self.completer.start()
     }
     fn submitted(&self) -> Instant {
@@ -106,7 +106,7 @@ struct Chunk<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Deliver for Chunk<R> {
-    fn start(&mut self) -> bool {
+    fn start(&self) -> bool {
         self.completer.start()
     }
     fn submitted(&self) -> Instant {
@@ -570,7 +570,7 @@ impl Cluster {
             .with_task(func)
             .with_tier(TierKind::Cluster)
         })?;
-        let (completer, handle) = remote_task::<R>(Some(func.into()), TierKind::Cluster, self.spin());
+        let (completer, handle) = remote_task::<R>(Some(func.into()), TierKind::Cluster, self.spin(), None);
         let cmd = Command::Task(Task {
             func,
             batch: false,
@@ -736,7 +736,12 @@ impl Cluster {
             return Err(self.refuse(func));
         }
         let (completer, handle) =
-            remote_task::<Vec<Result<R, Error>>>(Some(func.into()), TierKind::Cluster, self.spin());
+            remote_task::<Vec<Result<R, Error>>>(
+                Some(func.into()),
+                TierKind::Cluster,
+                self.spin(),
+                None,
+            );
         let cmd = Command::Task(Task {
             func,
             batch: true,

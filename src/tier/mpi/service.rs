@@ -249,7 +249,7 @@ impl Loop<'_> {
         }
     }
 
-    fn dispatch(&mut self, rank: usize, mut task: Task) {
+    fn dispatch(&mut self, rank: usize, task: Task) {
         if !task.deliver.start() {
             // Cancelled while queued.
             self.free.push_front(rank);
