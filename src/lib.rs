@@ -73,4 +73,4 @@ pub use scheduler::{
     SchedulerBuilder, SchedulerStats, TaskExit, TaskGroup, yield_now,
 };
 pub use task::{Job, Ran, TaskHandle, WorkerCtx};
-pub use tier::{ProcessPool, ProcessPoolBuilder, RunInfo, ShutdownMode, TierKind};
+pub use tier::{ProcessPool, ProcessPoolBuilder, RemotePool, RunInfo, ShutdownMode, TierKind};

@@ -53,6 +53,11 @@ impl<A, R> RemoteFn<A, R> {
         self.name
     }
 
+    /// The plain function, to run it here on an in-process tier.
+    pub fn function(&self) -> fn(A) -> R {
+        self.f
+    }
+
     /// Runs the function here, in this process.
     pub fn call_local(&self, args: A) -> R {
         (self.f)(args)

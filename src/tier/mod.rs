@@ -18,11 +18,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+mod auto;
 mod inline;
 pub mod mpi;
 pub(crate) mod process;
 mod threads;
 
+pub use auto::RemotePool;
 pub use inline::Inline;
 pub use process::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_START_FAILURES, DEFAULT_PIPELINE, DEFAULT_RESULT_SPIN,

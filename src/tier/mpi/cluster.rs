@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_channel::{Receiver, Sender, TrySendError};
 use futures::stream::{self, Stream, StreamExt};
@@ -16,9 +16,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{BuildError, Error, ErrorKind, TrySubmitError};
 use crate::remote::RemoteFn;
-use crate::remote::wire::{DEFAULT_MAX_FRAME, ItemOutcome, Request, encode_payload};
-use crate::task::{Completer, TaskHandle, remote_task};
-use crate::tier::{RunInfo, ShutdownMode, TierKind, TierStats};
+use crate::remote::wire::{DEFAULT_MAX_FRAME, Request, encode_payload};
+use crate::task::{TaskHandle, remote_task};
+use crate::tier::process::{Batch, ChunkStats, One, Pending, next_chunk};
+use crate::tier::{ShutdownMode, TierKind, TierStats};
 
 use super::detect::{Detected, detect};
 use super::{service, worker};
@@ -35,11 +36,6 @@ pub(super) const STOP_CANCEL: u8 = 2;
 /// Default capacity of the queue to the MPI thread, per worker rank: enough to keep every rank
 /// fed through a burst, small enough that an endless producer waits (DESIGN.md §3.3).
 pub const DEFAULT_QUEUE_PER_RANK: usize = 64;
-
-/// Default number of items per MPI message in [`Cluster::map`]. A trivial task costs a few
-/// microseconds of messaging per round trip; 16 items amortise that to well under a
-/// microsecond each while a window of chunks still spreads a short input over every rank.
-pub const DEFAULT_CHUNK_SIZE: usize = 16;
 
 /// How long a waiter spins for a result before it parks, while the cluster's recent tasks are
 /// this short: one thread wake-up (~25 µs here). Longer tasks park at once. Used only when
@@ -76,75 +72,11 @@ pub(super) struct WorldInfo {
     pub(super) size: usize,
 }
 
-/// Delivers a remote result to a typed handle.
-pub(super) trait Deliver: Send {
-    /// Claims the task; false when it was cancelled while queued.
-    fn start(&self) -> bool;
-    fn submitted(&self) -> Instant;
-    fn deliver(self: Box<Self>, body: Result<&[u8], Error>, info: RunInfo);
-}
-
-struct One<R> {
-    completer: Completer<R>,
-}
-
-impl<R: DeserializeOwned + Send + 'static> Deliver for One<R> {
-    fn start(&self) -> bool {
-        self.completer.start()
-    }
-    fn submitted(&self) -> Instant {
-        self.completer.submitted()
-    }
-    fn deliver(self: Box<Self>, body: Result<&[u8], Error>, info: RunInfo) {
-        let out = body.and_then(|b| postcard::from_bytes::<R>(b).map_err(decode_error::<R>));
-        self.completer.finish(out, info);
-    }
-}
-
-struct Chunk<R> {
-    completer: Completer<Vec<Result<R, Error>>>,
-}
-
-impl<R: DeserializeOwned + Send + 'static> Deliver for Chunk<R> {
-    fn start(&self) -> bool {
-        self.completer.start()
-    }
-    fn submitted(&self) -> Instant {
-        self.completer.submitted()
-    }
-    fn deliver(self: Box<Self>, body: Result<&[u8], Error>, info: RunInfo) {
-        let out = body.and_then(|b| {
-            postcard::from_bytes::<Vec<ItemOutcome<R>>>(b)
-                .map_err(decode_error::<R>)
-                .map(|v| {
-                    v.into_iter()
-                        .map(|o| {
-                            o.into_result().map_err(|e| {
-                                e.with_tier(TierKind::Cluster).with_worker(info.worker.unwrap_or(0))
-                            })
-                        })
-                        .collect()
-                })
-        });
-        self.completer.finish(out, info);
-    }
-}
-
-fn decode_error<R>(e: postcard::Error) -> Error {
-    Error::new(
-        ErrorKind::Encoding,
-        format!(
-            "could not decode the result as {}: {e}",
-            std::any::type_name::<R>()
-        ),
-    )
-}
-
 pub(super) struct Task {
     pub(super) func: &'static str,
     pub(super) batch: bool,
     pub(super) args: Vec<u8>,
-    pub(super) deliver: Box<dyn Deliver>,
+    pub(super) deliver: Box<dyn Pending>,
 }
 
 pub(super) enum Command {
@@ -322,7 +254,7 @@ pub(super) fn read_setup_broadcast(world: &SimpleCommunicator) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
     shared: Vec<u8>,
-    chunk_size: usize,
+    chunk_size: Option<usize>,
     result_spin: Duration,
 }
 
@@ -330,7 +262,7 @@ impl Default for ClusterBuilder {
     fn default() -> Self {
         ClusterBuilder {
             shared: Vec::new(),
-            chunk_size: DEFAULT_CHUNK_SIZE,
+            chunk_size: None,
             result_spin: default_result_spin(),
         }
     }
@@ -348,9 +280,10 @@ impl ClusterBuilder {
         self
     }
 
-    /// Items per MPI message in [`Cluster::map`] (default [`DEFAULT_CHUNK_SIZE`]).
+    /// A fixed number of items per MPI message in [`Cluster::map`] (default: adaptive, as
+    /// on the process tier).
     pub fn chunk_size(&mut self, n: usize) -> &mut Self {
-        self.chunk_size = n;
+        self.chunk_size = Some(n);
         self
     }
 
@@ -369,7 +302,7 @@ impl ClusterBuilder {
     /// [`crate::init`], when a cluster was built already, or when a rank refuses the setup (for
     /// example because it runs another build).
     pub fn build(&self) -> Result<Cluster, BuildError> {
-        if self.chunk_size == 0 {
+        if self.chunk_size == Some(0) {
             return Err(BuildError::invalid("the chunk size must be at least 1"));
         }
         if self.shared.len() > DEFAULT_MAX_FRAME {
@@ -442,7 +375,7 @@ impl ClusterBuilder {
 struct Inner {
     service: &'static Service,
     ranks: usize,
-    chunk_size: usize,
+    chunk_size: Option<usize>,
     result_spin: Duration,
     closed: AtomicBool,
 }
@@ -597,12 +530,14 @@ impl Cluster {
         }
     }
 
-    /// Submits `f(args)` if the queue has room now; otherwise hands `args` back.
+    /// Submits `f(args)` if the queue has room now; otherwise hands `args` back in
+    /// [`TrySubmitError::Full`] (or [`TrySubmitError::ShutDown`], also when the arguments
+    /// cannot be encoded).
     pub fn try_submit<A, R>(
         &self,
         f: &RemoteFn<A, R>,
         args: A,
-    ) -> Result<Result<TaskHandle<R>, Error>, TrySubmitError<A>>
+    ) -> Result<TaskHandle<R>, TrySubmitError<A>>
     where
         A: Serialize,
         R: DeserializeOwned + Send + 'static,
@@ -610,12 +545,11 @@ impl Cluster {
         if self.is_shut_down() {
             return Err(TrySubmitError::ShutDown(args));
         }
-        let (cmd, handle) = match self.task(f, &args) {
-            Ok(x) => x,
-            Err(e) => return Ok(Err(e)),
+        let Ok((cmd, handle)) = self.task(f, &args) else {
+            return Err(TrySubmitError::ShutDown(args));
         };
         match self.inner.service.tx.try_send(cmd) {
-            Ok(()) => Ok(Ok(handle)),
+            Ok(()) => Ok(handle),
             Err(TrySendError::Full(_)) => Err(TrySubmitError::Full(args)),
             Err(TrySendError::Closed(_)) => Err(TrySubmitError::ShutDown(args)),
         }
@@ -637,121 +571,134 @@ impl Cluster {
         }
     }
 
-    /// The default window of chunks in flight for [`map`](Self::map): two per worker rank, so
-    /// every rank has its next chunk queued while it computes.
+    /// The window of chunks in flight for [`map`](Self::map): two per worker rank, so every
+    /// rank has its next chunk queued while it computes.
     pub fn default_window(&self) -> usize {
         (self.workers() * 2).max(crate::MIN_MAP_WINDOW)
     }
 
-    /// Applies `f` to every item on the worker ranks; results in input order, each with its
-    /// own outcome. Items travel in chunks of the builder's chunk size, with at most
-    /// [`default_window`](Self::default_window) chunks in flight; the input is pulled only as
-    /// results are consumed, so an endless iterator keeps memory flat.
-    pub fn map<I, A, R>(
+    /// Applies `f` to every item on the worker ranks; results in input order, one per item (a
+    /// panic fails only its item).
+    ///
+    /// Items travel in chunks, many per MPI message, sized as on the process tier: doubling
+    /// from one item until the run time per item is known, then aimed at
+    /// [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET) per chunk. At most
+    /// [`default_window`](Self::default_window) chunks are in flight; the input is pulled only
+    /// as results are consumed, so an endless iterator keeps memory flat. A fixed chunk size
+    /// set with [`ClusterBuilder::chunk_size`] replaces the adaptive one.
+    pub fn map<A, R, I>(
         &self,
         f: &RemoteFn<A, R>,
         items: I,
-    ) -> impl Stream<Item = Result<R, Error>> + Send + use<I, A, R>
+    ) -> impl Stream<Item = Result<R, Error>> + Send + use<A, R, I>
     where
         I: IntoIterator<Item = A>,
         I::IntoIter: Send + 'static,
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        self.map_chunked(f, items, self.inner.chunk_size, self.default_window())
+        self.map_inner(f.name(), items, self.inner.chunk_size)
     }
 
-    /// As [`map`](Self::map) with an explicit chunk size and window (both at least 1).
-    pub fn map_chunked<I, A, R>(
+    /// As [`map`](Self::map) with a fixed chunk size (Python's `chunksize`).
+    pub fn map_chunked<A, R, I>(
         &self,
         f: &RemoteFn<A, R>,
         items: I,
-        chunk_size: usize,
-        window: usize,
-    ) -> impl Stream<Item = Result<R, Error>> + Send + use<I, A, R>
+        chunk: usize,
+    ) -> impl Stream<Item = Result<R, Error>> + Send + use<A, R, I>
     where
         I: IntoIterator<Item = A>,
         I::IntoIter: Send + 'static,
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
+        self.map_inner(f.name(), items, Some(chunk.max(1)))
+    }
+
+    fn map_inner<A, R, I>(
+        &self,
+        func: &'static str,
+        items: I,
+        fixed: Option<usize>,
+    ) -> impl Stream<Item = Result<R, Error>> + Send + use<A, R, I>
+    where
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let stats = Arc::new(ChunkStats::default());
+        let window = self.default_window();
         let this = self.clone();
-        let func: &'static str = f.name();
-        let chunk_size = chunk_size.max(1);
-        let chunks = Chunks {
-            it: items.into_iter(),
-            n: chunk_size,
-        };
-        stream::iter(chunks)
+        let sizer = stats.clone();
+        let chunks = stream::unfold((items.into_iter(), 0usize), move |(mut it, last)| {
+            let size = fixed.unwrap_or_else(|| next_chunk(&sizer, last));
+            let chunk: Vec<A> = it.by_ref().take(size).collect();
+            async move {
+                if chunk.is_empty() {
+                    None
+                } else {
+                    Some((chunk, (it, size)))
+                }
+            }
+        });
+        chunks
             .map(move |chunk: Vec<A>| {
-                let this = this.clone();
                 let n = chunk.len();
-                let encoded = this.encode_chunk(func, &chunk);
+                let sent = this.chunk_task::<A, R>(func, &chunk, stats.clone());
                 drop(chunk);
+                let this = this.clone();
                 async move {
-                    let sent = match encoded {
-                        Ok(args) => this.submit_chunk::<R>(func, args).await,
+                    let out = match sent {
+                        Ok((cmd, handle)) => match this.inner.service.tx.send(cmd).await {
+                            Ok(()) => handle.await,
+                            Err(_) => Err(this.refuse(func)),
+                        },
                         Err(e) => Err(e),
                     };
-                    match sent {
-                        Ok(v) if v.len() == n => v,
-                        Ok(v) => {
-                            let e = Error::new(
-                                ErrorKind::Remote,
-                                format!("a chunk of {n} items came back with {} results", v.len()),
-                            );
-                            let msg = e.to_string();
-                            (0..n)
-                                .map(|_| Err(Error::new(ErrorKind::Remote, msg.clone())))
-                                .collect()
-                        }
-                        Err(e) => {
-                            let msg = e.to_string();
-                            let kind = e.kind();
-                            let mut out = vec![Err(e)];
-                            out.extend((1..n).map(|_| Err(Error::new(kind, msg.clone()))));
-                            out
-                        }
+                    match out {
+                        Ok(v) => v,
+                        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
                     }
                 }
             })
-            .buffered(window.max(1))
+            .buffered(window)
             .flat_map(stream::iter)
     }
 
-    fn encode_chunk<A: Serialize>(&self, func: &'static str, chunk: &[A]) -> Result<Vec<u8>, Error> {
-        postcard::to_allocvec(chunk).map_err(|e| {
-            Error::new(ErrorKind::Encoding, format!("could not encode a chunk: {e}"))
-                .with_task(func)
-                .with_tier(TierKind::Cluster)
-        })
-    }
-
-    async fn submit_chunk<R: DeserializeOwned + Send + 'static>(
+    #[allow(clippy::type_complexity)]
+    fn chunk_task<A: Serialize, R: DeserializeOwned + Send + 'static>(
         &self,
         func: &'static str,
-        args: Vec<u8>,
-    ) -> Result<Vec<Result<R, Error>>, Error> {
+        chunk: &[A],
+        stats: Arc<ChunkStats>,
+    ) -> Result<(Command, TaskHandle<Vec<Result<R, Error>>>), Error> {
         if self.is_shut_down() {
             return Err(self.refuse(func));
         }
-        let (completer, handle) =
-            remote_task::<Vec<Result<R, Error>>>(
-                Some(func.into()),
-                TierKind::Cluster,
-                self.spin(),
-                None,
-            );
+        let args = postcard::to_allocvec(chunk).map_err(|e| {
+            Error::new(ErrorKind::Encoding, format!("could not encode a chunk: {e}"))
+                .with_task(func)
+                .with_tier(TierKind::Cluster)
+        })?;
+        let (completer, handle) = remote_task::<Vec<Result<R, Error>>>(
+            Some(func.into()),
+            TierKind::Cluster,
+            self.spin(),
+            None,
+        );
         let cmd = Command::Task(Task {
             func,
             batch: true,
             args,
-            deliver: Box::new(Chunk::<R> { completer }),
+            deliver: Box::new(Batch::<R> {
+                completer,
+                items: chunk.len(),
+                stats,
+            }),
         });
-        if self.inner.service.tx.send(cmd).await.is_err() {
-            return Err(self.refuse(func));
-        }
-        handle.await
+        Ok((cmd, handle))
     }
 
     /// The raw MPI baseline: `rounds` blocking 8-byte send/receive pairs between rank 0's MPI
@@ -800,18 +747,5 @@ impl Cluster {
     pub fn shutdown_blocking(&self, mode: ShutdownMode) {
         self.inner.closed.store(true, Ordering::Release);
         shutdown_service(self.inner.service, mode);
-    }
-}
-
-struct Chunks<I> {
-    it: I,
-    n: usize,
-}
-
-impl<I: Iterator> Iterator for Chunks<I> {
-    type Item = Vec<I::Item>;
-    fn next(&mut self) -> Option<Vec<I::Item>> {
-        let v: Vec<_> = self.it.by_ref().take(self.n).collect();
-        if v.is_empty() { None } else { Some(v) }
     }
 }

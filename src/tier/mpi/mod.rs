@@ -15,8 +15,8 @@
 //! - **Hand-off**: the async side puts tasks in a bounded channel; the MPI thread sends each
 //!   to whichever worker rank is free (one task per rank at a time) and completes its
 //!   [`TaskHandle`] when the reply comes.
-//! - **`map`** sends items in chunks of [`ClusterBuilder::chunk_size`] (one MPI message each
-//!   way per chunk), with a bounded window of chunks in flight; results come back in order and
+//! - **`map`** sends items in chunks (one MPI message each way per chunk), sized as on the
+//!   process tier, with a bounded window of chunks in flight; results come back in order and
 //!   each item keeps its own outcome.
 //! - **Shared data** ([`ClusterBuilder::shared_data`]): encoded once and sent to every rank
 //!   with one `MPI_Bcast` at build time; remote functions read it with [`crate::shared`]
@@ -79,7 +79,7 @@ pub use detect::{Detected, Launch, Launcher, detect};
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use cluster::{
-    Cluster, ClusterBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_PER_RANK, RESULT_SPIN, SPIN_MIN_CORES, finish,
+    Cluster, ClusterBuilder, DEFAULT_QUEUE_PER_RANK, RESULT_SPIN, SPIN_MIN_CORES, finish,
     launched_with_workers,
 };
 #[cfg(feature = "mpi")]

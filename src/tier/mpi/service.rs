@@ -20,11 +20,12 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::cluster::{
-    Command, Deliver, RankInfo, STOP_CANCEL, ServiceState, TAG_HOST, TAG_PING, TAG_TO_MASTER,
+    Command, RankInfo, STOP_CANCEL, ServiceState, TAG_HOST, TAG_PING, TAG_TO_MASTER,
     TAG_TO_WORKER, Task, WorldInfo, write_setup_broadcast,
 };
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::remote::wire::{Request, Response, decode_payload, encode_payload};
+use crate::tier::process::Pending;
 use crate::tier::{RunInfo, TierKind};
 
 /// How long the MPI thread keeps polling after the last event before it starts to sleep: two
@@ -41,7 +42,7 @@ pub const MAX_POLL_INTERVAL: Duration = Duration::from_micros(500);
 pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
 
 struct InFlight {
-    deliver: Box<dyn Deliver>,
+    deliver: Box<dyn Pending>,
     func: &'static str,
     dispatched: Instant,
     queued: Duration,
@@ -251,8 +252,9 @@ impl Loop<'_> {
 
     fn dispatch(&mut self, rank: usize, task: Task) {
         if !task.deliver.start() {
-            // Cancelled while queued.
+            // Cancelled while queued: the slot holds its outcome already.
             self.free.push_front(rank);
+            task.deliver.discard();
             return;
         }
         self.next_id += 1;
@@ -267,7 +269,7 @@ impl Loop<'_> {
             Ok(b) => b,
             Err(e) => {
                 self.free.push_front(rank);
-                task.deliver.deliver(Err(e), run_info(rank, 0, queued));
+                task.deliver.fail(e, run_info(rank, 0, queued));
                 return;
             }
         };
@@ -302,15 +304,15 @@ impl Loop<'_> {
                     let info = run_info(rank, run_ns, f.queued);
                     self.state.record(run_ns, !matches!(outcome, crate::remote::wire::Outcome::Ok));
                     match outcome.into_error() {
-                        None => f.deliver.deliver(Ok(body), info),
-                        Some(e) => f.deliver.deliver(Err(e), info),
+                        None => f.deliver.succeed(body, info),
+                        Some(e) => f.deliver.fail(e, info),
                     }
                 }
-                Ok((other, _)) => f.deliver.deliver(
-                    Err(Error::new(ErrorKind::Remote, format!("unexpected reply {other:?}"))),
+                Ok((other, _)) => f.deliver.fail(
+                    Error::new(ErrorKind::Remote, format!("unexpected reply {other:?}")),
                     run_info(rank, 0, f.queued),
                 ),
-                Err(e) => f.deliver.deliver(Err(e), run_info(rank, 0, f.queued)),
+                Err(e) => f.deliver.fail(e, run_info(rank, 0, f.queued)),
             }
         }
         any
@@ -340,7 +342,7 @@ impl Loop<'_> {
                     code: None,
                     signal: None,
                 });
-                f.deliver.deliver(Err(e), run_info(rank, 0, f.queued));
+                f.deliver.fail(e, run_info(rank, 0, f.queued));
             }
         }
     }
@@ -378,8 +380,7 @@ fn run_info(rank: usize, run_ns: u64, queued: Duration) -> RunInfo {
 fn fail_unrunnable(task: Task) {
     let queued = task.deliver.submitted().elapsed();
     let e = Error::new(ErrorKind::Pool, "every worker rank of the cluster died");
-    task.deliver
-        .deliver(Err(e), run_info(0, 0, queued));
+    task.deliver.fail(e, run_info(0, 0, queued));
 }
 
 /// Whether process `pid` exists on this host and is not a zombie.

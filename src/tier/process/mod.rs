@@ -44,7 +44,9 @@ mod pool;
 mod slot;
 
 pub(crate) use child::{serve_as_worker, worker_spec};
-use pool::{Batch, ChunkStats, One, Req, Shared, SlotState, State, kill_hook};
+use pool::{Req, Shared, SlotState, State, kill_hook};
+// The typed completers and `map` chunk sizing are shared with the cluster tier.
+pub(crate) use pool::{Batch, ChunkStats, One, Pending};
 
 /// How long a worker has to answer the handshake: start-up of a large binary on a loaded
 /// machine takes well under a second; ten leave room and still end a hang.
@@ -880,7 +882,7 @@ impl ProcessPool {
 
 /// The next chunk size of a `map`: aimed at [`MAP_CHUNK_TARGET`] once the run time per item
 /// is known, doubling from 1 until then.
-fn next_chunk(stats: &ChunkStats, last: usize) -> usize {
+pub(crate) fn next_chunk(stats: &ChunkStats, last: usize) -> usize {
     let per_item = stats.per_item_ns.load(Ordering::Relaxed);
     if per_item == 0 {
         return (last * 2).clamp(1, MAP_MAX_CHUNK);
