@@ -35,8 +35,10 @@ fn line(name: &str, v: Vec<Duration>, base: Option<Duration>) -> Duration {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     offload::init(&[&NOOP]);
     if !launched_with_workers() {
-        eprintln!("run me under mpiexec with at least 2 ranks: mpiexec -n 2 {}", 
-            std::env::args().next().unwrap_or_default());
+        eprintln!(
+            "run me under mpiexec with at least 2 ranks: mpiexec -n 2 {}",
+            std::env::args().next().unwrap_or_default()
+        );
         return Ok(());
     }
     let rounds: u32 = std::env::args()
@@ -81,7 +83,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sync_times = Vec::with_capacity(rounds as usize);
     for i in 0..rounds {
         let t0 = Instant::now();
-        let r = cluster.submit_blocking(&NOOP, u64::from(i))?.blocking_wait()?;
+        let r = cluster
+            .submit_blocking(&NOOP, u64::from(i))?
+            .blocking_wait()?;
         sync_times.push(t0.elapsed());
         assert_eq!(r, u64::from(i));
     }

@@ -41,7 +41,9 @@ fn main() {
     offload::init(&[&SQUARE, &BOOM, &WHOAMI, &SHARED_SUM, &SLOW_RANK]);
     // From here on this is rank 0 (or a plain process).
     if !launched_with_workers() {
-        let e = Cluster::builder().build().expect_err("no cluster outside mpiexec");
+        let e = Cluster::builder()
+            .build()
+            .expect_err("no cluster outside mpiexec");
         check("no_cluster_outside_mpiexec", true, e);
         println!("mpi_cluster: not under mpiexec with >1 rank; run it with mpiexec -n 3");
         return;
@@ -85,7 +87,10 @@ fn main() {
         // map: ordered, chunked, every item right.
         let squares: Vec<_> = cluster.map(&SQUARE, 0..100u64).collect().await;
         let want: Vec<u64> = (0..100u64).map(|x| x * x).collect();
-        let got: Vec<u64> = squares.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+        let got: Vec<u64> = squares
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
         check("map_in_order", got == want, format!("{got:?}"));
 
         // Tasks go to whichever rank is free: two slow tasks at once use two ranks.
@@ -116,7 +121,10 @@ fn main() {
         let items: Vec<_> = cluster.map(&BOOM, 0..6u32).collect().await;
         check(
             "panic_fails_only_its_items",
-            items.len() == 6 && items.iter().all(|r| r.as_ref().is_err_and(|e| e.is_panic())),
+            items.len() == 6
+                && items
+                    .iter()
+                    .all(|r| r.as_ref().is_err_and(|e| e.is_panic())),
             format!("{items:?}"),
         );
         let mut serving = Vec::new();
@@ -127,7 +135,11 @@ fn main() {
         for h in serving {
             all_ok &= matches!(h.await, Ok(9));
         }
-        check("ranks_serve_on_after_a_panic", all_ok, "a rank stopped serving");
+        check(
+            "ranks_serve_on_after_a_panic",
+            all_ok,
+            "a rank stopped serving",
+        );
 
         // Shared data reaches every rank: ask each rank (the slow task pins one per rank).
         let mut seen = std::collections::BTreeMap::new();
@@ -158,5 +170,8 @@ fn main() {
             format!("{e:?}"),
         );
     });
-    println!("mpi_cluster: all tests passed on {} ranks", launch.size.unwrap_or(0));
+    println!(
+        "mpi_cluster: all tests passed on {} ranks",
+        launch.size.unwrap_or(0)
+    );
 }

@@ -195,7 +195,11 @@ pub(crate) fn start_up() {
             }
         }
         Detected::Malformed { var, value } => {
-            tracing::warn!(var, value, "malformed MPI launcher variable; not a cluster rank");
+            tracing::warn!(
+                var,
+                value,
+                "malformed MPI launcher variable; not a cluster rank"
+            );
         }
         _ => {}
     }
@@ -392,10 +396,11 @@ fn shutdown_service(service: &Service, mode: ShutdownMode) {
         ShutdownMode::Drain => STOP_DRAIN,
         ShutdownMode::Cancel => STOP_CANCEL,
     };
-    let _ = service
-        .state
-        .stop
-        .compare_exchange(STOP_NONE, flag, Ordering::AcqRel, Ordering::Acquire);
+    let _ =
+        service
+            .state
+            .stop
+            .compare_exchange(STOP_NONE, flag, Ordering::AcqRel, Ordering::Acquire);
     if mode == ShutdownMode::Cancel {
         service.state.stop.store(STOP_CANCEL, Ordering::Release);
         // Queued tasks fail with "shut down" as their completers drop.
@@ -503,7 +508,8 @@ impl Cluster {
             .with_task(func)
             .with_tier(TierKind::Cluster)
         })?;
-        let (completer, handle) = remote_task::<R>(Some(func.into()), TierKind::Cluster, self.spin(), None);
+        let (completer, handle) =
+            remote_task::<R>(Some(func.into()), TierKind::Cluster, self.spin(), None);
         let cmd = Command::Task(Task {
             func,
             batch: false,
@@ -678,9 +684,12 @@ impl Cluster {
             return Err(self.refuse(func));
         }
         let args = postcard::to_allocvec(chunk).map_err(|e| {
-            Error::new(ErrorKind::Encoding, format!("could not encode a chunk: {e}"))
-                .with_task(func)
-                .with_tier(TierKind::Cluster)
+            Error::new(
+                ErrorKind::Encoding,
+                format!("could not encode a chunk: {e}"),
+            )
+            .with_task(func)
+            .with_tier(TierKind::Cluster)
         })?;
         let (completer, handle) = remote_task::<Vec<Result<R, Error>>>(
             Some(func.into()),

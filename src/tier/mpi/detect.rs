@@ -215,7 +215,10 @@ mod tests {
         let l = detect_with(env(&[("PMIX_RANK", "0")]))
             .launch()
             .expect("pmix");
-        assert_eq!((l.launcher, l.size, l.has_workers()), (Launcher::Pmix, None, None));
+        assert_eq!(
+            (l.launcher, l.size, l.has_workers()),
+            (Launcher::Pmix, None, None)
+        );
     }
 
     #[test]
@@ -235,12 +238,18 @@ mod tests {
     fn garbage_is_malformed_not_launched() {
         assert!(matches!(
             detect_with(env(&[("OMPI_COMM_WORLD_RANK", "x")])),
-            Detected::Malformed { var: "OMPI_COMM_WORLD_RANK", .. }
+            Detected::Malformed {
+                var: "OMPI_COMM_WORLD_RANK",
+                ..
+            }
         ));
         // A rank outside the size.
         assert!(matches!(
             detect_with(env(&[("PMI_RANK", "3"), ("PMI_SIZE", "3")])),
-            Detected::Malformed { var: "PMI_SIZE", .. }
+            Detected::Malformed {
+                var: "PMI_SIZE",
+                ..
+            }
         ));
         assert_eq!(
             detect_with(env(&[("PMI_RANK", "3"), ("PMI_SIZE", "0")])).launch(),

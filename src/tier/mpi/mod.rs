@@ -64,7 +64,6 @@
 //! be cancelled. Results and arguments are limited to
 //! [`DEFAULT_MAX_FRAME`](crate::remote::wire::DEFAULT_MAX_FRAME) per message.
 
-
 pub mod detect;
 
 #[cfg(feature = "mpi")]
@@ -77,13 +76,13 @@ mod worker;
 pub use detect::{Detected, Launch, Launcher, detect};
 
 #[cfg(feature = "mpi")]
+pub(crate) use cluster::start_up;
+#[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use cluster::{
     Cluster, ClusterBuilder, DEFAULT_QUEUE_PER_RANK, RESULT_SPIN, SPIN_MIN_CORES, finish,
     launched_with_workers,
 };
-#[cfg(feature = "mpi")]
-pub(crate) use cluster::start_up;
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use service::{LIVENESS_INTERVAL, MAX_POLL_INTERVAL, SPIN};

@@ -20,8 +20,8 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::cluster::{
-    Command, RankInfo, STOP_CANCEL, ServiceState, TAG_HOST, TAG_PING, TAG_TO_MASTER,
-    TAG_TO_WORKER, Task, WorldInfo, write_setup_broadcast,
+    Command, RankInfo, STOP_CANCEL, ServiceState, TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER,
+    Task, WorldInfo, write_setup_broadcast,
 };
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::remote::wire::{Request, Response, decode_payload, encode_payload};
@@ -60,8 +60,7 @@ struct Loop<'a> {
 }
 
 pub(super) fn run(rx: Receiver<Command>, state: Arc<ServiceState>) {
-    let Some((universe, threading)) =
-        mpi::initialize_with_threading(mpi::Threading::Funneled)
+    let Some((universe, threading)) = mpi::initialize_with_threading(mpi::Threading::Funneled)
     else {
         state.set_world(Err("MPI was already initialised in this process".into()));
         return;
@@ -83,7 +82,12 @@ fn finalize(universe: Universe) {
     drop(universe);
 }
 
-fn serve(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &ServiceState, my_host: String) {
+fn serve(
+    world: &SimpleCommunicator,
+    rx: &Receiver<Command>,
+    state: &ServiceState,
+    my_host: String,
+) {
     let size = usize::try_from(world.size()).unwrap_or(1);
     // The first command is the setup, or the channel closes (no cluster was built).
     let (payload, reply) = match rx.recv_blocking() {
@@ -105,7 +109,9 @@ fn serve(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &ServiceStat
     let mut ranks = vec![RankInfo::default(); size];
     let mut refusals = Vec::new();
     for _ in 1..size {
-        let (bytes, status) = world.any_process().receive_vec_with_tag::<u8>(TAG_TO_MASTER);
+        let (bytes, status) = world
+            .any_process()
+            .receive_vec_with_tag::<u8>(TAG_TO_MASTER);
         let r = usize::try_from(status.source_rank()).unwrap_or(0);
         let (host, _) = world
             .process_at_rank(status.source_rank())
@@ -122,8 +128,9 @@ fn serve(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &ServiceStat
         }
     }
     if !refusals.is_empty() {
-        let _ = reply.send(Err(Error::new(ErrorKind::Pool, refusals.join("; "))
-            .with_tier(TierKind::Cluster)));
+        let _ = reply.send(Err(
+            Error::new(ErrorKind::Pool, refusals.join("; ")).with_tier(TierKind::Cluster)
+        ));
         stop_ranks(world, &ranks);
         return;
     }
@@ -204,9 +211,17 @@ impl Loop<'_> {
                             }
                         }
                     }
-                    Command::PingPong { rank, rounds, reply } => {
+                    Command::PingPong {
+                        rank,
+                        rounds,
+                        reply,
+                    } => {
                         if self.in_flight() > 0 {
-                            stash = Some(Command::PingPong { rank, rounds, reply });
+                            stash = Some(Command::PingPong {
+                                rank,
+                                rounds,
+                                reply,
+                            });
                             break;
                         }
                         let _ = reply.send(self.ping_pong(rank, rounds));
@@ -260,9 +275,15 @@ impl Loop<'_> {
         self.next_id += 1;
         let id = self.next_id;
         let header = if task.batch {
-            Request::Batch { id, func: task.func }
+            Request::Batch {
+                id,
+                func: task.func,
+            }
         } else {
-            Request::Call { id, func: task.func }
+            Request::Call {
+                id,
+                func: task.func,
+            }
         };
         let queued = task.deliver.submitted().elapsed();
         let bytes = match encode_payload(&header, &task.args) {
@@ -300,9 +321,15 @@ impl Loop<'_> {
             };
             self.free.push_back(rank);
             match decode_payload::<Response<'_>>(&bytes) {
-                Ok((Response::Done { run_ns, outcome, .. }, body)) => {
+                Ok((
+                    Response::Done {
+                        run_ns, outcome, ..
+                    },
+                    body,
+                )) => {
                     let info = run_info(rank, run_ns, f.queued);
-                    self.state.record(run_ns, !matches!(outcome, crate::remote::wire::Outcome::Ok));
+                    self.state
+                        .record(run_ns, !matches!(outcome, crate::remote::wire::Outcome::Ok));
                     match outcome.into_error() {
                         None => f.deliver.succeed(body, info),
                         Some(e) => f.deliver.fail(e, info),

@@ -72,7 +72,8 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
                     None => None,
                     Some(name) => {
                         let mut out = Vec::new();
-                        let (r, _) = run_call(registry, name, false, init_args, usize::MAX, &mut out);
+                        let (r, _) =
+                            run_call(registry, name, false, init_args, usize::MAX, &mut out);
                         match r {
                             Ok(()) => None,
                             Err(f) => Some(format!(
@@ -128,7 +129,8 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
                         continue;
                     }
                 };
-                let (r, run_ns) = run_call(registry, func, batch, args, DEFAULT_MAX_FRAME, &mut out);
+                let (r, run_ns) =
+                    run_call(registry, func, batch, args, DEFAULT_MAX_FRAME, &mut out);
                 let reply = Response::Done {
                     id,
                     run_ns,
