@@ -11,6 +11,9 @@ fn main() {
     offload::init(&[&DOUBLE]);
     if detect() != Detected::NotLaunched {
         println!("mpi_auto_fallback: skipped, this run was started by an MPI launcher");
+        // No cluster is built here: release the worker ranks and finalize MPI.
+        #[cfg(feature = "mpi")]
+        offload::tier::mpi::finish();
         return;
     }
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -60,7 +60,6 @@ fn main() {
     let table: Vec<u64> = (1..=1000).collect();
     let cluster = Cluster::builder()
         .shared_data(&table)
-        .chunk_size(4)
         .build()
         .expect("the cluster builds");
     check(
@@ -118,7 +117,7 @@ fn main() {
             ),
             Ok(v) => check("panic_is_an_error", false, v),
         }
-        let items: Vec<_> = cluster.map(&BOOM, 0..6u32).collect().await;
+        let items: Vec<_> = cluster.map_chunked(&BOOM, 0..6u32, 4).collect().await;
         check(
             "panic_fails_only_its_items",
             items.len() == 6

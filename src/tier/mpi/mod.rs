@@ -5,25 +5,26 @@
 //! ```
 //!
 //! Every rank runs the same binary. [`crate::init`] (the first line of `main`) reads the
-//! launcher's environment ([`detect`]); on ranks 1.. it initialises MPI, takes the setup that
+//! launcher's environment ([`detect()`]); on ranks 1.. it initialises MPI, takes the setup that
 //! rank 0 broadcasts, serves calls until rank 0 shuts the cluster down, finalizes MPI and exits
 //! with status 0 — it never returns there. On rank 0 it starts one dedicated MPI thread
 //! (`MPI_THREAD_FUNNELED`: no other thread calls MPI) and returns; the application then builds
-//! a [`Cluster`] (or lets `auto()` pick it) and submits [`RemoteFn`]s as on the process tier:
+//! a [`Cluster`] (or lets `auto()` pick it) and submits [`RemoteFn`](crate::RemoteFn)s as on the process tier:
 //! the same registry, wire format and outcomes.
 //!
 //! - **Hand-off**: the async side puts tasks in a bounded channel; the MPI thread sends each
 //!   to whichever worker rank is free (one task per rank at a time) and completes its
-//!   [`TaskHandle`] when the reply comes.
+//!   [`TaskHandle`](crate::TaskHandle) when the reply comes.
 //! - **`map`** sends items in chunks (one MPI message each way per chunk), sized as on the
 //!   process tier, with a bounded window of chunks in flight; results come back in order and
 //!   each item keeps its own outcome.
 //! - **Shared data** ([`ClusterBuilder::shared_data`]): encoded once and sent to every rank
 //!   with one `MPI_Bcast` at build time; remote functions read it with [`crate::shared`]
 //!   (Listing 2's precomputed data, without the filesystem).
-//! - **Panics**: a panicking task is a [`Error::is_panic`] error with the rank's message and
+//! - **Panics**: a panicking task is a [`Error::is_panic`](crate::Error::is_panic) error with the rank's message and
 //!   backtrace; the rank serves on.
-//! - **Shutdown** ([`Cluster::shutdown`], or dropping the last handle): every worker rank
+//! - **Shutdown** ([`Cluster::shutdown`], or dropping the last handle, or [`finish`] when no
+//!   cluster was built): every worker rank
 //!   leaves its loop and finalizes; rank 0 finalizes on the MPI thread; the job exits 0.
 //!
 //! # Dead ranks
@@ -36,7 +37,7 @@
 //! survives a dead rank, but MPI 4.1 gives rank 0 no error either: a receive from the dead rank
 //! would wait forever. For that case rank 0's MPI thread checks every [`LIVENESS_INTERVAL`],
 //! while a task is in flight, that the worker processes on its own host still exist; a dead one
-//! fails its task with [`Error::is_worker_died`] (with its pid), is never used again, and the
+//! fails its task with [`Error::is_worker_died`](crate::Error::is_worker_died) (with its pid), is never used again, and the
 //! cluster serves on with the others. Ranks on other hosts are not watched.
 //!
 //! # Running on several machines
@@ -57,6 +58,24 @@
 //!
 //! Rank 0 (the application) runs on the first host. Every rank must run the same binary: the
 //! setup compares build ids and the cluster refuses to start otherwise.
+//!
+//! # A job that builds no cluster
+//!
+//! The worker ranks wait inside [`crate::init`] for rank 0's setup. A program that, under
+//! `mpiexec`, ends without building a [`Cluster`] (neither [`RemotePool::auto`] nor
+//! [`Cluster::builder`]) must call [`finish`] before `main` returns, or the worker ranks wait
+//! forever (OpenMPI then reports rank 0 as having exited without finalizing).
+//!
+//! [`RemotePool::auto`]: crate::RemotePool::auto
+//!
+//! # Round trip
+//!
+//! `examples/mpi_roundtrip.rs` measures one trivial task against a raw 8-byte MPI ping-pong in
+//! the same run. On the 2-vCPU development VM (`mpiexec -n 2`, OpenMPI 4.1, default binding),
+//! medians: raw ping-pong 0.46 µs; cluster round trip 7.0 µs (sync) / 8.0 µs (async), about
+//! 15–17× the raw exchange. The difference is two thread hand-offs on rank 0 (caller → MPI
+//! thread → caller), which share one core there because `mpiexec` binds rank 0 to one core;
+//! MPI itself costs the same on both paths.
 //!
 //! # Limits
 //!

@@ -46,9 +46,9 @@ mod slot;
 pub(crate) use child::{serve_as_worker, worker_spec};
 use pool::{Req, Shared, SlotState, State, kill_hook};
 // The typed completers and `map` chunk sizing are shared with the cluster tier.
-pub(crate) use pool::{Batch, ChunkStats, One};
 #[cfg(feature = "mpi")]
 pub(crate) use pool::Pending;
+pub(crate) use pool::{Batch, ChunkStats, One};
 
 /// How long a worker has to answer the handshake: start-up of a large binary on a loaded
 /// machine takes well under a second; ten leave room and still end a hang.
