@@ -30,15 +30,18 @@
 //! # Dead ranks
 //!
 //! By default OpenMPI (4.1, checked here) aborts the whole job when any rank dies: `mpiexec`
-//! kills every other rank, rank 0 included, prints `mpiexec noticed that process rank N with
-//! PID P on node H exited on signal S (...)` (or "returned a non-zero exit code"), and exits
-//! with a non-zero status (134 for a rank killed by SIGABRT). No library can report more from
-//! inside rank 0, since rank 0 is killed too. Started with `mpiexec --enable-recovery` the job
-//! survives a dead rank, but MPI 4.1 gives rank 0 no error either: a receive from the dead rank
-//! would wait forever. For that case rank 0's MPI thread checks every [`LIVENESS_INTERVAL`],
-//! while a task is in flight, that the worker processes on its own host still exist; a dead one
-//! fails its task with [`Error::is_worker_died`](crate::Error::is_worker_died) (with its pid), is never used again, and the
-//! cluster serves on with the others. Ranks on other hosts are not watched.
+//! prints `mpiexec noticed that process rank N with PID P on node H exited on signal S (...)`
+//! (or "returned a non-zero exit code"), kills every other rank, rank 0 included, and exits
+//! with a non-zero status (134 for a rank killed by SIGABRT). MPI 4.1 itself gives rank 0 no
+//! error: a receive from the dead rank would simply wait. So rank 0's MPI thread watches: every
+//! [`LIVENESS_INTERVAL`] while a task is in flight it checks that the worker processes on its
+//! own host still exist, and a dead one fails its task with
+//! [`Error::is_worker_died`](crate::Error::is_worker_died) (rank and pid in the message), is
+//! never used again, and the cluster serves on with the other ranks. Under plain `mpiexec`
+//! this report comes before the abort reaches rank 0 (seen in `tests/mpi_dead_rank.rs`), but
+//! the job still ends with mpiexec's non-zero status; under `mpiexec --enable-recovery` the job
+//! survives, the cluster serves on, and shuts down with status 0. Ranks on other hosts are not
+//! watched: there, only OpenMPI's abort reports the death.
 //!
 //! # Running on several machines
 //!
