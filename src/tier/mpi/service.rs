@@ -357,6 +357,7 @@ impl Loop<'_> {
             if info.host != self.my_host || process_alive(pid) {
                 continue;
             }
+            let host = info.host.clone();
             tracing::error!(rank, pid, func = f.func, running_for = ?f.dispatched.elapsed(),
                 "a cluster worker rank died; its task fails and the rank is not used again");
             let f = self.inflight[rank].take();
@@ -364,7 +365,15 @@ impl Loop<'_> {
             self.ranks[rank].dead = true;
             self.free.retain(|&r| r != rank);
             if let Some(f) = f {
-                let e = Error::worker_died(ExitInfo {
+                let e = Error::new(
+                    ErrorKind::WorkerDied,
+                    format!(
+                        "MPI rank {rank} (pid {pid} on {}) died while running it; OpenMPI \
+                         aborts the job next unless mpiexec ran with --enable-recovery",
+                        host
+                    ),
+                )
+                .with_exit(ExitInfo {
                     pid: Some(pid),
                     code: None,
                     signal: None,
