@@ -30,7 +30,7 @@
 //! assert!(e.is_panic() && e.to_string().contains("bad input"));
 //!
 //! pool.shutdown(ShutdownMode::Drain).await;
-//! # Ok::<(), offload::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
 //!

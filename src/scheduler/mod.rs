@@ -95,12 +95,16 @@ impl SchedulerBuilder {
 
     fn finish(&self, runtime: Option<Runtime>, handle: Handle) -> Result<Scheduler, BuildError> {
         let cpu = Executor::from_tier(Arc::new(self.cpu.build()?));
+        let watchdog = Arc::new(WatchdogState::new(self.slow_poll));
+        watchdog
+            .start()
+            .map_err(|e| BuildError::io("could not start the watchdog thread", e))?;
         Ok(Scheduler {
             inner: Arc::new(Inner {
                 runtime: Mutex::new(runtime),
                 handle,
                 executor: cpu,
-                watchdog: Arc::new(WatchdogState::new(self.slow_poll)),
+                watchdog,
                 live: Arc::new(Live::default()),
                 spawned: AtomicU64::new(0),
                 io_threads: self.io_threads,
@@ -184,8 +188,10 @@ pub struct SchedulerStats {
     pub tasks_spawned: u64,
     /// Named tasks still running.
     pub tasks_live: usize,
-    /// Polls longer than the watchdog threshold.
+    /// Polls longer than the watchdog threshold (counted when they end).
     pub slow_polls: u64,
+    /// Polls the watchdog thread caught still running past the threshold.
+    pub stuck_polls: u64,
     /// The longest poll the watchdog saw above its threshold.
     pub longest_slow_poll: Duration,
     /// Slow polls per task name, sorted by name.
@@ -289,6 +295,7 @@ impl Scheduler {
                 .unwrap_or_else(|p| p.into_inner())
                 .len(),
             slow_polls: w.slow_polls.load(Ordering::Relaxed),
+            stuck_polls: w.stuck_polls.load(Ordering::Relaxed),
             longest_slow_poll: Duration::from_nanos(w.longest_ns.load(Ordering::Relaxed)),
             slow_polls_by_task: w.by_task(),
             cpu: self.inner.executor.stats(),
@@ -325,6 +332,7 @@ impl Scheduler {
             }
         }
         self.inner.executor.shutdown(ShutdownMode::Drain).await;
+        self.inner.watchdog.stop();
     }
 
     /// Stops everything from sync code and waits for it: [`close`](Self::close), then, when the
@@ -350,6 +358,7 @@ impl Scheduler {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.watchdog.stop();
         let rt = self
             .runtime
             .get_mut()

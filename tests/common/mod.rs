@@ -1,0 +1,67 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use offload::Executor;
+use offload::tier::Threads;
+
+/// Names of this process's threads that start with `prefix` (from /proc/self/task/*/comm).
+pub fn threads_named(prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            if let Ok(name) = std::fs::read_to_string(e.path().join("comm")) {
+                let name = name.trim().to_string();
+                if name.starts_with(prefix) {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A thread-tier executor whose threads carry `prefix`, so a test can count them.
+pub fn pool(prefix: &str, workers: usize, capacity: usize) -> Executor {
+    let t = Threads::builder()
+        .workers(workers)
+        .queue_capacity(capacity)
+        .thread_name(prefix)
+        .build()
+        .expect("the pool starts");
+    Executor::from_tier(Arc::new(t))
+}
+
+/// A one-shot gate: tasks wait on it until the test opens it.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn wait(&self) {
+        let (m, c) = &*self.0;
+        let mut open = m.lock().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !*open && Instant::now() < deadline {
+            open = c.wait_timeout(open, Duration::from_millis(50)).unwrap().0;
+        }
+    }
+    pub fn open(&self) {
+        let (m, c) = &*self.0;
+        *m.lock().unwrap() = true;
+        c.notify_all();
+    }
+}
+
+/// Polls `cond` every millisecond for up to 10 s.
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
