@@ -81,7 +81,7 @@ impl fmt::Display for ExitInfo {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     kind: ErrorKind,
     task: Option<Arc<str>>,
@@ -295,6 +295,16 @@ impl Error {
             self.inner.worker = worker;
         }
         self
+    }
+}
+
+impl Clone for Error {
+    /// A copy of the error, for a failure shared by several outcomes (every item of a `map`
+    /// chunk whose worker died).
+    fn clone(&self) -> Self {
+        Error {
+            inner: self.inner.clone(),
+        }
     }
 }
 

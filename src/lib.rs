@@ -73,12 +73,13 @@
 //! Linux (the library is developed and tested there); other Unixes should work for the
 //! in-process tiers.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod error;
 mod executor;
 pub mod placement;
+mod remote;
 mod scheduler;
 mod task;
 pub mod tier;
@@ -92,9 +93,10 @@ pub use placement::{
     BucketStats, Call, CallSite, KeyStats, Placement, PlacementConfig, PlacementStats, Stage,
     TierCost,
 };
+pub use remote::{AnyRemoteFn, CallFailure, Registry, RemoteFn, init, shared, wire};
 pub use scheduler::{
     Cooperate, DEFAULT_IO_THREADS, DEFAULT_SLOW_POLL, DEFAULT_YIELD_EVERY, Scheduler,
     SchedulerBuilder, SchedulerStats, TaskExit, TaskGroup, yield_now,
 };
 pub use task::{Job, Ran, TaskHandle, WorkerCtx};
-pub use tier::{RunInfo, ShutdownMode, TierKind};
+pub use tier::{ProcessPool, ProcessPoolBuilder, RemotePool, RunInfo, ShutdownMode, TierKind};

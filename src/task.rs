@@ -126,6 +126,22 @@ pub(crate) struct Completer<T> {
 }
 
 impl<T> Completer<T> {
+    /// Claims the task for running; false when it was cancelled first (the slot then holds
+    /// its outcome, and this completer should be [`disarm`](Self::disarm)ed).
+    pub(crate) fn start(&self) -> bool {
+        self.slot.start()
+    }
+
+    /// When the task was submitted.
+    pub(crate) fn submitted(&self) -> Instant {
+        self.submitted
+    }
+
+    /// Drops the completer without touching the slot (its outcome is already there).
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+
     pub(crate) fn finish(mut self, outcome: Result<T, Error>, info: RunInfo) {
         self.armed = false;
         let outcome = outcome.map_err(|e| e.fill(self.name.as_ref(), self.tier, info.worker));
@@ -254,8 +270,42 @@ where
         spin,
         polled: false,
         detached: false,
+        kill: None,
     };
     (job, handle)
+}
+
+/// Stops a running task from outside (kills the worker process that runs it); returns whether
+/// it did. Given to the handles of killable tiers.
+pub(crate) type KillHook = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Builds the handle of a task that something other than a [`Job`] completes (a remote tier's
+/// reader), with the completer that fills it and an optional hook that stops it while it runs.
+pub(crate) fn remote_task<T>(
+    name: Option<Arc<str>>,
+    tier: TierKind,
+    spin: Duration,
+    kill: Option<KillHook>,
+) -> (Completer<T>, TaskHandle<T>) {
+    let slot = Arc::new(Slot::new());
+    let completer = Completer {
+        slot: slot.clone(),
+        name: name.clone(),
+        tier,
+        submitted: Instant::now(),
+        armed: true,
+    };
+    let handle = TaskHandle {
+        slot,
+        lazy: None,
+        name,
+        tier,
+        spin,
+        polled: false,
+        detached: false,
+        kill,
+    };
+    (completer, handle)
 }
 
 /// Gets the closure back out of a job a tier refused (so `try_submit` can hand it back).
@@ -283,7 +333,9 @@ where
 ///
 /// Dropping a handle whose task is still queued withdraws the task (it never runs, as with
 /// [`cancel`](TaskHandle::cancel)); call [`detach`](TaskHandle::detach) to let it run anyway.
-/// A task that already runs on a thread finishes: threads cannot be stopped from outside.
+/// A task that already runs on a thread finishes: threads cannot be stopped from outside. A
+/// task that already runs in a worker process finishes too when its handle is dropped; call
+/// [`cancel`](TaskHandle::cancel) to kill it.
 pub struct TaskHandle<T> {
     slot: Arc<Slot<T>>,
     lazy: Option<Job>,
@@ -292,6 +344,7 @@ pub struct TaskHandle<T> {
     spin: Duration,
     polled: bool,
     detached: bool,
+    kill: Option<KillHook>,
 }
 
 impl<T> fmt::Debug for TaskHandle<T> {
@@ -341,8 +394,18 @@ impl<T> TaskHandle<T> {
 
     /// Withdraws the task if it has not started. Returns true when it was withdrawn; its outcome
     /// is then a "cancelled" error. Returns false when it already runs or finished.
+    ///
+    /// On a killable tier ([`is_killable`](Self::is_killable): worker processes) a running task
+    /// is stopped too: its worker is killed (and replaced), the outcome is "cancelled", and
+    /// this returns true.
     pub fn cancel(&self) -> bool {
-        self.slot.cancel()
+        if self.slot.cancel() {
+            return true;
+        }
+        match &self.kill {
+            Some(kill) if !self.slot.is_done() => kill(),
+            _ => false,
+        }
     }
 
     /// Lets the task run even if this handle is dropped before it starts.

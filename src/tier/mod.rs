@@ -4,8 +4,11 @@
 //! | --- | --- | --- | --- | --- |
 //! | [`Inline`] | `inline.rs` | on the thread that first waits for its handle | no | closures |
 //! | [`Threads`] | `threads.rs` | on the library's own pool of named threads | no | closures |
+//! | [`ProcessPool`] | `process/` | in worker processes (this binary, re-executed) | yes | [`RemoteFn`](crate::RemoteFn)s |
+//! | `mpi::Cluster` | `mpi/` | on the worker ranks of an MPI job (feature `mpi`) | no | [`RemoteFn`](crate::RemoteFn)s |
 //!
-//! Every in-process tier implements the small [`Tier`] trait: take a [`Job`] now or hand it back
+//! The process tier takes named remote functions instead of closures and has its own face
+//! ([`ProcessPool`]) with the same verbs. Every in-process tier implements the small [`Tier`] trait: take a [`Job`] now or hand it back
 //! when full, take it after waiting for room, shut down. Each job reports, when it finishes, its
 //! own run time measured where it ran and the time it spent queued ([`RunInfo`]), so that
 //! placement learns each tier's real overhead on this machine.
@@ -15,10 +18,18 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+mod auto;
 mod inline;
+pub mod mpi;
+pub(crate) mod process;
 mod threads;
 
+pub use auto::RemotePool;
 pub use inline::Inline;
+pub use process::{
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_START_FAILURES, DEFAULT_PIPELINE, DEFAULT_RESULT_SPIN,
+    MAP_CHUNK_TARGET, MAP_MAX_CHUNK, ProcessPool, ProcessPoolBuilder,
+};
 pub use threads::{
     DEFAULT_QUEUE_PER_WORKER, RESULT_SPIN, SPIN_BEFORE_PARK, Threads, ThreadsBuilder,
     default_workers,
@@ -51,9 +62,11 @@ impl TierKind {
         }
     }
 
-    /// Whether a task running on this tier can be stopped (deadline or cancel).
+    /// Whether a task running on this tier can be stopped (deadline or cancel). Not on the
+    /// cluster: stopping a rank mid-task makes MPI abort the whole job, so only queued cluster
+    /// tasks can be withdrawn.
     pub fn is_killable(self) -> bool {
-        matches!(self, TierKind::Processes | TierKind::Cluster)
+        matches!(self, TierKind::Processes)
     }
 
     /// Whether this tier runs work outside the caller's thread.

@@ -1,0 +1,760 @@
+//! The cluster's rank-0 side: the public [`Cluster`] handle, its builder, start-up, and the
+//! types shared with the MPI thread ([`super::service`]) and the worker loop ([`super::worker`]).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_channel::{Receiver, Sender, TrySendError};
+use futures::stream::{self, Stream, StreamExt};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{BuildError, Error, ErrorKind, TrySubmitError};
+use crate::remote::RemoteFn;
+use crate::remote::wire::{DEFAULT_MAX_FRAME, Request, encode_payload};
+use crate::task::{TaskHandle, remote_task};
+use crate::tier::process::{Batch, ChunkStats, One, Pending, next_chunk};
+use crate::tier::{ShutdownMode, TierKind, TierStats};
+
+use super::detect::{Detected, detect};
+use super::{service, worker};
+
+pub(super) const TAG_TO_WORKER: i32 = 11;
+pub(super) const TAG_TO_MASTER: i32 = 12;
+pub(super) const TAG_PING: i32 = 13;
+pub(super) const TAG_HOST: i32 = 14;
+
+pub(super) const STOP_NONE: u8 = 0;
+pub(super) const STOP_DRAIN: u8 = 1;
+pub(super) const STOP_CANCEL: u8 = 2;
+
+/// Default capacity of the queue to the MPI thread, per worker rank: enough to keep every rank
+/// fed through a burst, small enough that an endless producer waits (DESIGN.md §3.3).
+pub const DEFAULT_QUEUE_PER_RANK: usize = 64;
+
+/// How long a waiter spins for a result before it parks, while the cluster's recent tasks are
+/// this short: one thread wake-up (~25 µs here). Longer tasks park at once. Used only when
+/// rank 0 may run on at least [`SPIN_MIN_CORES`] cores: with fewer, the waiter, the MPI thread
+/// and a local worker rank fight for the cores and spinning makes the round trip slower, not
+/// faster (measured: 37 µs spinning against 12 µs parking on a 2-core VM, `mpiexec -n 2`).
+pub const RESULT_SPIN: Duration = Duration::from_micros(25);
+
+/// The fewest cores rank 0 must be allowed to run on (its CPU affinity, which `mpiexec`'s
+/// binding sets) before its waiters spin: one for the caller, one for the MPI thread, one
+/// spare.
+pub const SPIN_MIN_CORES: usize = 3;
+
+fn default_result_spin() -> Duration {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= SPIN_MIN_CORES {
+        RESULT_SPIN
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// What rank 0 knows of a worker rank after the setup.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RankInfo {
+    pub(super) pid: Option<u32>,
+    pub(super) host: String,
+    pub(super) ready: bool,
+    pub(super) dead: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WorldInfo {
+    pub(super) size: usize,
+}
+
+pub(super) struct Task {
+    pub(super) func: &'static str,
+    pub(super) batch: bool,
+    pub(super) args: Vec<u8>,
+    pub(super) deliver: Box<dyn Pending>,
+}
+
+pub(super) enum Command {
+    Setup {
+        payload: Vec<u8>,
+        reply: std::sync::mpsc::SyncSender<Result<Vec<RankInfo>, Error>>,
+    },
+    Task(Task),
+    PingPong {
+        rank: usize,
+        rounds: u32,
+        reply: std::sync::mpsc::SyncSender<Result<Vec<Duration>, Error>>,
+    },
+}
+
+/// State shared between rank 0's MPI thread and the cluster handles.
+pub(super) struct ServiceState {
+    world: Mutex<Option<Result<WorldInfo, String>>>,
+    world_set: Condvar,
+    pub(super) stop: AtomicU8,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    ewma_run_ns: AtomicU64,
+}
+
+impl ServiceState {
+    pub(super) fn set_world(&self, w: Result<WorldInfo, String>) {
+        *self.world.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+        self.world_set.notify_all();
+    }
+
+    fn wait_world(&self) -> Result<WorldInfo, String> {
+        let mut g = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(w) = g.as_ref() {
+                return w.clone();
+            }
+            g = self.world_set.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub(super) fn record(&self, run_ns: u64, failed: bool) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let old = self.ewma_run_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            run_ns
+        } else {
+            old - old / 8 + run_ns / 8
+        };
+        self.ewma_run_ns.store(new, Ordering::Relaxed);
+    }
+}
+
+/// Rank 0's MPI thread, started by [`crate::init`] and owned by the first cluster built.
+struct Service {
+    tx: Sender<Command>,
+    rx: Receiver<Command>,
+    state: Arc<ServiceState>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    taken: AtomicBool,
+}
+
+static SERVICE: OnceLock<Service> = OnceLock::new();
+
+fn start_service() -> &'static Service {
+    SERVICE.get_or_init(|| {
+        // The queue is sized once the world size is known; until then an unbounded bootstrap
+        // would do, but one bound for all keeps it simple: ranks are known from the launcher.
+        let size = detect().launch().and_then(|l| l.size).unwrap_or(2);
+        let (tx, rx) = async_channel::bounded(DEFAULT_QUEUE_PER_RANK * size.max(2));
+        let state = Arc::new(ServiceState {
+            world: Mutex::new(None),
+            world_set: Condvar::new(),
+            stop: AtomicU8::new(STOP_NONE),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            ewma_run_ns: AtomicU64::new(0),
+        });
+        let (rx2, st2) = (rx.clone(), state.clone());
+        let thread = std::thread::Builder::new()
+            .name("offload-mpi".into())
+            .spawn(move || service::run(rx2, st2));
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                state.set_world(Err(format!("could not start the MPI thread: {e}")));
+                None
+            }
+        };
+        Service {
+            tx,
+            rx,
+            state,
+            thread: Mutex::new(thread),
+            taken: AtomicBool::new(false),
+        }
+    })
+}
+
+/// Called by [`crate::init`]: on a worker rank, serves and exits; on rank 0 of a job with
+/// workers, starts the MPI thread; elsewhere does nothing.
+pub(crate) fn start_up() {
+    match detect() {
+        Detected::Launched(l) if l.size != Some(1) => {
+            if l.is_master() {
+                tracing::debug!(launcher = %l.launcher, size = ?l.size, "rank 0: starting the MPI thread");
+                start_service();
+            } else {
+                match mpi::initialize_with_threading(mpi::Threading::Funneled) {
+                    Some((universe, _)) => worker::serve(universe),
+                    None => tracing::error!("MPI was initialised before offload::init"),
+                }
+            }
+        }
+        Detected::Malformed { var, value } => {
+            tracing::warn!(
+                var,
+                value,
+                "malformed MPI launcher variable; not a cluster rank"
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Whether this process is rank 0 of an MPI job with worker ranks: what `auto()` asks before it
+/// picks the cluster tier. Reads the launcher's environment only (no MPI call), except under a
+/// PMIx launcher that does not export the size, where it waits for rank 0's MPI thread.
+pub fn launched_with_workers() -> bool {
+    match detect().launch() {
+        Some(l) if l.is_master() => match l.has_workers() {
+            Some(w) => w,
+            None => SERVICE
+                .get()
+                .is_some_and(|s| s.state.wait_world().is_ok_and(|w| w.size > 1)),
+        },
+        _ => false,
+    }
+}
+
+/// Tells the worker ranks to exit and finalizes MPI on rank 0 when no [`Cluster`] was built
+/// (a built cluster does this at shutdown). Returns once MPI is finalized; does nothing outside
+/// an MPI job.
+pub fn finish() {
+    if let Some(s) = SERVICE.get() {
+        s.tx.close();
+        let t = s.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            if t.join().is_err() {
+                tracing::error!("the MPI thread panicked");
+            }
+        }
+    }
+}
+
+/// Broadcasts a setup payload from rank 0: its length, then its bytes.
+pub(super) fn write_setup_broadcast(world: &SimpleCommunicator, payload: &[u8]) {
+    let root = world.process_at_rank(0);
+    let mut len = payload.len() as u64;
+    root.broadcast_into(&mut len);
+    let mut buf = payload.to_vec();
+    root.broadcast_into(&mut buf[..]);
+}
+
+/// Receives rank 0's setup broadcast on a worker rank.
+pub(super) fn read_setup_broadcast(world: &SimpleCommunicator) -> Vec<u8> {
+    let root = world.process_at_rank(0);
+    let mut len = 0u64;
+    root.broadcast_into(&mut len);
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    root.broadcast_into(&mut buf[..]);
+    buf
+}
+
+/// Settings for a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    shared: Vec<u8>,
+    chunk_size: Option<usize>,
+    result_spin: Duration,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder {
+            shared: Vec::new(),
+            chunk_size: None,
+            result_spin: default_result_spin(),
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// Read-only data every worker rank gets once, by one `MPI_Bcast` when the cluster starts;
+    /// remote functions read it with [`crate::shared`]. Errors at [`build`](Self::build) when
+    /// it cannot be encoded or is over [`DEFAULT_MAX_FRAME`].
+    pub fn shared_data<T: Serialize + ?Sized>(&mut self, data: &T) -> &mut Self {
+        self.shared = postcard::to_allocvec(data).unwrap_or_default();
+        if self.shared.is_empty() {
+            tracing::warn!("shared data could not be encoded; none will be sent");
+        }
+        self
+    }
+
+    /// A fixed number of items per MPI message in [`Cluster::map`] (default: adaptive, as
+    /// on the process tier).
+    pub fn chunk_size(&mut self, n: usize) -> &mut Self {
+        self.chunk_size = Some(n);
+        self
+    }
+
+    /// How long a waiter spins for a short task's result before it parks (default
+    /// [`RESULT_SPIN`] when rank 0 may use [`SPIN_MIN_CORES`] cores or more, else zero: park
+    /// at once).
+    pub fn result_spin(&mut self, d: Duration) -> &mut Self {
+        self.result_spin = d;
+        self
+    }
+
+    /// Sets the cluster up: broadcasts the setup and waits for every worker rank to answer.
+    /// Blocks the calling thread for that exchange (milliseconds).
+    ///
+    /// Fails when this process is not rank 0 of an MPI job with worker ranks started through
+    /// [`crate::init`], when a cluster was built already, or when a rank refuses the setup (for
+    /// example because it runs another build).
+    pub fn build(&self) -> Result<Cluster, BuildError> {
+        if self.chunk_size == Some(0) {
+            return Err(BuildError::invalid("the chunk size must be at least 1"));
+        }
+        if self.shared.len() > DEFAULT_MAX_FRAME {
+            return Err(BuildError::invalid(format!(
+                "the shared data is {} bytes, over the {DEFAULT_MAX_FRAME}-byte limit",
+                self.shared.len()
+            )));
+        }
+        let Some(launch) = detect().launch() else {
+            return Err(BuildError::invalid(
+                "not launched by mpiexec: the cluster tier needs an MPI job (see auto())",
+            ));
+        };
+        if !launch.is_master() {
+            return Err(BuildError::invalid(format!(
+                "rank {} is a worker rank: call offload::init() first in main",
+                launch.rank
+            )));
+        }
+        let Some(service) = SERVICE.get() else {
+            return Err(BuildError::invalid(
+                "the MPI thread is not running: call offload::init() first in main, under \
+                 mpiexec with more than one rank",
+            ));
+        };
+        let world = service.state.wait_world().map_err(BuildError::invalid)?;
+        if world.size < 2 {
+            return Err(BuildError::invalid(
+                "the MPI job has one rank: no worker rank to run tasks",
+            ));
+        }
+        if service.taken.swap(true, Ordering::AcqRel) {
+            return Err(BuildError::invalid(
+                "a cluster was built already in this process (clone its handle instead)",
+            ));
+        }
+        let registry = crate::remote::Registry::global().ok_or_else(|| {
+            BuildError::invalid("offload::init() was not called: no registry of remote functions")
+        })?;
+        let setup = Request::Setup {
+            build_id: registry.build_id(),
+            worker: 0,
+            init: None,
+            init_args_len: 0,
+        };
+        let payload = encode_payload(&setup, &self.shared)
+            .map_err(|e| BuildError::invalid(format!("cannot encode the setup: {e}")))?;
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        service
+            .tx
+            .send_blocking(Command::Setup { payload, reply })
+            .map_err(|_| BuildError::invalid("the MPI thread has stopped"))?;
+        let ranks = answer
+            .recv()
+            .map_err(|_| BuildError::invalid("the MPI thread stopped during the setup"))?
+            .map_err(|e| BuildError::invalid(e.to_string()))?;
+        tracing::info!(ranks = ranks.len(), "cluster tier ready");
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                service,
+                ranks: ranks.len(),
+                chunk_size: self.chunk_size,
+                result_spin: self.result_spin,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    service: &'static Service,
+    ranks: usize,
+    chunk_size: Option<usize>,
+    result_spin: Duration,
+    closed: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle: drain, stop the ranks, finalize MPI.
+        shutdown_service(self.service, ShutdownMode::Drain);
+    }
+}
+
+fn shutdown_service(service: &Service, mode: ShutdownMode) {
+    let flag = match mode {
+        ShutdownMode::Drain => STOP_DRAIN,
+        ShutdownMode::Cancel => STOP_CANCEL,
+    };
+    let _ =
+        service
+            .state
+            .stop
+            .compare_exchange(STOP_NONE, flag, Ordering::AcqRel, Ordering::Acquire);
+    if mode == ShutdownMode::Cancel {
+        service.state.stop.store(STOP_CANCEL, Ordering::Release);
+        // Queued tasks fail with "shut down" as their completers drop.
+        while service.rx.try_recv().is_ok() {}
+    }
+    service.tx.close();
+    let t = service
+        .thread
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(t) = t {
+        if t.thread().id() == std::thread::current().id() {
+            return;
+        }
+        if t.join().is_err() {
+            tracing::error!("the MPI thread panicked");
+        }
+        tracing::debug!(?mode, "cluster tier shut down; MPI finalized");
+    }
+}
+
+/// The cluster tier: runs [`RemoteFn`]s on the worker ranks of an MPI job. See the module
+/// docs. A cheap `Clone` handle; the last one dropped shuts the cluster down (drain).
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("ranks", &self.inner.ranks)
+            .field("queued", &self.inner.service.tx.len())
+            .field("closed", &self.is_shut_down())
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Settings for the cluster.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// The tier: [`TierKind::Cluster`].
+    pub fn tier(&self) -> TierKind {
+        TierKind::Cluster
+    }
+
+    /// Number of ranks in the job, rank 0 included.
+    pub fn ranks(&self) -> usize {
+        self.inner.ranks
+    }
+
+    /// Number of worker ranks (ranks − 1).
+    pub fn workers(&self) -> usize {
+        self.inner.ranks.saturating_sub(1)
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the counters (`panicked` counts every task that ended in an error on a
+    /// rank).
+    pub fn stats(&self) -> TierStats {
+        let s = &self.inner.service.state;
+        TierStats {
+            workers: self.workers(),
+            queued: self.inner.service.tx.len(),
+            completed: s.completed.load(Ordering::Relaxed),
+            panicked: s.failed.load(Ordering::Relaxed),
+            mean_run_time: Duration::from_nanos(s.ewma_run_ns.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn spin(&self) -> Duration {
+        let ewma = self.inner.service.state.ewma_run_ns.load(Ordering::Relaxed);
+        if Duration::from_nanos(ewma) < self.inner.result_spin {
+            self.inner.result_spin
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn refuse(&self, func: &'static str) -> Error {
+        Error::shut_down()
+            .with_tier(TierKind::Cluster)
+            .with_task(func)
+    }
+
+    fn task<A: Serialize, R: DeserializeOwned + Send + 'static>(
+        &self,
+        f: &RemoteFn<A, R>,
+        args: &A,
+    ) -> Result<(Command, TaskHandle<R>), Error> {
+        let func = f.name();
+        let bytes = postcard::to_allocvec(args).map_err(|e| {
+            Error::new(
+                ErrorKind::Encoding,
+                format!("could not encode the arguments: {e}"),
+            )
+            .with_task(func)
+            .with_tier(TierKind::Cluster)
+        })?;
+        let (completer, handle) =
+            remote_task::<R>(Some(func.into()), TierKind::Cluster, self.spin(), None);
+        let cmd = Command::Task(Task {
+            func,
+            batch: false,
+            args: bytes,
+            deliver: Box::new(One { completer }),
+        });
+        Ok((cmd, handle))
+    }
+
+    /// Submits `f(args)` to the next free worker rank, waiting while the queue is full. The
+    /// handle is a `Future` of the outcome.
+    pub async fn submit<A, R>(&self, f: &RemoteFn<A, R>, args: A) -> Result<TaskHandle<R>, Error>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        if self.is_shut_down() {
+            return Err(self.refuse(f.name()));
+        }
+        let (cmd, handle) = self.task(f, &args)?;
+        match self.inner.service.tx.send(cmd).await {
+            Ok(()) => Ok(handle),
+            Err(_) => Err(self.refuse(f.name())),
+        }
+    }
+
+    /// Submits `f(args)` if the queue has room now; otherwise hands `args` back in
+    /// [`TrySubmitError::Full`] (or [`TrySubmitError::ShutDown`], also when the arguments
+    /// cannot be encoded).
+    pub fn try_submit<A, R>(
+        &self,
+        f: &RemoteFn<A, R>,
+        args: A,
+    ) -> Result<TaskHandle<R>, TrySubmitError<A>>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        if self.is_shut_down() {
+            return Err(TrySubmitError::ShutDown(args));
+        }
+        let Ok((cmd, handle)) = self.task(f, &args) else {
+            return Err(TrySubmitError::ShutDown(args));
+        };
+        match self.inner.service.tx.try_send(cmd) {
+            Ok(()) => Ok(handle),
+            Err(TrySendError::Full(_)) => Err(TrySubmitError::Full(args)),
+            Err(TrySendError::Closed(_)) => Err(TrySubmitError::ShutDown(args)),
+        }
+    }
+
+    /// Submits `f(args)` from sync code, blocking while the queue is full.
+    pub fn submit_blocking<A, R>(&self, f: &RemoteFn<A, R>, args: A) -> Result<TaskHandle<R>, Error>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        if self.is_shut_down() {
+            return Err(self.refuse(f.name()));
+        }
+        let (cmd, handle) = self.task(f, &args)?;
+        match self.inner.service.tx.send_blocking(cmd) {
+            Ok(()) => Ok(handle),
+            Err(_) => Err(self.refuse(f.name())),
+        }
+    }
+
+    /// The window of chunks in flight for [`map`](Self::map): two per worker rank, so every
+    /// rank has its next chunk queued while it computes.
+    pub fn default_window(&self) -> usize {
+        (self.workers() * 2).max(crate::MIN_MAP_WINDOW)
+    }
+
+    /// Applies `f` to every item on the worker ranks; results in input order, one per item (a
+    /// panic fails only its item).
+    ///
+    /// Items travel in chunks, many per MPI message, sized as on the process tier: doubling
+    /// from one item until the run time per item is known, then aimed at
+    /// [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET) per chunk. At most
+    /// [`default_window`](Self::default_window) chunks are in flight; the input is pulled only
+    /// as results are consumed, so an endless iterator keeps memory flat. A fixed chunk size
+    /// set with [`ClusterBuilder::chunk_size`] replaces the adaptive one.
+    pub fn map<A, R, I>(
+        &self,
+        f: &RemoteFn<A, R>,
+        items: I,
+    ) -> impl Stream<Item = Result<R, Error>> + Send + use<A, R, I>
+    where
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.map_inner(f.name(), items, self.inner.chunk_size)
+    }
+
+    /// As [`map`](Self::map) with a fixed chunk size (Python's `chunksize`).
+    pub fn map_chunked<A, R, I>(
+        &self,
+        f: &RemoteFn<A, R>,
+        items: I,
+        chunk: usize,
+    ) -> impl Stream<Item = Result<R, Error>> + Send + use<A, R, I>
+    where
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.map_inner(f.name(), items, Some(chunk.max(1)))
+    }
+
+    fn map_inner<A, R, I>(
+        &self,
+        func: &'static str,
+        items: I,
+        fixed: Option<usize>,
+    ) -> impl Stream<Item = Result<R, Error>> + Send + use<A, R, I>
+    where
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let stats = Arc::new(ChunkStats::default());
+        let window = self.default_window();
+        let this = self.clone();
+        let sizer = stats.clone();
+        let chunks = stream::unfold((items.into_iter(), 0usize), move |(mut it, last)| {
+            let size = fixed.unwrap_or_else(|| next_chunk(&sizer, last));
+            let chunk: Vec<A> = it.by_ref().take(size).collect();
+            async move {
+                if chunk.is_empty() {
+                    None
+                } else {
+                    Some((chunk, (it, size)))
+                }
+            }
+        });
+        chunks
+            .map(move |chunk: Vec<A>| {
+                let n = chunk.len();
+                let sent = this.chunk_task::<A, R>(func, &chunk, stats.clone());
+                drop(chunk);
+                let this = this.clone();
+                async move {
+                    let out = match sent {
+                        Ok((cmd, handle)) => match this.inner.service.tx.send(cmd).await {
+                            Ok(()) => handle.await,
+                            Err(_) => Err(this.refuse(func)),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    match out {
+                        Ok(v) => v,
+                        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+                    }
+                }
+            })
+            .buffered(window)
+            .flat_map(stream::iter)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn chunk_task<A: Serialize, R: DeserializeOwned + Send + 'static>(
+        &self,
+        func: &'static str,
+        chunk: &[A],
+        stats: Arc<ChunkStats>,
+    ) -> Result<(Command, TaskHandle<Vec<Result<R, Error>>>), Error> {
+        if self.is_shut_down() {
+            return Err(self.refuse(func));
+        }
+        let args = postcard::to_allocvec(chunk).map_err(|e| {
+            Error::new(
+                ErrorKind::Encoding,
+                format!("could not encode a chunk: {e}"),
+            )
+            .with_task(func)
+            .with_tier(TierKind::Cluster)
+        })?;
+        let (completer, handle) = remote_task::<Vec<Result<R, Error>>>(
+            Some(func.into()),
+            TierKind::Cluster,
+            self.spin(),
+            None,
+        );
+        let cmd = Command::Task(Task {
+            func,
+            batch: true,
+            args,
+            deliver: Box::new(Batch::<R> {
+                completer,
+                items: chunk.len(),
+                stats,
+            }),
+        });
+        Ok((cmd, handle))
+    }
+
+    /// The raw MPI baseline: `rounds` blocking 8-byte send/receive pairs between rank 0's MPI
+    /// thread and worker `rank`, timed one by one. Runs once the tasks in flight are done, in
+    /// the same job as the tier's own traffic, so the two compare directly.
+    pub fn raw_ping_pong(&self, rank: usize, rounds: u32) -> Result<Vec<Duration>, Error> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.inner
+            .service
+            .tx
+            .send_blocking(Command::PingPong {
+                rank,
+                rounds,
+                reply,
+            })
+            .map_err(|_| Error::shut_down().with_tier(TierKind::Cluster))?;
+        answer
+            .recv()
+            .map_err(|_| Error::shut_down().with_tier(TierKind::Cluster))?
+    }
+
+    /// Stops the cluster: new submissions fail with "shut down"; queued tasks run
+    /// ([`ShutdownMode::Drain`]) or fail with "shut down" ([`ShutdownMode::Cancel`]); tasks
+    /// running on ranks finish. Then every worker rank finalizes MPI and exits 0, and rank 0
+    /// finalizes MPI. Returns when that is done. MPI cannot be started again in this process.
+    pub async fn shutdown(&self, mode: ShutdownMode) {
+        self.inner.closed.store(true, Ordering::Release);
+        let service = self.inner.service;
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let joiner = std::thread::Builder::new()
+            .name("offload-mpi-shutdown".into())
+            .spawn(move || {
+                shutdown_service(service, mode);
+                let _ = tx.send(());
+            });
+        match joiner {
+            Ok(j) => {
+                let _ = rx.await;
+                let _ = j.join();
+            }
+            Err(_) => shutdown_service(service, mode),
+        }
+    }
+
+    /// As [`shutdown`](Self::shutdown), blocking the calling thread.
+    pub fn shutdown_blocking(&self, mode: ShutdownMode) {
+        self.inner.closed.store(true, Ordering::Release);
+        shutdown_service(self.inner.service, mode);
+    }
+}

@@ -1,0 +1,173 @@
+//! A worker rank (rank > 0): set up from rank 0's broadcast, then serve calls until told to
+//! stop, then finalize MPI and exit with status 0.
+//!
+//! Everything here runs on the process's main thread, inside [`crate::init`], which never
+//! returns on a worker rank.
+
+use mpi::environment::Universe;
+use mpi::point_to_point::{MatchedReceiveVec, Message, Status};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+use super::cluster::{TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, read_setup_broadcast};
+use crate::remote::Registry;
+use crate::remote::wire::{
+    self, DEFAULT_MAX_FRAME, Request, Response, decode_payload, encode_payload, outcome_of,
+    run_call,
+};
+
+/// Serves as a worker rank, then exits the process. Never returns.
+pub(crate) fn serve(universe: Universe) -> ! {
+    let world = universe.world();
+    let rank = world.rank();
+    let code = match serve_inner(&world) {
+        Ok(()) => 0,
+        Err(why) => {
+            tracing::error!(rank, %why, "cluster worker stops");
+            // Exit 0 anyway: rank 0 has the reason and reports it; a non-zero status would make
+            // mpiexec abort rank 0 before it can say so.
+            0
+        }
+    };
+    tracing::debug!(rank, "cluster worker finalizes MPI");
+    // Dropping the universe calls MPI_Finalize.
+    drop(world);
+    drop(universe);
+    std::process::exit(code)
+}
+
+fn send(world: &SimpleCommunicator, bytes: &[u8], tag: i32) {
+    world.process_at_rank(0).send_with_tag(bytes, tag);
+}
+
+fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
+    let rank = world.rank();
+    crate::remote::install_panic_hook();
+    let setup = read_setup_broadcast(world);
+    let (req, body): (Request<'_>, &[u8]) =
+        decode_payload(&setup).map_err(|e| format!("bad setup broadcast: {e}"))?;
+    let registry = Registry::global().ok_or("offload::init did not install a registry")?;
+    match req {
+        Request::Exit => return Ok(()),
+        Request::Setup {
+            build_id,
+            init,
+            init_args_len,
+            ..
+        } => {
+            let refusal = if build_id != registry.build_id() {
+                Some(format!(
+                    "rank {rank} runs another build (build id {:016x}, rank 0 has {build_id:016x}): \
+                     every rank must run the same binary",
+                    registry.build_id()
+                ))
+            } else {
+                let split = usize::try_from(init_args_len)
+                    .ok()
+                    .filter(|&n| n <= body.len())
+                    .unwrap_or(body.len());
+                let (init_args, shared) = body.split_at(split);
+                crate::remote::set_shared_bytes(shared.to_vec());
+                match init {
+                    None => None,
+                    Some(name) => {
+                        let mut out = Vec::new();
+                        let (r, _) =
+                            run_call(registry, name, false, init_args, usize::MAX, &mut out);
+                        match r {
+                            Ok(()) => None,
+                            Err(f) => Some(format!(
+                                "the initializer {name:?} failed on rank {rank}: {:?}",
+                                outcome_of(&Err(f))
+                            )),
+                        }
+                    }
+                }
+            };
+            let reply = match &refusal {
+                Some(reason) => Response::Refused { reason },
+                None => Response::Ready {
+                    build_id,
+                    pid: std::process::id(),
+                },
+            };
+            let bytes = encode_payload(&reply, &[]).map_err(|e| e.to_string())?;
+            send(world, &bytes, TAG_TO_MASTER);
+            let host = mpi::environment::processor_name().unwrap_or_default();
+            send(world, host.as_bytes(), TAG_HOST);
+            if let Some(reason) = refusal {
+                return Err(reason);
+            }
+        }
+        other => return Err(format!("expected the setup broadcast, got {other:?}")),
+    }
+    tracing::debug!(rank, "cluster worker serves");
+    let mut out = Vec::new();
+    loop {
+        let (msg, status): (Message, Status) = world.process_at_rank(0).matched_probe();
+        match status.tag() {
+            TAG_PING => {
+                let (v, _) = (msg, status).matched_receive_vec::<u32>();
+                ping_pong(world, v.first().copied().unwrap_or(0));
+            }
+            TAG_TO_WORKER => {
+                let (bytes, _) = (msg, status).matched_receive_vec::<u8>();
+                let (req, args): (Request<'_>, &[u8]) = match decode_payload(&bytes) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Cannot happen between ranks that passed the setup's build check.
+                        tracing::error!(rank, error = %e, "undecodable request; ignored");
+                        continue;
+                    }
+                };
+                let (id, func, batch) = match req {
+                    Request::Call { id, func } => (id, func, false),
+                    Request::Batch { id, func } => (id, func, true),
+                    Request::Exit => return Ok(()),
+                    Request::Setup { .. } => {
+                        tracing::error!(rank, "a second setup; ignored");
+                        continue;
+                    }
+                };
+                let (r, run_ns) =
+                    run_call(registry, func, batch, args, DEFAULT_MAX_FRAME, &mut out);
+                let reply = Response::Done {
+                    id,
+                    run_ns,
+                    outcome: outcome_of(&r),
+                };
+                let body: &[u8] = if r.is_ok() { &out } else { &[] };
+                match encode_payload(&reply, body) {
+                    Ok(bytes) => send(world, &bytes, TAG_TO_MASTER),
+                    Err(e) => {
+                        let msg = e.to_string();
+                        let reply = Response::Done {
+                            id,
+                            run_ns,
+                            outcome: wire::Outcome::Failed {
+                                kind: wire::FailKind::Encode,
+                                message: &msg,
+                            },
+                        };
+                        let bytes = encode_payload(&reply, &[]).map_err(|e| e.to_string())?;
+                        send(world, &bytes, TAG_TO_MASTER);
+                    }
+                }
+            }
+            tag => {
+                let _ = (msg, status).matched_receive_vec::<u8>();
+                tracing::warn!(rank, tag, "message with an unknown tag; ignored");
+            }
+        }
+    }
+}
+
+/// The raw MPI baseline: echo `rounds` 8-byte messages back to rank 0.
+fn ping_pong(world: &SimpleCommunicator, rounds: u32) {
+    let root = world.process_at_rank(0);
+    let mut x = 0u64;
+    for _ in 0..rounds {
+        root.receive_into_with_tag(&mut x, TAG_PING);
+        root.send_with_tag(&x, TAG_PING);
+    }
+}

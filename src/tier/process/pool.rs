@@ -1,0 +1,359 @@
+//! The pool's shared state: the queue, the workers' in-flight tasks, and dispatch.
+//!
+//! One mutex guards the state. Dispatch ([`Shared::pump`]) runs under it, from a submitter
+//! (when a worker has room) or from a worker's reader thread (when a result frees room), and
+//! writes the frames straight to the worker's socket: no dispatcher thread, so no extra
+//! wake-up between a submit and the worker.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::Child;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::Config;
+use crate::error::{Error, ErrorKind};
+use crate::remote::wire::ItemOutcome;
+use crate::task::Completer;
+use crate::tier::{RunInfo, TierKind};
+
+/// A task's completer with its result type erased: the reader hands it the body bytes.
+pub(crate) trait Pending: Send {
+    /// Claims the task for running; false when it was cancelled while queued.
+    fn start(&self) -> bool;
+    /// When the task was submitted.
+    fn submitted(&self) -> Instant;
+    /// Decodes the result from `body` and completes the task.
+    fn succeed(self: Box<Self>, body: &[u8], info: RunInfo);
+    /// Completes the task with `e`.
+    fn fail(self: Box<Self>, e: Error, info: RunInfo);
+    /// Drops the task whose slot already holds its outcome (cancelled while queued).
+    fn discard(self: Box<Self>);
+}
+
+/// A single call: the body is one encoded `R`.
+pub(crate) struct One<R> {
+    pub(crate) completer: Completer<R>,
+}
+
+impl<R: DeserializeOwned + Send + 'static> Pending for One<R> {
+    fn start(&self) -> bool {
+        self.completer.start()
+    }
+    fn submitted(&self) -> Instant {
+        self.completer.submitted()
+    }
+    fn succeed(self: Box<Self>, body: &[u8], info: RunInfo) {
+        let outcome = postcard::from_bytes::<R>(body).map_err(|e| {
+            Error::new(
+                ErrorKind::Encoding,
+                format!(
+                    "could not decode the result as {}: {e}",
+                    std::any::type_name::<R>()
+                ),
+            )
+        });
+        self.completer.finish(outcome, info);
+    }
+    fn fail(self: Box<Self>, e: Error, info: RunInfo) {
+        self.completer.finish(Err(e), info);
+    }
+    fn discard(self: Box<Self>) {
+        self.completer.disarm();
+    }
+}
+
+/// Learns how long one item of a `map` takes, to size the next chunks.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkStats {
+    /// Exponentially weighted mean run time per item, in nanoseconds (0: unknown yet).
+    pub(crate) per_item_ns: AtomicU64,
+}
+
+impl ChunkStats {
+    fn record(&self, items: usize, run_ns: u64) {
+        if items == 0 {
+            return;
+        }
+        let x = (run_ns / items as u64).max(1);
+        let old = self.per_item_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { x } else { old - old / 4 + x / 4 };
+        self.per_item_ns.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// A batch of `map` items: the body is an encoded `Vec<ItemOutcome<R>>`.
+pub(crate) struct Batch<R> {
+    pub(crate) completer: Completer<Vec<Result<R, Error>>>,
+    pub(crate) items: usize,
+    pub(crate) stats: Arc<ChunkStats>,
+}
+
+impl<R: DeserializeOwned + Send + 'static> Pending for Batch<R> {
+    fn start(&self) -> bool {
+        self.completer.start()
+    }
+    fn submitted(&self) -> Instant {
+        self.completer.submitted()
+    }
+    fn succeed(self: Box<Self>, body: &[u8], info: RunInfo) {
+        let run_ns = u64::try_from(info.run_time.as_nanos()).unwrap_or(u64::MAX);
+        self.stats.record(self.items, run_ns);
+        let outcome = postcard::from_bytes::<Vec<ItemOutcome<R>>>(body)
+            .map(|v| v.into_iter().map(ItemOutcome::into_result).collect())
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Encoding,
+                    format!(
+                        "could not decode a batch of results as {}: {e}",
+                        std::any::type_name::<R>()
+                    ),
+                )
+            });
+        self.completer.finish(outcome, info);
+    }
+    fn fail(self: Box<Self>, e: Error, info: RunInfo) {
+        self.completer.finish(Err(e), info);
+    }
+    fn discard(self: Box<Self>) {
+        self.completer.disarm();
+    }
+}
+
+/// A queued task: its frame, ready to write, and its completer.
+pub(crate) struct Req {
+    pub(crate) id: u64,
+    pub(crate) frame: Bytes,
+    pub(crate) task: Box<dyn Pending>,
+    pub(crate) timeout: Option<Duration>,
+    /// Claimed already (a task put back after its worker died before starting it).
+    pub(crate) started: bool,
+}
+
+/// Why the pool killed a worker while it ran a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KillReason {
+    Timeout(Duration),
+    Cancel,
+}
+
+/// A task sent to a worker, not yet answered.
+pub(crate) struct InFlight {
+    pub(crate) id: u64,
+    pub(crate) task: Box<dyn Pending>,
+    pub(crate) frame: Bytes,
+    pub(crate) timeout: Option<Duration>,
+    /// When the worker started it (when it became the worker's first unanswered task).
+    pub(crate) started: Option<Instant>,
+    pub(crate) sent: Instant,
+    pub(crate) killed: Option<KillReason>,
+}
+
+/// One worker slot as the pool sees it.
+#[derive(Default)]
+pub(crate) struct SlotState {
+    pub(crate) conn: Option<Arc<UnixStream>>,
+    pub(crate) child: Option<Child>,
+    pub(crate) pid: Option<u32>,
+    pub(crate) inflight: VecDeque<InFlight>,
+    /// Tasks sent to the current process.
+    pub(crate) sent: u64,
+    /// Told to exit (max tasks reached, or shutdown).
+    pub(crate) retiring: bool,
+}
+
+/// The mutable state under the pool's lock.
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) slots: Vec<SlotState>,
+    /// Tasks to run before the queue's: those whose worker died before starting them.
+    pub(crate) retry: VecDeque<Req>,
+    /// Set by the crash-loop guard: the pool cannot start workers.
+    pub(crate) broken: Option<Error>,
+    /// Consecutive start-up failures, over all slots.
+    pub(crate) start_failures: u32,
+    /// No new tasks (shutdown called).
+    pub(crate) closing: bool,
+    /// Workers exit once idle and are not replaced.
+    pub(crate) stopping: bool,
+}
+
+/// Counters for stats.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) completed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) respawned: AtomicU64,
+    pub(crate) ewma_run_ns: AtomicU64,
+}
+
+/// What every thread of the pool shares.
+pub(crate) struct Shared {
+    pub(crate) cfg: Config,
+    pub(crate) state: Mutex<State>,
+    /// Signalled when the pool becomes idle or a slot changes (shutdown waits on it).
+    pub(crate) changed: Condvar,
+    /// Signalled when a task with a deadline starts (the watchdog waits on it).
+    pub(crate) deadlines: Condvar,
+    pub(crate) tx: Sender<Req>,
+    pub(crate) rx: Receiver<Req>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) counters: Counters,
+}
+
+/// Frames up to this size may queue behind a running task in a worker's socket (they fit its
+/// buffer, so writing them never blocks); larger ones go only to an idle worker.
+pub(crate) const PIPELINE_FRAME_LIMIT: usize = 64 * 1024;
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held leaves the state consistent at every await point we
+        // have (we never panic between two related updates), so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends queued tasks to workers with room. Call with the lock held.
+    pub(crate) fn pump(&self, st: &mut State) {
+        if st.broken.is_some() {
+            return;
+        }
+        let depth = self.cfg.pipeline.max(1);
+        loop {
+            // The worker with the fewest unanswered tasks that can take one more.
+            let Some(w) = (0..st.slots.len())
+                .filter(|&i| {
+                    let s = &st.slots[i];
+                    s.conn.is_some()
+                        && !s.retiring
+                        && s.inflight.len() < depth
+                        && self.cfg.max_tasks.is_none_or(|m| s.sent < m)
+                })
+                .min_by_key(|&i| st.slots[i].inflight.len())
+            else {
+                return;
+            };
+            let req = match st.retry.pop_front() {
+                Some(r) => r,
+                None => match self.rx.try_recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                },
+            };
+            if !req.started && !req.task.start() {
+                // Cancelled while queued: its handle already has the outcome.
+                req.task.discard();
+                continue;
+            }
+            let slot = &mut st.slots[w];
+            if !slot.inflight.is_empty() && req.frame.len() > PIPELINE_FRAME_LIMIT {
+                // Big frames wait for an idle worker (the chosen one has the fewest tasks, so
+                // none is idle), so that writing never blocks on a busy one.
+                let mut req = req;
+                req.started = true;
+                st.retry.push_front(req);
+                return;
+            }
+            let Some(conn) = slot.conn.clone() else {
+                return;
+            };
+            if (&*conn).write_all(&req.frame).is_err() {
+                // The worker is going away; its reader will notice. Try the task elsewhere.
+                let mut req = req;
+                req.started = true;
+                st.retry.push_front(req);
+                slot.conn = None;
+                continue;
+            }
+            let now = Instant::now();
+            let started = slot.inflight.is_empty().then_some(now);
+            if started.is_some() && req.timeout.is_some() {
+                self.deadlines.notify_one();
+            }
+            slot.inflight.push_back(InFlight {
+                id: req.id,
+                task: req.task,
+                frame: req.frame,
+                timeout: req.timeout,
+                started,
+                sent: now,
+                killed: None,
+            });
+            slot.sent += 1;
+        }
+    }
+
+    /// Whether there is nothing queued or running.
+    pub(crate) fn is_idle(&self, st: &State) -> bool {
+        st.retry.is_empty() && self.rx.is_empty() && st.slots.iter().all(|s| s.inflight.is_empty())
+    }
+
+    /// Fails every queued task with `make()`. Call with the lock held.
+    pub(crate) fn fail_queued(&self, st: &mut State, make: impl Fn() -> Error) {
+        let mut reqs: Vec<Req> = st.retry.drain(..).collect();
+        while let Ok(r) = self.rx.try_recv() {
+            reqs.push(r);
+        }
+        for r in reqs {
+            if !r.started && !r.task.start() {
+                r.task.discard();
+                continue;
+            }
+            let info = RunInfo {
+                tier: TierKind::Processes,
+                worker: None,
+                run_time: Duration::ZERO,
+                queued: r.task.submitted().elapsed(),
+            };
+            r.task.fail(make(), info);
+        }
+    }
+
+    /// Stops task `id` if it runs or waits for a retry: kills its worker (the reader then
+    /// fails it as cancelled) or fails it at once. Returns whether it found the task.
+    pub(crate) fn cancel_running(&self, id: u64) -> bool {
+        let mut st = self.lock();
+        for slot in st.slots.iter_mut() {
+            if let Some(pos) = slot.inflight.iter().position(|t| t.id == id) {
+                if pos == 0 {
+                    slot.inflight[0].killed = Some(KillReason::Cancel);
+                    if let Some(child) = slot.child.as_mut() {
+                        let _ = child.kill();
+                    }
+                    tracing::debug!(task = id, pid = ?slot.pid, "cancel: killed the worker running the task");
+                } else {
+                    // Sent but not started: the worker will run it unless we stop it, and a
+                    // frame cannot be taken back. Mark it; the reader fails it as cancelled
+                    // when its result arrives.
+                    slot.inflight[pos].killed = Some(KillReason::Cancel);
+                }
+                return true;
+            }
+        }
+        if let Some(pos) = st.retry.iter().position(|r| r.id == id) {
+            if let Some(r) = st.retry.remove(pos) {
+                drop(st);
+                let info = RunInfo {
+                    tier: TierKind::Processes,
+                    worker: None,
+                    run_time: Duration::ZERO,
+                    queued: r.task.submitted().elapsed(),
+                };
+                r.task.fail(Error::cancelled(), info);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The kill hook of a handle: cancel task `id` in the pool, if the pool is still there.
+pub(crate) fn kill_hook(pool: Weak<Shared>, id: u64) -> crate::task::KillHook {
+    Arc::new(move || pool.upgrade().is_some_and(|p| p.cancel_running(id)))
+}

@@ -1,0 +1,176 @@
+//! The cluster tier under `mpiexec` (harness = false: ranks 1.. become workers inside
+//! `offload::init`, before any test code runs).
+//!
+//! ```text
+//! cargo build --features mpi --tests
+//! mpiexec -n 3 --oversubscribe --allow-run-as-root target/debug/deps/mpi_cluster-<hash>
+//! ```
+//!
+//! Run without `mpiexec` (as `cargo test --features mpi` does) it checks that no cluster is
+//! built and exits 0.
+
+use futures::StreamExt;
+use offload::tier::mpi::{Cluster, Detected, detect, launched_with_workers};
+use offload::{RemoteFn, ShutdownMode, TierKind};
+
+static SQUARE: RemoteFn<u64, u64> = RemoteFn::new("square", |x| x * x);
+static BOOM: RemoteFn<u32, u32> = RemoteFn::new("boom", |x| panic!("boom on input {x}"));
+static WHOAMI: RemoteFn<(), usize> = RemoteFn::new("whoami", |()| {
+    detect().launch().map_or(usize::MAX, |l| l.rank)
+});
+static SHARED_SUM: RemoteFn<(), (usize, u64)> = RemoteFn::new("shared_sum", |()| {
+    let table = offload::shared::<Vec<u64>>().expect("shared data on a worker rank");
+    let rank = detect().launch().map_or(usize::MAX, |l| l.rank);
+    (rank, table.iter().sum())
+});
+static SLOW_RANK: RemoteFn<u64, usize> = RemoteFn::new("slow_rank", |ms| {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    detect().launch().map_or(usize::MAX, |l| l.rank)
+});
+
+fn check(name: &str, ok: bool, detail: impl std::fmt::Display) {
+    if ok {
+        println!("test {name} ... ok");
+    } else {
+        println!("test {name} ... FAILED: {detail}");
+        std::process::exit(1);
+    }
+}
+
+fn main() {
+    offload::init(&[&SQUARE, &BOOM, &WHOAMI, &SHARED_SUM, &SLOW_RANK]);
+    // From here on this is rank 0 (or a plain process).
+    if !launched_with_workers() {
+        let e = Cluster::builder()
+            .build()
+            .expect_err("no cluster outside mpiexec");
+        check("no_cluster_outside_mpiexec", true, e);
+        println!("mpi_cluster: not under mpiexec with >1 rank; run it with mpiexec -n 3");
+        return;
+    }
+    let launch = match detect() {
+        Detected::Launched(l) => l,
+        other => {
+            check("detects_the_launch", false, format!("{other:?}"));
+            return;
+        }
+    };
+    check("detects_rank_0", launch.is_master(), format!("{launch:?}"));
+
+    let table: Vec<u64> = (1..=1000).collect();
+    let cluster = Cluster::builder()
+        .shared_data(&table)
+        .build()
+        .expect("the cluster builds");
+    check(
+        "sees_every_rank",
+        Some(cluster.ranks()) == launch.size && cluster.tier() == TierKind::Cluster,
+        format!("{cluster:?} vs {launch:?}"),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        // Results right.
+        let h = cluster.submit(&SQUARE, 12).await.expect("submit");
+        let v = h.await;
+        check("submit_result", matches!(v, Ok(144)), format!("{v:?}"));
+        let r = cluster.submit(&WHOAMI, ()).await.expect("submit").await;
+        check(
+            "runs_on_a_worker_rank",
+            matches!(r, Ok(n) if n >= 1 && n < cluster.ranks()),
+            format!("{r:?}"),
+        );
+
+        // map: ordered, chunked, every item right.
+        let squares: Vec<_> = cluster.map(&SQUARE, 0..100u64).collect().await;
+        let want: Vec<u64> = (0..100u64).map(|x| x * x).collect();
+        let got: Vec<u64> = squares
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        check("map_in_order", got == want, format!("{got:?}"));
+
+        // Tasks go to whichever rank is free: two slow tasks at once use two ranks.
+        if cluster.workers() >= 2 {
+            let a = cluster.submit(&SLOW_RANK, 200).await.expect("submit");
+            let b = cluster.submit(&SLOW_RANK, 200).await.expect("submit");
+            let (a, b) = (a.await, b.await);
+            check(
+                "free_ranks_share_the_work",
+                matches!((&a, &b), (Ok(x), Ok(y)) if x != y),
+                format!("{a:?} {b:?}"),
+            );
+        }
+
+        // A panic is an error of its task, with the message, and the rank serves on.
+        let e = cluster.submit(&BOOM, 7).await.expect("submit").await;
+        match e {
+            Err(e) => check(
+                "panic_is_an_error",
+                e.is_panic()
+                    && e.to_string().contains("boom on input 7")
+                    && e.tier() == Some(TierKind::Cluster)
+                    && e.worker().is_some_and(|w| w >= 1),
+                &e,
+            ),
+            Ok(v) => check("panic_is_an_error", false, v),
+        }
+        let items: Vec<_> = cluster.map_chunked(&BOOM, 0..6u32, 4).collect().await;
+        check(
+            "panic_fails_only_its_items",
+            items.len() == 6
+                && items
+                    .iter()
+                    .all(|r| r.as_ref().is_err_and(|e| e.is_panic())),
+            format!("{items:?}"),
+        );
+        let mut serving = Vec::new();
+        for _ in 0..(2 * cluster.workers()) {
+            serving.push(cluster.submit(&SQUARE, 3).await.expect("submit"));
+        }
+        let mut all_ok = true;
+        for h in serving {
+            all_ok &= matches!(h.await, Ok(9));
+        }
+        check(
+            "ranks_serve_on_after_a_panic",
+            all_ok,
+            "a rank stopped serving",
+        );
+
+        // Shared data reaches every rank: ask each rank (the slow task pins one per rank).
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..(8 * cluster.workers()) {
+            let r = cluster.submit(&SHARED_SUM, ()).await.expect("submit").await;
+            match r {
+                Ok((rank, sum)) => {
+                    seen.insert(rank, sum);
+                }
+                Err(e) => check("shared_data_reaches_every_rank", false, e),
+            }
+            if seen.len() == cluster.workers() {
+                break;
+            }
+        }
+        let want: u64 = table.iter().sum();
+        check(
+            "shared_data_reaches_every_rank",
+            seen.len() == cluster.workers() && seen.values().all(|&s| s == want),
+            format!("{seen:?}"),
+        );
+
+        cluster.shutdown(ShutdownMode::Drain).await;
+        let e = cluster.submit(&SQUARE, 1).await;
+        check(
+            "refuses_after_shutdown",
+            e.as_ref().is_err_and(|e| e.is_shut_down()),
+            format!("{e:?}"),
+        );
+    });
+    println!(
+        "mpi_cluster: all tests passed on {} ranks",
+        launch.size.unwrap_or(0)
+    );
+}

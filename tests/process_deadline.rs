@@ -1,0 +1,88 @@
+//! A task past its deadline is killed with its worker and fails with "timed out"; the worker
+//! is replaced.
+
+mod process_support;
+
+use std::time::{Duration, Instant};
+
+use offload::{ProcessPool, ShutdownMode};
+use process_support::{ECHO, PID, SLEEP_MS, check, rt};
+
+fn deadline_kills_the_worker() -> Result<(), String> {
+    rt().block_on(async {
+        let pool = ProcessPool::builder()
+            .workers(1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let pid = pool
+            .submit(&PID, ())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let h = pool
+            .submit_timeout(&SLEEP_MS, 30_000, Duration::from_millis(300))
+            .await
+            .map_err(|e| e.to_string())?;
+        let e = h.await.expect_err("past its deadline");
+        let took = t0.elapsed();
+        check(e.is_timeout(), || format!("timed out expected: {e}"))?;
+        check(took < Duration::from_secs(5), || format!("took {took:?}"))?;
+        check(e.pid() == Some(pid), || {
+            format!("pid of the killed worker: {e}")
+        })?;
+        check(e.to_string().contains("timed out after 300ms"), || {
+            e.to_string()
+        })?;
+        let v = pool
+            .submit(&ECHO, 9)
+            .await
+            .map_err(|e| e.to_string())?
+            .await;
+        check(v.ok() == Some(9), || "echo after the timeout".into())?;
+        let pid2 = pool
+            .submit(&PID, ())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        check(pid2 != pid, || "the worker must have been replaced".into())?;
+        pool.shutdown(ShutdownMode::Drain).await;
+        Ok(())
+    })
+}
+
+fn pool_wide_task_timeout() -> Result<(), String> {
+    rt().block_on(async {
+        let pool = ProcessPool::builder()
+            .workers(1)
+            .task_timeout(Duration::from_millis(200))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let fast = pool
+            .submit(&SLEEP_MS, 10)
+            .await
+            .map_err(|e| e.to_string())?
+            .await;
+        check(fast.is_ok(), || format!("a fast task: {fast:?}"))?;
+        let slow = pool
+            .submit(&SLEEP_MS, 10_000)
+            .await
+            .map_err(|e| e.to_string())?
+            .await;
+        check(slow.as_ref().is_err_and(|e| e.is_timeout()), || {
+            format!("{slow:?}")
+        })?;
+        pool.shutdown(ShutdownMode::Drain).await;
+        Ok(())
+    })
+}
+
+fn main() {
+    offload::init(process_support::FUNCTIONS);
+    process_support::run(&[
+        ("deadline_kills_the_worker", deadline_kills_the_worker),
+        ("pool_wide_task_timeout", pool_wide_task_timeout),
+    ]);
+}

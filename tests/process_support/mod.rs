@@ -1,0 +1,119 @@
+//! Shared by the `process_*` test binaries: remote functions and a tiny runner.
+//!
+//! These binaries use `harness = false`: their `main` must call `offload::init` first, which
+//! libtest's generated main cannot. Each prints `N passed, 0 failed` and exits non-zero on a
+//! failure.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use offload::{AnyRemoteFn, RemoteFn};
+
+pub static ECHO: RemoteFn<u64, u64> = RemoteFn::new("echo", |x| x);
+pub static PID: RemoteFn<(), u32> = RemoteFn::new("pid", |()| std::process::id());
+pub static SLEEP_MS: RemoteFn<u64, u32> = RemoteFn::new("sleep_ms", |ms| {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+});
+pub static PANIC: RemoteFn<String, u64> = RemoteFn::new("panic", |msg| panic!("{msg}"));
+
+/// Every function of the support module, for `offload::init`.
+pub const FUNCTIONS: &[&'static dyn AnyRemoteFn] = &[&ECHO, &PID, &SLEEP_MS, &PANIC];
+
+/// A case: a name and a body that returns what went wrong.
+pub type Case = (&'static str, fn() -> Result<(), String>);
+
+/// Runs the cases, prints one line per case and the closing count; exits 1 on a failure.
+pub fn run(cases: &[Case]) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        let r = std::panic::catch_unwind(case).unwrap_or_else(|p| {
+            Err(p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into()))
+        });
+        match r {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:?})", t0.elapsed());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED: {e}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// A runtime for one case.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// `Err(msg)` unless `cond`.
+pub fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(msg()) }
+}
+
+/// Child processes of this process, from /proc (pid, state).
+pub fn children() -> Vec<(u32, char)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = f.next().and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(me) {
+            out.push((pid, state));
+        }
+    }
+    out
+}
+
+/// Sends SIGKILL to `pid` with the `kill` command.
+pub fn sigkill(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -9 {pid} failed");
+}
