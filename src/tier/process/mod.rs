@@ -766,8 +766,8 @@ impl ProcessPool {
     /// Applies `f` to every item in worker processes; results in input order, one per item.
     ///
     /// Items travel in chunks, many per frame, sized so that a chunk runs about
-    /// [`MAP_CHUNK_TARGET`] (starting at one item and doubling until the run time per item
-    /// is known; at most [`MAP_MAX_CHUNK`]). Two chunks per worker are in flight; the input is
+    /// [`MAP_CHUNK_TARGET`] (one item per chunk until the first chunk reports its run time;
+    /// at most [`MAP_MAX_CHUNK`]). Two chunks per worker are in flight; the input is
     /// pulled only as results are consumed, so an endless iterator is fine. A panic fails only
     /// its item; a worker that dies fails every item of its chunk.
     pub fn map<A, R, I>(
@@ -879,11 +879,13 @@ impl ProcessPool {
 }
 
 /// The next chunk size of a `map`: aimed at [`MAP_CHUNK_TARGET`] once the run time per item
-/// is known, doubling from 1 until then.
+/// is known, 1 until then.
 fn next_chunk(stats: &ChunkStats, last: usize) -> usize {
     let per_item = stats.per_item_ns.load(Ordering::Relaxed);
     if per_item == 0 {
-        return (last * 2).clamp(1, MAP_MAX_CHUNK);
+        // Nothing measured yet: single items, so that a few long ones spread over the workers.
+        let _ = last;
+        return 1;
     }
     let target = MAP_CHUNK_TARGET.as_nanos() as u64;
     usize::try_from(target / per_item)
@@ -896,11 +898,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_double_until_the_item_time_is_known() {
+    fn chunks_are_single_until_the_item_time_is_known() {
         let s = ChunkStats::default();
         assert_eq!(next_chunk(&s, 0), 1);
-        assert_eq!(next_chunk(&s, 1), 2);
-        assert_eq!(next_chunk(&s, 4096), MAP_MAX_CHUNK);
+        assert_eq!(next_chunk(&s, 1), 1);
         s.per_item_ns.store(1_000_000, Ordering::Relaxed); // 1 ms per item
         assert_eq!(next_chunk(&s, 64), 2);
         s.per_item_ns.store(10, Ordering::Relaxed);
