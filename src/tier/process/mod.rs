@@ -816,14 +816,14 @@ impl ProcessPool {
         let window = (self.workers() * self.shared().cfg.pipeline.max(1)).max(2);
         let pool = self.clone();
         let sizer = stats.clone();
-        let chunks = stream::unfold((items.into_iter(), 0usize), move |(mut it, last)| {
-            let size = fixed.unwrap_or_else(|| next_chunk(&sizer, last));
+        let chunks = stream::unfold(items.into_iter(), move |mut it| {
+            let size = fixed.unwrap_or_else(|| next_chunk(&sizer));
             let chunk: Vec<A> = it.by_ref().take(size).collect();
             async move {
                 if chunk.is_empty() {
                     None
                 } else {
-                    Some((chunk, (it, size)))
+                    Some((chunk, it))
                 }
             }
         });
@@ -880,11 +880,10 @@ impl ProcessPool {
 
 /// The next chunk size of a `map`: aimed at [`MAP_CHUNK_TARGET`] once the run time per item
 /// is known, 1 until then.
-fn next_chunk(stats: &ChunkStats, last: usize) -> usize {
+fn next_chunk(stats: &ChunkStats) -> usize {
     let per_item = stats.per_item_ns.load(Ordering::Relaxed);
     if per_item == 0 {
         // Nothing measured yet: single items, so that a few long ones spread over the workers.
-        let _ = last;
         return 1;
     }
     let target = MAP_CHUNK_TARGET.as_nanos() as u64;
@@ -900,11 +899,10 @@ mod tests {
     #[test]
     fn chunks_are_single_until_the_item_time_is_known() {
         let s = ChunkStats::default();
-        assert_eq!(next_chunk(&s, 0), 1);
-        assert_eq!(next_chunk(&s, 1), 1);
+        assert_eq!(next_chunk(&s), 1);
         s.per_item_ns.store(1_000_000, Ordering::Relaxed); // 1 ms per item
-        assert_eq!(next_chunk(&s, 64), 2);
+        assert_eq!(next_chunk(&s), 2);
         s.per_item_ns.store(10, Ordering::Relaxed);
-        assert_eq!(next_chunk(&s, 64), MAP_MAX_CHUNK);
+        assert_eq!(next_chunk(&s), MAP_MAX_CHUNK);
     }
 }
