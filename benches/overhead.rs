@@ -1,13 +1,24 @@
 //! What a hand-off costs: one trivial task at a time (`roundtrip`), and 10,000 at once
 //! (`burst`), on each tier and on the peers, in the same run.
 //!
+//! `roundtrip/processes` is one task through a one-worker `ProcessPool`;
+//! `roundtrip/pipe_pingpong` is its raw floor: this binary started again as a child that
+//! echoes 8-byte messages over its stdin/stdout pipes.
+//!
 //! `cargo bench --bench overhead`
 
 use std::hint::black_box;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use offload::{Executor, ShutdownMode};
+use criterion::{Criterion, criterion_group};
+use offload::{Executor, ProcessPool, RemoteFn, ShutdownMode};
+
+static ADD1: RemoteFn<u64, u64> = RemoteFn::new("add1", |x| x + 1);
+
+/// Set in the child of `pipe_pingpong`.
+const PINGPONG_CHILD: &str = "OFFLOAD_BENCH_PINGPONG_CHILD";
 
 const BURST: usize = 10_000;
 
@@ -58,8 +69,51 @@ fn roundtrip(c: &mut Criterion) {
             rx.await.expect("rayon ran it")
         })
     });
+    let procs = ProcessPool::builder()
+        .workers(1)
+        .build()
+        .expect("one worker process starts");
+    g.bench_function("processes", |b| {
+        b.to_async(&rt).iter(|| async {
+            let h = procs.submit(&ADD1, black_box(1u64)).await.expect("open");
+            h.await.expect("no panic")
+        })
+    });
+    let exe = std::env::current_exe().expect("the bench binary's path");
+    let mut child = Command::new(exe)
+        .env(PINGPONG_CHILD, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the ping-pong child starts");
+    let mut to = child.stdin.take().expect("piped stdin");
+    let mut from = child.stdout.take().expect("piped stdout");
+    g.bench_function("pipe_pingpong", |b| {
+        let mut msg = [0u8; 8];
+        b.iter(|| {
+            to.write_all(&black_box(1u64).to_le_bytes()).expect("write");
+            from.read_exact(&mut msg).expect("read");
+            u64::from_le_bytes(msg)
+        })
+    });
+    drop(to);
+    let _ = child.wait();
     g.finish();
     threads.shutdown_blocking(ShutdownMode::Drain);
+    procs.shutdown_blocking(ShutdownMode::Drain);
+}
+
+/// The ping-pong child: echo 8-byte messages plus one until the pipe closes.
+fn pingpong_child() {
+    let mut stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    let mut msg = [0u8; 8];
+    while stdin.read_exact(&mut msg).is_ok() {
+        let v = u64::from_le_bytes(msg) + 1;
+        if stdout.write_all(&v.to_le_bytes()).is_err() || stdout.flush().is_err() {
+            break;
+        }
+    }
 }
 
 fn burst(c: &mut Criterion) {
@@ -111,4 +165,14 @@ fn burst(c: &mut Criterion) {
 }
 
 criterion_group!(benches, roundtrip, burst);
-criterion_main!(benches);
+
+// criterion_main! cannot call offload::init first: worker processes are this binary.
+fn main() {
+    offload::init(&[&ADD1]);
+    if std::env::var_os(PINGPONG_CHILD).is_some() {
+        pingpong_child();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

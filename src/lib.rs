@@ -40,6 +40,15 @@
 //! | --- | --- | --- | --- |
 //! | [`tier::Inline`] | on the thread that first waits for it, once | no | no parallelism available; tests |
 //! | [`tier::Threads`] | on named pool threads that spin before they park | no | CPU work in-process |
+//! | [`ProcessPool`] | in worker processes: this binary re-executed | yes | isolation, killing, memory caps |
+//!
+//! ## Remote functions and worker processes
+//!
+//! Work sent to another process is a [`RemoteFn`]: a named `fn(A) -> R` with serde arguments
+//! and result, checked by type at the call site. Call [`init`] as the first statement of
+//! `main`, listing the binary's remote functions; in a process a [`ProcessPool`] started, it
+//! serves tasks and never returns. The wire protocol is described in
+//! `src/tier/process/README.md`.
 //!
 //! ## Placement: adaptive backgrounding
 //!
@@ -71,7 +80,14 @@
 //! ## Platform support
 //!
 //! Linux (the library is developed and tested there); other Unixes should work for the
-//! in-process tiers.
+//! in-process tiers. The process tier needs Unix sockets, `/proc/self/exe` (or
+//! `current_exe`) and `RLIMIT_AS`.
+//!
+//! ## Unsafe code
+//!
+//! Denied crate-wide; allowed in three places of the process tier, each with a `SAFETY`
+//! comment: `pre_exec` (clear close-on-exec on the worker's socket, `setrlimit`) and adopting
+//! the inherited socket descriptor in the worker.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

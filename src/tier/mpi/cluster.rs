@@ -638,14 +638,14 @@ impl Cluster {
         let window = self.default_window();
         let this = self.clone();
         let sizer = stats.clone();
-        let chunks = stream::unfold((items.into_iter(), 0usize), move |(mut it, last)| {
-            let size = fixed.unwrap_or_else(|| next_chunk(&sizer, last));
+        let chunks = stream::unfold(items.into_iter(), move |mut it| {
+            let size = fixed.unwrap_or_else(|| next_chunk(&sizer));
             let chunk: Vec<A> = it.by_ref().take(size).collect();
             async move {
                 if chunk.is_empty() {
                     None
                 } else {
-                    Some((chunk, (it, size)))
+                    Some((chunk, it))
                 }
             }
         });

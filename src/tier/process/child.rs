@@ -166,7 +166,13 @@ impl Worker {
                         &mut self.result,
                     );
                     if let Err(e) = r {
-                        let reason = format!("the initializer {init:?} failed: {e:?}");
+                        let why = match e {
+                            crate::remote::CallFailure::Panicked { message, .. } => {
+                                format!("panicked: {message}")
+                            }
+                            crate::remote::CallFailure::Failed { message, .. } => message,
+                        };
+                        let reason = format!("the initializer {init:?} failed: {why}");
                         return self.refuse(&reason);
                     }
                 }

@@ -770,8 +770,8 @@ impl ProcessPool {
     /// Applies `f` to every item in worker processes; results in input order, one per item.
     ///
     /// Items travel in chunks, many per frame, sized so that a chunk runs about
-    /// [`MAP_CHUNK_TARGET`] (starting at one item and doubling until the run time per item
-    /// is known; at most [`MAP_MAX_CHUNK`]). Two chunks per worker are in flight; the input is
+    /// [`MAP_CHUNK_TARGET`] (one item per chunk until the first chunk reports its run time;
+    /// at most [`MAP_MAX_CHUNK`]). Two chunks per worker are in flight; the input is
     /// pulled only as results are consumed, so an endless iterator is fine. A panic fails only
     /// its item; a worker that dies fails every item of its chunk.
     pub fn map<A, R, I>(
@@ -820,14 +820,14 @@ impl ProcessPool {
         let window = (self.workers() * self.shared().cfg.pipeline.max(1)).max(2);
         let pool = self.clone();
         let sizer = stats.clone();
-        let chunks = stream::unfold((items.into_iter(), 0usize), move |(mut it, last)| {
-            let size = fixed.unwrap_or_else(|| next_chunk(&sizer, last));
+        let chunks = stream::unfold(items.into_iter(), move |mut it| {
+            let size = fixed.unwrap_or_else(|| next_chunk(&sizer));
             let chunk: Vec<A> = it.by_ref().take(size).collect();
             async move {
                 if chunk.is_empty() {
                     None
                 } else {
-                    Some((chunk, (it, size)))
+                    Some((chunk, it))
                 }
             }
         });
@@ -883,11 +883,12 @@ impl ProcessPool {
 }
 
 /// The next chunk size of a `map`: aimed at [`MAP_CHUNK_TARGET`] once the run time per item
-/// is known, doubling from 1 until then.
-pub(crate) fn next_chunk(stats: &ChunkStats, last: usize) -> usize {
+/// is known, 1 until then.
+pub(crate) fn next_chunk(stats: &ChunkStats) -> usize {
     let per_item = stats.per_item_ns.load(Ordering::Relaxed);
     if per_item == 0 {
-        return (last * 2).clamp(1, MAP_MAX_CHUNK);
+        // Nothing measured yet: single items, so that a few long ones spread over the workers.
+        return 1;
     }
     let target = MAP_CHUNK_TARGET.as_nanos() as u64;
     usize::try_from(target / per_item)
@@ -900,14 +901,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_double_until_the_item_time_is_known() {
+    fn chunks_are_single_until_the_item_time_is_known() {
         let s = ChunkStats::default();
-        assert_eq!(next_chunk(&s, 0), 1);
-        assert_eq!(next_chunk(&s, 1), 2);
-        assert_eq!(next_chunk(&s, 4096), MAP_MAX_CHUNK);
+        assert_eq!(next_chunk(&s), 1);
         s.per_item_ns.store(1_000_000, Ordering::Relaxed); // 1 ms per item
-        assert_eq!(next_chunk(&s, 64), 2);
+        assert_eq!(next_chunk(&s), 2);
         s.per_item_ns.store(10, Ordering::Relaxed);
-        assert_eq!(next_chunk(&s, 64), MAP_MAX_CHUNK);
+        assert_eq!(next_chunk(&s), MAP_MAX_CHUNK);
     }
 }
