@@ -106,8 +106,8 @@ pub use executor::{
     wait_timeout,
 };
 pub use placement::{
-    BucketStats, Call, CallSite, KeyStats, Placement, PlacementConfig, PlacementStats, Stage,
-    TierCost,
+    BucketStats, Call, CallSite, KeyStats, Placement, PlacementConfig, PlacementStats,
+    PlacementTier, Stage, TierCost,
 };
 pub use remote::{AnyRemoteFn, CallFailure, Registry, RemoteFn, init, shared, wire};
 pub use scheduler::{

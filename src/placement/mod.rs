@@ -46,10 +46,30 @@
 //! # Killable work
 //!
 //! [`CallSite::killable`] marks work that must be isolated and stoppable: it never runs inline
-//! nor on the thread tier. It runs on a tier whose [`TierKind::is_killable`](crate::TierKind::is_killable) is true, attached
-//! with [`SchedulerBuilder::placement_tier`](crate::SchedulerBuilder::placement_tier) or
-//! [`Placement::new`]; with none attached, such a call fails with
-//! [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) saying so.
+//! nor on the thread tier. It runs on a tier whose
+//! [`TierKind::is_killable`](crate::TierKind::is_killable) is true — worker processes
+//! ([`ProcessPool`](crate::ProcessPool)) or the MPI cluster — attached with
+//! [`SchedulerBuilder::placement_tier`](crate::SchedulerBuilder::placement_tier) or
+//! [`Placement::new`]. Those tiers run registered functions, so killable work is a
+//! [`RemoteFn`](crate::RemoteFn) called with [`Call::remote`]; a crash fails only that call.
+//! With no eligible tier, a call fails with
+//! [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) naming the fix.
+//!
+//! ```no_run
+//! use offload::{ProcessPool, RemoteFn, Scheduler};
+//!
+//! static RENDER: RemoteFn<String, usize> = RemoteFn::new("render", |doc| doc.len());
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     offload::init(&[&RENDER]); // first: worker processes are this binary
+//!     let pool = ProcessPool::builder().workers(2).build()?;
+//!     let sched = Scheduler::builder().placement_tier(pool.clone()).build()?;
+//!     let render = sched.site("render").killable();
+//!     let n = sched.block_on(render.remote(&RENDER, "untrusted input".to_string()))?;
+//!     assert_eq!(n, 15);
+//!     Ok(())
+//! }
+//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -59,7 +79,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::BuildError;
-use crate::executor::Executor;
 use crate::scheduler::Scheduler;
 
 mod config;
@@ -73,6 +92,7 @@ pub use config::{
     INITIAL_DEV, INLINE_BUDGET, MISPREDICT_FACTOR, PlacementConfig, SAMPLE_EVERY, SMOOTHING_SHIFT,
     TIMING_RATIO,
 };
+pub use policy::PlacementTier;
 pub use site::{Call, CallSite, Stage};
 pub use stats::{BucketStats, KeyStats, PlacementStats, TierCost};
 
@@ -218,8 +238,9 @@ impl fmt::Debug for Placement {
 
 impl Placement {
     /// Placement over off-core `tiers` (for example the thread tier, and a killable tier for
-    /// [`CallSite::killable`] work), with `config`. Inline needs no executor: it is the
-    /// caller's own thread.
+    /// [`CallSite::killable`] work: a [`ProcessPool`](crate::ProcessPool) or anything else
+    /// that converts into a [`PlacementTier`]), with `config`. Inline needs no executor: it is
+    /// the caller's own thread.
     ///
     /// ```
     /// use offload::{Executor, Placement, PlacementConfig};
@@ -228,8 +249,12 @@ impl Placement {
     /// assert_eq!(site.key(), "hash");
     /// # Ok::<(), offload::BuildError>(())
     /// ```
-    pub fn new(tiers: Vec<Executor>, config: &PlacementConfig) -> Result<Placement, BuildError> {
+    pub fn new<T: Into<PlacementTier>>(
+        tiers: impl IntoIterator<Item = T>,
+        config: &PlacementConfig,
+    ) -> Result<Placement, BuildError> {
         config.validate()?;
+        let tiers: Vec<PlacementTier> = tiers.into_iter().map(Into::into).collect();
         if tiers.is_empty() {
             return Err(BuildError::invalid(
                 "placement needs at least one off-core tier (the thread tier)",

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::model::UNKNOWN;
 use crate::executor::Executor;
-use crate::tier::TierKind;
+use crate::tier::{ProcessPool, RemotePool, TierKind, TierStats};
 
 /// What the caller said about this call, if anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +88,74 @@ pub(crate) fn queue_delay(queued: usize, mean_run_ns: u64, workers: usize) -> u6
     (queued as u64).saturating_mul(mean_run_ns) / workers.max(1) as u64
 }
 
-/// An off-core tier as placement sees it: its executor and its learned overhead.
+/// An off-core tier placement may send calls to: an [`Executor`] (closures and remote
+/// functions) or a remote-function tier ([`ProcessPool`], an MPI cluster: remote functions
+/// only, see [`Call::remote`](super::Call::remote)). Made with `From`, so
+/// [`Placement::new`](super::Placement::new) and
+/// [`SchedulerBuilder::placement_tier`](crate::SchedulerBuilder::placement_tier) take any of them.
+#[derive(Clone, Debug)]
+pub struct PlacementTier {
+    backend: Backend,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    /// Runs closures (and remote functions, as the closure that calls them).
+    Exec(Executor),
+    /// Runs registered remote functions only.
+    Remote(RemotePool),
+}
+
+impl PlacementTier {
+    /// The tier's kind.
+    pub fn kind(&self) -> TierKind {
+        match &self.backend {
+            Backend::Exec(e) => e.tier(),
+            Backend::Remote(p) => p.tier(),
+        }
+    }
+
+    /// Whether the tier runs closures (an [`Executor`]); a remote-function tier does not.
+    pub fn runs_closures(&self) -> bool {
+        matches!(self.backend, Backend::Exec(_))
+    }
+}
+
+impl From<Executor> for PlacementTier {
+    fn from(e: Executor) -> Self {
+        PlacementTier {
+            backend: Backend::Exec(e),
+        }
+    }
+}
+
+impl From<RemotePool> for PlacementTier {
+    fn from(p: RemotePool) -> Self {
+        let backend = match p {
+            // In-process: the executor runs closures too.
+            RemotePool::Local(e) => Backend::Exec(e),
+            other => Backend::Remote(other),
+        };
+        PlacementTier { backend }
+    }
+}
+
+impl From<ProcessPool> for PlacementTier {
+    fn from(p: ProcessPool) -> Self {
+        RemotePool::from(p).into()
+    }
+}
+
+#[cfg(feature = "mpi")]
+impl From<crate::tier::mpi::Cluster> for PlacementTier {
+    fn from(c: crate::tier::mpi::Cluster) -> Self {
+        RemotePool::from(c).into()
+    }
+}
+
+/// An off-core tier as placement sees it: where it sends work and its learned overhead.
 pub(crate) struct TierSlot {
-    pub(crate) exec: Executor,
+    pub(crate) backend: Backend,
     pub(crate) kind: TierKind,
     overhead_ns: AtomicU64,
     samples: AtomicU64,
@@ -108,14 +173,28 @@ impl fmt::Debug for TierSlot {
 }
 
 impl TierSlot {
-    pub(crate) fn new(exec: Executor, shift: u32) -> Self {
+    pub(crate) fn new(tier: impl Into<PlacementTier>, shift: u32) -> Self {
+        let tier = tier.into();
         TierSlot {
-            kind: exec.tier(),
-            exec,
+            kind: tier.kind(),
+            backend: tier.backend,
             overhead_ns: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             shift,
         }
+    }
+
+    /// The tier's queue and run-time figures now.
+    pub(crate) fn stats(&self) -> TierStats {
+        match &self.backend {
+            Backend::Exec(e) => e.stats(),
+            Backend::Remote(p) => p.stats(),
+        }
+    }
+
+    /// Whether the tier can run a closure (else only remote functions).
+    pub(crate) fn runs_closures(&self) -> bool {
+        matches!(self.backend, Backend::Exec(_))
     }
 
     /// Learned overhead (0 until the first trip: an untried tier looks cheap and gets tried).
@@ -145,17 +224,25 @@ impl TierSlot {
 
     /// The expected completion of a call predicted at `predicted` ns on this tier, now.
     fn expected(&self, predicted: u64) -> u64 {
-        let s = self.exec.stats();
+        let s = self.stats();
         let mean = u64::try_from(s.mean_run_time.as_nanos()).unwrap_or(u64::MAX);
         let q = queue_delay(s.queued, mean, s.workers);
         expected_completion(self.overhead_ns(), q, predicted)
     }
 }
 
-/// The off-core tier for a call: the cheapest eligible one by expected completion; killable
-/// calls may only use killable tiers. `None` when no tier is eligible.
-pub(crate) fn pick(tiers: &[TierSlot], predicted: u64, killable: bool) -> Option<&TierSlot> {
-    let mut eligible = tiers.iter().filter(|t| !killable || t.kind.is_killable());
+/// The off-core tier for a call: the cheapest eligible one by expected completion. Killable
+/// calls may only use killable tiers; a closure (`remote` false) only tiers that run closures.
+/// `None` when no tier is eligible.
+pub(crate) fn pick(
+    tiers: &[TierSlot],
+    predicted: u64,
+    killable: bool,
+    remote: bool,
+) -> Option<&TierSlot> {
+    let mut eligible = tiers
+        .iter()
+        .filter(|t| (!killable || t.kind.is_killable()) && (remote || t.runs_closures()));
     let first = eligible.next()?;
     let Some(second) = eligible.next() else {
         return Some(first);
@@ -249,9 +336,10 @@ mod tests {
     #[test]
     fn killable_calls_skip_in_process_tiers() {
         let tiers = [TierSlot::new(Executor::inline(), 3)];
-        assert!(pick(&tiers, 1_000, true).is_none());
+        assert!(pick(&tiers, 1_000, true, false).is_none());
+        assert!(pick(&tiers, 1_000, true, true).is_none());
         assert_eq!(
-            pick(&tiers, 1_000, false).map(|t| t.kind),
+            pick(&tiers, 1_000, false, false).map(|t| t.kind),
             Some(TierKind::Inline)
         );
     }
@@ -263,7 +351,7 @@ mod tests {
         a.learn(50_000);
         b.learn(10_000);
         let tiers = [a, b];
-        let chosen = pick(&tiers, 1_000, false).map(|t| t.overhead_ns());
+        let chosen = pick(&tiers, 1_000, false, false).map(|t| t.overhead_ns());
         assert_eq!(chosen, Some(10_000));
     }
 }

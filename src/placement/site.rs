@@ -18,11 +18,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use super::model::{UNKNOWN, UNSIZED, size_bucket};
-use super::policy::{self, Hint, explore_mask, explores, explores_masked, sample_mask};
+use super::policy::{
+    self, Backend, Hint, TierSlot, explore_mask, explores, explores_masked, sample_mask,
+};
 use super::stats::{KeyStats, tier_index};
 use super::{Shared, SiteState};
 use crate::error::{Error, ErrorKind, panic_message};
+use crate::remote::RemoteFn;
+use crate::task::TaskHandle;
 use crate::tier::TierKind;
 
 const TARGET: &str = "offload::placement";
@@ -33,6 +40,68 @@ fn nanos(d: Duration) -> u64 {
 
 fn shown(pred: u64) -> Option<u64> {
     (pred != UNKNOWN).then_some(pred)
+}
+
+/// Work on its way off-core: a closure (tiers that run closures only) or a registered remote
+/// function with its arguments (any tier: an executor runs it as a closure).
+trait OffCoreWork<T> {
+    /// Whether tiers that run only remote functions can take it.
+    const REMOTE: bool;
+
+    /// Submits the work to `slot`'s tier, named `key`.
+    fn submit(
+        self,
+        slot: &TierSlot,
+        key: Arc<str>,
+    ) -> impl Future<Output = Result<TaskHandle<T>, Error>> + Send;
+}
+
+/// A closure.
+struct Closure<F>(F);
+
+impl<F, T> OffCoreWork<T> for Closure<F>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    const REMOTE: bool = false;
+
+    async fn submit(self, slot: &TierSlot, key: Arc<str>) -> Result<TaskHandle<T>, Error> {
+        match &slot.backend {
+            Backend::Exec(e) => e.submit_named(key, self.0).await,
+            // `pick` never chooses such a tier for a closure; refuse rather than panic.
+            Backend::Remote(_) => Err(Error::new(
+                ErrorKind::Unsupported,
+                "a closure cannot run on a remote-function tier",
+            )
+            .with_task(key)),
+        }
+    }
+}
+
+/// A remote function and its arguments.
+struct Remote<'a, A, R> {
+    f: &'a RemoteFn<A, R>,
+    args: A,
+}
+
+impl<A, R> OffCoreWork<R> for Remote<'_, A, R>
+where
+    A: Serialize + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    const REMOTE: bool = true;
+
+    async fn submit(self, slot: &TierSlot, key: Arc<str>) -> Result<TaskHandle<R>, Error> {
+        let Remote { f, args } = self;
+        match &slot.backend {
+            Backend::Exec(e) => {
+                let func = f.function();
+                e.submit_named(key, move || func(args)).await
+            }
+            Backend::Remote(p) => p.submit(f, args).await,
+        }
+    }
 }
 
 /// How a call was routed.
@@ -107,8 +176,10 @@ impl CallSite {
     }
 
     /// Marks the site's work as needing isolation: it never runs inline nor on an in-process
-    /// tier, only on a killable tier (processes, cluster). Without one attached, calls fail
-    /// with [`ErrorKind::Unsupported`].
+    /// tier, only on a killable tier (processes, cluster). Those run registered functions, so
+    /// killable work goes through [`Call::remote`]. Without a killable tier attached, calls
+    /// fail with [`ErrorKind::Unsupported`], and so do closures when the killable tiers run
+    /// only registered functions.
     pub fn killable(mut self) -> Self {
         self.killable = true;
         self
@@ -153,6 +224,20 @@ impl CallSite {
         self.with(UNSIZED, Hint::Model).call(f)
     }
 
+    /// Calls the registered function `f` with `args` where the model says. See
+    /// [`Call::remote`].
+    pub fn remote<'a, A, R>(
+        &'a self,
+        f: &'a RemoteFn<A, R>,
+        args: A,
+    ) -> impl Future<Output = Result<R, Error>> + use<'a, A, R>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.with(UNSIZED, Hint::Model).remote(f, args)
+    }
+
     /// A staged call: `first` runs inline, and decides with what it computed whether the rest
     /// goes off-core. See [`Call::staged`].
     pub fn staged<F, G, T>(
@@ -185,14 +270,28 @@ impl CallSite {
             .with_tier(TierKind::Inline)
     }
 
-    fn no_killable_tier(&self) -> Error {
-        Error::new(
-            ErrorKind::Unsupported,
+    /// Why no off-core tier can take this call.
+    fn no_tier(&self, remote: bool) -> Error {
+        let killable_remote = self
+            .shared
+            .tiers
+            .iter()
+            .any(|t| t.kind.is_killable() && !t.runs_closures());
+        let text = if self.killable && !remote && killable_remote {
+            "the call site is marked killable and its killable tiers (processes, cluster) run \
+             registered functions only: make the work a RemoteFn and call it with \
+             .remote(&FUNCTION, args), or drop .killable() to let the thread tier run the \
+             closure (a running thread cannot be stopped)"
+        } else if self.killable {
             "the call site is marked killable, but no killable tier (processes, cluster) is \
              attached: attach one with SchedulerBuilder::placement_tier (or Placement::new), or \
-             drop .killable() to let the thread tier run it (a running thread cannot be stopped)",
-        )
-        .with_task(self.state.key.clone())
+             drop .killable() to let the thread tier run it (a running thread cannot be stopped)"
+        } else {
+            "no off-core tier of this placement runs closures: attach an Executor with \
+             SchedulerBuilder::placement_tier (or Placement::new), or call a RemoteFn with \
+             .remote(&FUNCTION, args)"
+        };
+        Error::new(ErrorKind::Unsupported, text).with_task(self.state.key.clone())
     }
 
     /// The decision. The first branch is the fast path; everything else is out of line.
@@ -309,21 +408,21 @@ impl CallSite {
         );
     }
 
-    /// Sends `f` to the cheapest eligible off-core tier and learns from its trip. `lead_ns` is
-    /// time already spent on this call inline (a staged call's first part).
-    async fn off_core<F, T>(&self, idx: usize, pred: u64, lead_ns: u64, f: F) -> Result<T, Error>
+    /// Sends `work` to the cheapest eligible off-core tier and learns from its trip. `lead_ns`
+    /// is time already spent on this call inline (a staged call's first part).
+    async fn off_core<W, T>(&self, idx: usize, pred: u64, lead_ns: u64, work: W) -> Result<T, Error>
     where
-        F: FnOnce() -> T + Send + 'static,
+        W: OffCoreWork<T>,
         T: Send + 'static,
     {
         let sh = &*self.shared;
         let st = &*self.state;
-        let Some(slot) = policy::pick(&sh.tiers, pred, self.killable) else {
-            return Err(self.no_killable_tier());
+        let Some(slot) = policy::pick(&sh.tiers, pred, self.killable, W::REMOTE) else {
+            return Err(self.no_tier(W::REMOTE));
         };
         st.counters.tiers[tier_index(slot.kind)].fetch_add(1, Relaxed);
         let t0 = Instant::now();
-        let mut handle = slot.exec.submit_named(st.key.clone(), f).await?;
+        let mut handle = work.submit(slot, st.key.clone()).await?;
         let out = (&mut handle).await;
         let wall = nanos(t0.elapsed());
         if let Some(info) = handle.run_info() {
@@ -393,7 +492,41 @@ impl Call<'_> {
             Route::Inline { n, pred } => site.run_inline(self.bucket, n, pred, f),
             // Boxed so that the future of a call stays small: the fast path never moves the
             // off-core state around, and the off-core path allocates its job anyway.
-            Route::OffCore { pred } => Box::pin(site.off_core(self.bucket, pred, 0, f)).await,
+            Route::OffCore { pred } => {
+                Box::pin(site.off_core(self.bucket, pred, 0, Closure(f))).await
+            }
+        }
+    }
+
+    /// Calls the registered function `f` with `args` where placement says: inline (a direct
+    /// call of the function, here), or off-core on any tier, including the ones that run only
+    /// registered functions: worker processes ([`ProcessPool`](crate::ProcessPool)) and the
+    /// MPI cluster. A [killable](CallSite::killable) site sends every call to a killable tier,
+    /// where a running call can be stopped and a crash fails only that call.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call); on a process or cluster tier, also the remote outcomes (a
+    /// worker that died mid-call, a deadline, an encoding error), each an error of this call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future withdraws a call that has not started; on the process tier a
+    /// running call's worker is killed (see [`TaskHandle::cancel`]).
+    pub async fn remote<A, R>(self, f: &RemoteFn<A, R>, args: A) -> Result<R, Error>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let site = self.site;
+        match site.route(self.bucket, self.hint) {
+            Route::Inline { n, pred } => {
+                let func = f.function();
+                site.run_inline(self.bucket, n, pred, move || func(args))
+            }
+            Route::OffCore { pred } => {
+                Box::pin(site.off_core(self.bucket, pred, 0, Remote { f, args })).await
+            }
         }
     }
 
@@ -461,7 +594,7 @@ impl Call<'_> {
                     Some(p) => p,
                     None => st.predict(self.bucket, sh.params.budget_ns),
                 };
-                site.off_core(self.bucket, pred, lead, rest).await
+                site.off_core(self.bucket, pred, lead, Closure(rest)).await
             }
         }
     }

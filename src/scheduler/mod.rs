@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 
 use crate::error::BuildError;
 use crate::executor::Executor;
-use crate::placement::{Placement, PlacementConfig};
+use crate::placement::{Placement, PlacementConfig, PlacementTier};
 use crate::tier::{ShutdownMode, Threads, TierStats};
 
 mod coop;
@@ -50,7 +50,7 @@ pub struct SchedulerBuilder {
     cpu: crate::tier::ThreadsBuilder,
     slow_poll: Duration,
     placement: PlacementConfig,
-    placement_tiers: Vec<Executor>,
+    placement_tiers: Vec<PlacementTier>,
 }
 
 impl Default for SchedulerBuilder {
@@ -105,17 +105,20 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Another off-core tier for placement, beside the CPU executor: a killable tier (processes,
-    /// cluster) for [`CallSite::killable`](crate::CallSite::killable) work, or any executor
-    /// that should compete on expected completion.
-    pub fn placement_tier(&mut self, tier: Executor) -> &mut Self {
-        self.placement_tiers.push(tier);
+    /// Another off-core tier for placement, beside the CPU executor: a killable tier (a
+    /// [`ProcessPool`](crate::ProcessPool), the MPI cluster) for
+    /// [`CallSite::killable`](crate::CallSite::killable) work and
+    /// [`Call::remote`](crate::Call::remote) calls, or any executor that should compete on
+    /// expected completion. Shutting the scheduler down does not shut these down: they are
+    /// yours.
+    pub fn placement_tier(&mut self, tier: impl Into<PlacementTier>) -> &mut Self {
+        self.placement_tiers.push(tier.into());
         self
     }
 
     fn finish(&self, runtime: Option<Runtime>, handle: Handle) -> Result<Scheduler, BuildError> {
         let cpu = Executor::from_tier(Arc::new(self.cpu.build()?));
-        let mut tiers = vec![cpu.clone()];
+        let mut tiers = vec![PlacementTier::from(cpu.clone())];
         tiers.extend(self.placement_tiers.iter().cloned());
         let placement = Placement::new(tiers, &self.placement)?;
         let watchdog = Arc::new(WatchdogState::new(self.slow_poll));

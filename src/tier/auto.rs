@@ -12,7 +12,7 @@ use crate::error::{BuildError, Error};
 use crate::executor::Executor;
 use crate::remote::RemoteFn;
 use crate::task::TaskHandle;
-use crate::tier::{ProcessPool, ShutdownMode, TierKind};
+use crate::tier::{ProcessPool, ShutdownMode, TierKind, TierStats};
 
 /// Registered functions on one tier: an MPI cluster, worker processes, or in-process (threads
 /// or inline, calling the function directly). Built by [`auto`](Self::auto), or wrapped from a
@@ -134,6 +134,16 @@ impl RemotePool {
             RemotePool::Cluster(c) => c.workers(),
             RemotePool::Processes(p) => p.workers(),
             RemotePool::Local(e) => e.workers(),
+        }
+    }
+
+    /// Queue and run-time figures of the tier (see [`TierStats`]).
+    pub fn stats(&self) -> TierStats {
+        match self {
+            #[cfg(feature = "mpi")]
+            RemotePool::Cluster(c) => c.stats(),
+            RemotePool::Processes(p) => p.stats(),
+            RemotePool::Local(e) => e.stats(),
         }
     }
 
