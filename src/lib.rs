@@ -41,6 +41,10 @@
 //! | [`tier::Inline`] | on the thread that first waits for it, once | no | no parallelism available; tests |
 //! | [`tier::Threads`] | on named pool threads that spin before they park | no | CPU work in-process |
 //! | [`ProcessPool`] | in worker processes: this binary re-executed | yes | isolation, killing, memory caps |
+//! | `tier::mpi::Cluster` (feature `mpi`) | on the ranks of an `mpiexec` job | queued tasks only | more cores than one machine has |
+//!
+//! [`Executor::auto`] picks threads (inline on one core); [`RemotePool::auto`] picks the MPI
+//! cluster under `mpiexec` with more than one rank, else worker processes, else threads.
 //!
 //! ## Remote functions and worker processes
 //!
@@ -76,6 +80,23 @@
 //! [`Scheduler`] owns (or attaches to) a tokio runtime, runs named I/O tasks in groups
 //! ([`TaskGroup`]), reports every poll longer than a threshold by task name, and shuts
 //! everything down with a deadline.
+//!
+//! ## Examples
+//!
+//! In `examples/` (`cargo run --release --example NAME`; `examples/README.md` has small inputs):
+//!
+//! - `showcase`: the compute server under echo and compute clients, once per policy (inline,
+//!   offload, adaptive), with a latency table, `results.json` and an SVG chart.
+//! - `echo_server`: a listener and one handler per client, with limits and graceful shutdown.
+//! - `compute_server`: CPU requests of varying cost served through adaptive calls.
+//! - `tour`: submit, map, wait, a task group, the watchdog, shutdown.
+//! - `sum_primes`: parallelpython's benchmark, sequential vs threads vs processes.
+//! - `pi`: Monte-Carlo π, a locked shared counter versus local sums reduced.
+//! - `quicksort`: recursive quicksort on the pool.
+//! - `sweep`: a parameter sweep with ordered `map` and a progress bar.
+//! - `worker_queue`: workers on bounded queues, exit statuses and job errors checked.
+//! - `staged`: a legacy sequential function refactored into a staged call.
+//! - `mpi_primes`, `mpi_pi`, `mpi_roundtrip` (feature `mpi`, under `mpiexec`): the cluster tier.
 //!
 //! ## Platform support
 //!
