@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use offload::{Executor, ProcessPool, RemoteFn, ShutdownMode};
 
 /// The sum of the primes below `n`, by trial division (deliberately CPU-bound, as in the
@@ -66,18 +66,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (processes, t_proc) = rt.block_on(async {
         let pool = ProcessPool::builder().workers(workers).build()?;
+        // A worker can die (a signal, a memory cap): that is an error of its item, reported.
         // Start the workers before timing, as the threads were started before theirs.
         let warm: Vec<_> = pool.map(&SUM_PRIMES, vec![10; workers]).collect().await;
         drop(warm);
         let t0 = Instant::now();
-        let v: Vec<u64> = pool
-            .map(&SUM_PRIMES, inputs())
-            .map(|r| r.expect("sum_primes does not fail"))
-            .collect()
-            .await;
+        let v: Result<Vec<u64>, offload::Error> =
+            pool.map(&SUM_PRIMES, inputs()).try_collect().await;
         let t = t0.elapsed();
         pool.shutdown(ShutdownMode::Drain).await;
-        Ok::<_, offload::BuildError>((v, t))
+        Ok::<_, Box<dyn std::error::Error>>((v?, t))
     })?;
 
     for (i, n) in inputs().into_iter().enumerate() {

@@ -3,18 +3,14 @@
 //! one in 4 on a machine where a clock-read pair costs ~70 ns) it is at most 4, and never more
 //! than `SAMPLE_EVERY`; timing every call makes it 1.
 
+mod common;
+
+use common::spin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use offload::{PlacementConfig, Scheduler};
-
-fn spin(d: Duration) {
-    let t0 = Instant::now();
-    while t0.elapsed() < d {
-        std::hint::spin_loop();
-    }
-}
 
 /// Calls (after the jump) that ran inline before the key was placed off-core.
 fn inline_calls_after_jump(config: PlacementConfig) -> u64 {

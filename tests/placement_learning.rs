@@ -2,16 +2,12 @@
 //! 200 calls, ≥ 95 % of its small calls run inline and ≥ 95 % of its large calls off-core, as
 //! the per-bucket stats say.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use common::spin;
+use std::time::Duration;
 
 use offload::{KeyStats, Scheduler};
-
-fn spin(d: Duration) {
-    let t0 = Instant::now();
-    while t0.elapsed() < d {
-        std::hint::spin_loop();
-    }
-}
 
 /// The key's cost as a function of its size.
 fn work(n: u64) -> u64 {

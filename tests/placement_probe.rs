@@ -2,16 +2,12 @@
 //! when a probe says "long" or expects a long duration, and a key it keeps off-core runs
 //! inline when a probe says "short".
 
-use std::time::{Duration, Instant};
+mod common;
+
+use common::spin;
+use std::time::Duration;
 
 use offload::Scheduler;
-
-fn spin(d: Duration) {
-    let t0 = Instant::now();
-    while t0.elapsed() < d {
-        std::hint::spin_loop();
-    }
-}
 
 /// Whether the calling thread is one of the library's CPU workers.
 fn on_worker() -> bool {

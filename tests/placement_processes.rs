@@ -99,6 +99,30 @@ fn a_crash_fails_only_its_call() -> Result<(), String> {
     check(respawns >= 1, || "the dead worker was not replaced".into())
 }
 
+fn dropping_a_killable_call_stops_its_worker() -> Result<(), String> {
+    let (sched, pool) = setup()?;
+    let site = sched.site("abandoned").killable();
+    let r = sched.block_on(async {
+        let before = site.remote(&PID, ()).await.map_err(|e| e.to_string())?;
+        // A call nobody waits for any more: its future is dropped at the timeout.
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(300), site.remote(&SLEEP_MS, 60_000)).await;
+        check(gave_up.is_err(), || "the 60 s call finished early".into())?;
+        // Its worker was killed and replaced: the next call runs in a new process, at once
+        // (the old one would have slept for a minute).
+        let after = tokio::time::timeout(Duration::from_secs(20), site.remote(&PID, ()))
+            .await
+            .map_err(|_| "the worker still sleeps: the dropped call was not stopped".to_string())?
+            .map_err(|e| e.to_string())?;
+        check(after != before, || format!("same worker pid {after}"))?;
+        Ok::<(), String>(())
+    });
+    let respawns = pool.respawns();
+    teardown(sched, &pool);
+    r?;
+    check(respawns >= 1, || "no worker was replaced".into())
+}
+
 fn remote_calls_are_placed_by_the_model() -> Result<(), String> {
     let (sched, pool) = setup()?;
     let cheap = sched.site("echo");
@@ -139,6 +163,10 @@ fn main() {
             killable_calls_run_only_in_worker_processes,
         ),
         ("a_crash_fails_only_its_call", a_crash_fails_only_its_call),
+        (
+            "dropping_a_killable_call_stops_its_worker",
+            dropping_a_killable_call_stops_its_worker,
+        ),
         (
             "remote_calls_are_placed_by_the_model",
             remote_calls_are_placed_by_the_model,

@@ -56,6 +56,21 @@ trait OffCoreWork<T> {
     ) -> impl Future<Output = Result<TaskHandle<T>, Error>> + Send;
 }
 
+/// Cancels the task when the call's future is dropped before its outcome: a queued task is
+/// withdrawn (as any dropped handle does), and a running one on a killable tier is stopped (its
+/// worker killed), since nobody will read its result.
+struct CancelOnDrop<T>(Option<TaskHandle<T>>);
+
+impl<T> Drop for CancelOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0
+            && !h.is_finished()
+        {
+            h.cancel();
+        }
+    }
+}
+
 /// A closure.
 struct Closure<F>(F);
 
@@ -422,8 +437,13 @@ impl CallSite {
         };
         st.counters.tiers[tier_index(slot.kind)].fetch_add(1, Relaxed);
         let t0 = Instant::now();
-        let mut handle = work.submit(slot, st.key.clone()).await?;
-        let out = (&mut handle).await;
+        let mut handle = CancelOnDrop(Some(work.submit(slot, st.key.clone()).await?));
+        let out = handle
+            .0
+            .as_mut()
+            .expect("set above, taken only below")
+            .await;
+        let handle = handle.0.take().expect("set above");
         let wall = nanos(t0.elapsed());
         if let Some(info) = handle.run_info() {
             let run = nanos(info.run_time);
@@ -512,7 +532,7 @@ impl Call<'_> {
     /// # Cancel safety
     ///
     /// Dropping the future withdraws a call that has not started; on the process tier a
-    /// running call's worker is killed (see [`TaskHandle::cancel`]).
+    /// running call is stopped, its worker killed and replaced (see [`TaskHandle::cancel`]).
     pub async fn remote<A, R>(self, f: &RemoteFn<A, R>, args: A) -> Result<R, Error>
     where
         A: Serialize + Send + 'static,

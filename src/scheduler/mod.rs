@@ -19,7 +19,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Notify;
@@ -337,9 +337,13 @@ impl Scheduler {
     }
 
     /// Graceful stop from async code: waits up to `deadline` for the named tasks spawned with
-    /// [`spawn`](Self::spawn), cancels those still running, then shuts the CPU executor down
-    /// (queued CPU work drains). Groups are stopped by their own `shutdown`.
+    /// [`spawn`](Self::spawn), cancels those still running, then shuts the CPU executor down:
+    /// queued CPU work drains for what is left of `deadline`, and what is still queued then
+    /// fails with "shut down". A CPU task already running on a thread cannot be stopped: it
+    /// finishes there (its thread exits after it) while `close` returns. Groups are stopped by
+    /// their own `shutdown`.
     pub async fn close(&self, deadline: Duration) {
+        let started = Instant::now();
         let live = &self.inner.live;
         let all_done = async {
             loop {
@@ -365,7 +369,18 @@ impl Scheduler {
                 t.abort();
             }
         }
-        self.inner.executor.shutdown(ShutdownMode::Drain).await;
+        // Queued CPU work drains within what is left of the deadline; then what is still
+        // queued fails with "shut down". A task already running on a CPU thread cannot be
+        // stopped: it finishes on its thread, which exits after it.
+        let left = deadline.saturating_sub(started.elapsed());
+        let drained = tokio::time::timeout(left, self.inner.executor.shutdown(ShutdownMode::Drain));
+        if drained.await.is_err() {
+            tracing::warn!(
+                "shutdown deadline passed while CPU work drained: queued tasks fail with \
+                 \"shut down\", running ones finish on their threads"
+            );
+            self.inner.executor.shutdown(ShutdownMode::Cancel).await;
+        }
         self.inner.watchdog.stop();
     }
 
@@ -377,7 +392,9 @@ impl Scheduler {
     ///
     /// When called from inside an async context (use `close` there).
     pub fn shutdown(self, deadline: Duration) {
+        let started = Instant::now();
         self.inner.handle.block_on(self.close(deadline));
+        let deadline = deadline.saturating_sub(started.elapsed());
         let rt = self
             .inner
             .runtime
