@@ -106,8 +106,8 @@ pub(crate) use cluster::start_up;
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use cluster::{
-    Cluster, ClusterBuilder, DEFAULT_QUEUE_PER_RANK, RESULT_SPIN, SPIN_MIN_CORES, finish,
-    launched_with_workers,
+    Cluster, ClusterBuilder, DEFAULT_QUEUE_PER_RANK, DIRECT_SPIN, RESULT_SPIN, SPIN_MIN_CORES,
+    finish, launched_with_workers,
 };
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
