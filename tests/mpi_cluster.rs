@@ -161,6 +161,93 @@ fn main() {
             format!("{seen:?}"),
         );
 
+        // The direct path (a caller sends its task and polls for the reply itself, see the
+        // module docs on the round trip) must leave no task behind.
+        // A handle that is never waited on still finishes: the MPI thread takes the task over
+        // when the caller's lease ends.
+        let h = cluster.submit(&SQUARE, 5).await.expect("submit");
+        let t0 = std::time::Instant::now();
+        while !h.is_finished() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let finished = h.is_finished();
+        let v = h.await;
+        check(
+            "unwaited_task_finishes",
+            finished && matches!(v, Ok(25)),
+            format!("finished {finished}, {v:?}"),
+        );
+        // A task longer than the caller's spin is handed over and its result still comes.
+        let r = cluster
+            .submit_blocking(&SLOW_RANK, 20)
+            .expect("submit")
+            .blocking_wait();
+        check(
+            "long_task_is_handed_over",
+            matches!(r, Ok(n) if n >= 1),
+            format!("{r:?}"),
+        );
+        // Handles dropped while their tasks run: the ranks are freed and serve on.
+        for _ in 0..(2 * cluster.workers()) {
+            drop(cluster.submit(&SLOW_RANK, 10).await.expect("submit"));
+        }
+        let mut all_ok = true;
+        for i in 0..(4 * cluster.workers() as u64) {
+            all_ok &= matches!(cluster.submit(&SQUARE, i).await.expect("submit").await, Ok(v) if v == i * i);
+        }
+        check(
+            "dropped_handles_free_their_ranks",
+            all_ok,
+            "a rank stayed busy",
+        );
+        let t = cluster.try_submit(&SQUARE, 4);
+        let v = match t {
+            Ok(h) => h.await,
+            Err(e) => Err(offload::Error::new(offload::ErrorKind::Pool, format!("{e:?}"))),
+        };
+        check("try_submit_result", matches!(v, Ok(16)), format!("{v:?}"));
+        // Several threads at once, short tasks and a map alongside: some go direct, some
+        // through the queue, and a caller's watch completes other callers' tasks.
+        let bad = std::sync::atomic::AtomicUsize::new(0);
+        let first_bad = std::sync::Mutex::new(String::new());
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (cluster, bad, first_bad) = (&cluster, &bad, &first_bad);
+                s.spawn(move || {
+                    for i in 0..300u64 {
+                        let x = t * 1000 + i;
+                        let r = cluster
+                            .submit_blocking(&SQUARE, x)
+                            .and_then(|h| h.blocking_wait());
+                        if !matches!(r, Ok(v) if v == x * x)
+                            && bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0
+                        {
+                            *first_bad.lock().unwrap() = format!("square({x}): {r:?}");
+                        }
+                    }
+                });
+            }
+            let squares: Vec<_> = futures::executor::block_on(
+                cluster.map(&SQUARE, 0..500u64).collect::<Vec<_>>(),
+            );
+            let ok = squares
+                .iter()
+                .enumerate()
+                .all(|(i, r)| matches!(r, Ok(v) if *v == (i as u64) * (i as u64)));
+            if !ok && bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                *first_bad.lock().unwrap() = format!("map: {squares:?}");
+            }
+        });
+        let bad = bad.into_inner();
+        check(
+            "many_callers_at_once",
+            bad == 0,
+            format!(
+                "{bad} wrong results, the first: {}",
+                first_bad.into_inner().unwrap()
+            ),
+        );
+
         cluster.shutdown(ShutdownMode::Drain).await;
         let e = cluster.submit(&SQUARE, 1).await;
         check(

@@ -10,6 +10,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::cluster::{TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, read_setup_broadcast};
+use super::service::KEEP_BUFFER;
 use crate::remote::Registry;
 use crate::remote::wire::{
     self, DEFAULT_MAX_FRAME, Request, Response, decode_payload, encode_payload, outcome_of,
@@ -102,7 +103,10 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
         other => return Err(format!("expected the setup broadcast, got {other:?}")),
     }
     tracing::debug!(rank, "cluster worker serves");
+    // Buffers kept between calls: the request, the result, the reply.
+    let mut bytes = Vec::new();
     let mut out = Vec::new();
+    let mut reply_buf = Vec::new();
     loop {
         let (msg, status): (Message, Status) = world.process_at_rank(0).matched_probe();
         match status.tag() {
@@ -111,7 +115,14 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
                 ping_pong(world, v.first().copied().unwrap_or(0));
             }
             TAG_TO_WORKER => {
-                let (bytes, _) = (msg, status).matched_receive_vec::<u8>();
+                let len = status
+                    .count(u8::equivalent_datatype())
+                    .try_into()
+                    .unwrap_or(0usize);
+                trim(&mut bytes);
+                bytes.clear();
+                bytes.resize(len, 0);
+                msg.matched_receive_into(&mut bytes[..]);
                 let (req, args): (Request<'_>, &[u8]) = match decode_payload(&bytes) {
                     Ok(x) => x,
                     Err(e) => {
@@ -129,6 +140,7 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
                         continue;
                     }
                 };
+                trim(&mut out);
                 let (r, run_ns) =
                     run_call(registry, func, batch, args, DEFAULT_MAX_FRAME, &mut out);
                 let reply = Response::Done {
@@ -137,8 +149,9 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
                     outcome: outcome_of(&r),
                 };
                 let body: &[u8] = if r.is_ok() { &out } else { &[] };
-                match encode_payload(&reply, body) {
-                    Ok(bytes) => send(world, &bytes, TAG_TO_MASTER),
+                trim(&mut reply_buf);
+                match encode_into(&mut reply_buf, &reply, body) {
+                    Ok(()) => send(world, &reply_buf, TAG_TO_MASTER),
                     Err(e) => {
                         let msg = e.to_string();
                         let reply = Response::Done {
@@ -160,6 +173,33 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Frees a buffer that a big message grew past [`KEEP_BUFFER`] instead of keeping it.
+fn trim(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_BUFFER {
+        *buf = Vec::new();
+    }
+}
+
+/// [`encode_payload`]'s layout, into `buf` (replacing its contents), to reuse its allocation.
+fn encode_into<H: serde::Serialize>(
+    buf: &mut Vec<u8>,
+    header: &H,
+    body: &[u8],
+) -> Result<(), crate::Error> {
+    let mut v = std::mem::take(buf);
+    v.clear();
+    v.push(wire::WIRE_VERSION);
+    let mut v = postcard::to_extend(header, v).map_err(|e| {
+        crate::Error::new(
+            crate::ErrorKind::Encoding,
+            format!("could not encode a header: {e}"),
+        )
+    })?;
+    v.extend_from_slice(body);
+    *buf = v;
+    Ok(())
 }
 
 /// The raw MPI baseline: echo `rounds` 8-byte messages back to rank 0.
