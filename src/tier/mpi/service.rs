@@ -452,9 +452,8 @@ fn serve(
     }
     let _ = reply.send(Ok(ranks));
     serve_loop(world, rx, state);
-    // Nothing is in flight: close the direct path before the last MPI calls.
-    let mut t = state.lock_table();
-    t.direct = false;
+    // Nothing is in flight and the direct path is closed (serve_loop did both under the lock).
+    let t = state.lock_table();
     stop_ranks(world, &t.ranks);
 }
 
@@ -562,6 +561,8 @@ fn serve_loop(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &Servic
             prev_owned = owned;
             let idle = t.in_flight() == 0 && stash.is_none();
             if idle && rx.is_closed() && rx.is_empty() {
+                // Decided under the lock: no caller can send a task directly after this.
+                t.direct = false;
                 return;
             }
             let recent = now.duration_since(last_event) < SPIN;
