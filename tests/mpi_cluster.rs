@@ -23,6 +23,10 @@ static SHARED_SUM: RemoteFn<(), (usize, u64)> = RemoteFn::new("shared_sum", |()|
     let rank = detect().launch().map_or(usize::MAX, |l| l.rank);
     (rank, table.iter().sum())
 });
+static SUM_BYTES: RemoteFn<Vec<u8>, (usize, u64, Vec<u8>)> = RemoteFn::new("sum_bytes", |v| {
+    let sum = v.iter().map(|&b| u64::from(b)).sum();
+    (v.len(), sum, v)
+});
 static SLOW_RANK: RemoteFn<u64, usize> = RemoteFn::new("slow_rank", |ms| {
     std::thread::sleep(std::time::Duration::from_millis(ms));
     detect().launch().map_or(usize::MAX, |l| l.rank)
@@ -38,7 +42,7 @@ fn check(name: &str, ok: bool, detail: impl std::fmt::Display) {
 }
 
 fn main() {
-    offload::init(&[&SQUARE, &BOOM, &WHOAMI, &SHARED_SUM, &SLOW_RANK]);
+    offload::init(&[&SQUARE, &BOOM, &WHOAMI, &SHARED_SUM, &SUM_BYTES, &SLOW_RANK]);
     // From here on this is rank 0 (or a plain process).
     if !launched_with_workers() {
         let e = Cluster::builder()
@@ -200,6 +204,22 @@ fn main() {
             all_ok,
             "a rank stayed busy",
         );
+        // Requests over a worker's small-message buffer (64 KiB) travel in two messages; the
+        // reply comes back whole. Small ones after them still go in one.
+        for n in [10usize, 64 << 10, (64 << 10) + 1, 3 << 20] {
+            let v: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            let want: u64 = v.iter().map(|&b| u64::from(b)).sum();
+            let r = cluster
+                .submit(&SUM_BYTES, v.clone())
+                .await
+                .expect("submit")
+                .await;
+            check(
+                "big_requests_and_replies",
+                matches!(&r, Ok((len, sum, back)) if *len == n && *sum == want && *back == v),
+                format!("{n} bytes: {:?}", r.map(|(l, s, _)| (l, s))),
+            );
+        }
         let t = cluster.try_submit(&SQUARE, 4);
         let v = match t {
             Ok(h) => h.await,

@@ -29,6 +29,17 @@ pub(super) const TAG_TO_WORKER: i32 = 11;
 pub(super) const TAG_TO_MASTER: i32 = 12;
 pub(super) const TAG_PING: i32 = 13;
 pub(super) const TAG_HOST: i32 = 14;
+/// A request over [`SMALL_REQUEST`] bytes is announced by its length (8 bytes, little-endian)
+/// with this tag, and its bytes follow with [`TAG_BIG_BODY`].
+pub(super) const TAG_BIG: i32 = 15;
+pub(super) const TAG_BIG_BODY: i32 = 16;
+
+/// The largest message rank 0 sends a worker rank in one piece (the worker receives into a
+/// buffer of this size with a plain `MPI_Recv`, which saves ~0.25 µs per task against
+/// `MPI_Mprobe` + `MPI_Mrecv` on the development VM). Larger requests are announced first
+/// ([`TAG_BIG`]); 64 KiB keeps that extra 8-byte message to requests whose transfer costs
+/// far more than it, and is what a worker rank holds for it.
+pub(super) const SMALL_REQUEST: usize = 64 << 10;
 
 pub(super) const STOP_NONE: u8 = 0;
 pub(super) const STOP_DRAIN: u8 = 1;

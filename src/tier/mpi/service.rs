@@ -39,8 +39,8 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::cluster::{
-    Command, RankInfo, STOP_CANCEL, ServiceState, TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER,
-    Task, WorldInfo, write_setup_broadcast,
+    Command, RankInfo, SMALL_REQUEST, STOP_CANCEL, ServiceState, TAG_BIG, TAG_BIG_BODY, TAG_HOST,
+    TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, Task, WorldInfo, write_setup_broadcast,
 };
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::remote::wire::{Request, Response, WIRE_VERSION, decode_payload, encode_payload};
@@ -214,9 +214,7 @@ impl Table {
             }
         };
         buf.extend_from_slice(&task.args);
-        world
-            .process_at_rank(rank as i32)
-            .send_with_tag(&buf[..], TAG_TO_WORKER);
+        send_request(world, rank, &buf);
         if buf.capacity() <= KEEP_BUFFER {
             self.send_buf = buf;
         }
@@ -316,7 +314,7 @@ impl Table {
             ));
         }
         let peer = world.process_at_rank(rank as i32);
-        peer.send_with_tag(&[rounds][..], TAG_PING);
+        peer.send_with_tag(&rounds.to_le_bytes()[..], TAG_PING);
         let mut out = Vec::with_capacity(rounds as usize);
         let mut x = 0u64;
         for i in 0..rounds {
@@ -326,6 +324,18 @@ impl Table {
             out.push(t0.elapsed());
         }
         Ok(out)
+    }
+}
+
+/// Sends a request to worker `rank`: in one message up to [`SMALL_REQUEST`] bytes, else
+/// announced by its length first (see [`TAG_BIG`]).
+fn send_request(world: &SimpleCommunicator, rank: usize, bytes: &[u8]) {
+    let peer = world.process_at_rank(rank as i32);
+    if bytes.len() <= SMALL_REQUEST {
+        peer.send_with_tag(bytes, TAG_TO_WORKER);
+    } else {
+        peer.send_with_tag(&(bytes.len() as u64).to_le_bytes()[..], TAG_BIG);
+        peer.send_with_tag(bytes, TAG_BIG_BODY);
     }
 }
 
@@ -463,9 +473,7 @@ fn stop_ranks(world: &SimpleCommunicator, ranks: &[RankInfo]) {
     };
     for (r, info) in ranks.iter().enumerate().skip(1) {
         if info.ready && !info.dead {
-            world
-                .process_at_rank(r as i32)
-                .send_with_tag(&exit[..], TAG_TO_WORKER);
+            send_request(world, r, &exit);
         }
     }
 }
