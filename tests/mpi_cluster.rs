@@ -220,6 +220,17 @@ fn main() {
                 format!("{n} bytes: {:?}", r.map(|(l, s, _)| (l, s))),
             );
         }
+        // Over the frame limit (64 MiB): refused on rank 0 with an encoding error.
+        let r = cluster
+            .submit(&SUM_BYTES, vec![1u8; 64 << 20])
+            .await
+            .expect("submit")
+            .await;
+        check(
+            "oversized_request_is_refused",
+            r.as_ref().is_err_and(|e| e.kind() == offload::ErrorKind::Encoding),
+            format!("{:?}", r.map(|(l, s, _)| (l, s))),
+        );
         let t = cluster.try_submit(&SQUARE, 4);
         let v = match t {
             Ok(h) => h.await,

@@ -1,5 +1,8 @@
 //! The cluster's rank-0 side: the public [`Cluster`] handle, its builder, start-up, and the
 //! types shared with the MPI thread ([`super::service`]) and the worker loop ([`super::worker`]).
+//!
+//! The direct path lives here too: [`Cluster::try_direct`] sends a caller's task under the MPI
+//! lock, and a [`Watch`] (the handle's lazy job) polls for its reply or hands it over.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -619,6 +622,10 @@ impl Cluster {
 
     /// Submits `f(args)` to the next free worker rank, waiting while the queue is full. The
     /// handle is a `Future` of the outcome.
+    ///
+    /// A short task may go straight from this thread to a free rank (the direct path, see the
+    /// module docs on the round trip); its handle's first poll then watches for the reply for
+    /// up to [`DIRECT_SPIN`] before it parks.
     pub async fn submit<A, R>(&self, f: &RemoteFn<A, R>, args: A) -> Result<TaskHandle<R>, Error>
     where
         A: Serialize,

@@ -43,7 +43,10 @@ use super::cluster::{
     TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, Task, WorldInfo, write_setup_broadcast,
 };
 use crate::error::{Error, ErrorKind, ExitInfo};
-use crate::remote::wire::{Request, Response, WIRE_VERSION, decode_payload, encode_payload};
+use crate::remote::wire::{
+    DEFAULT_MAX_FRAME, Request, Response, WIRE_VERSION, decode_payload, encode_payload,
+    frame_too_large,
+};
 use crate::tier::process::Pending;
 use crate::tier::{RunInfo, TierKind};
 
@@ -214,6 +217,13 @@ impl Table {
             }
         };
         buf.extend_from_slice(&task.args);
+        if buf.len() > DEFAULT_MAX_FRAME {
+            // The documented limit, as on the process tier (a worker would take any size).
+            self.free.push_front(rank);
+            let e = frame_too_large(buf.len(), DEFAULT_MAX_FRAME);
+            task.deliver.fail(e, run_info(rank, 0, queued));
+            return None;
+        }
         send_request(world, rank, &buf);
         if buf.capacity() <= KEEP_BUFFER {
             self.send_buf = buf;
