@@ -2,13 +2,17 @@
 //!
 //! ```text
 //! cargo build --release --features mpi --example mpi_roundtrip
-//! mpiexec -n 2 target/release/examples/mpi_roundtrip [rounds]
+//! mpiexec -n 2 target/release/examples/mpi_roundtrip [rounds] [result_spin_us] [direct_spin_us]
 //! ```
 //!
 //! Prints the median (and p90/p99) of: a raw 8-byte `MPI_Send`/`MPI_Recv` ping-pong between
 //! rank 0's MPI thread and rank 1; one trivial task submitted and awaited on the cluster tier
 //! from async code; the same from sync code (`submit_blocking` + `blocking_wait`); and the
 //! ratio of each to the raw ping-pong (the goal is at most 10×).
+//!
+//! The optional arguments override the cluster's result spin and direct spin (µs) to compare;
+//! `mpi_roundtrip 2000 0 0` measures the queue path alone (every task through rank 0's MPI
+//! thread, as when MPI grants only `MPI_THREAD_FUNNELED`).
 
 use std::time::{Duration, Instant};
 
@@ -46,9 +50,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000);
     let mut builder = Cluster::builder();
-    // An optional second argument overrides the result spin (µs) to compare.
+    // Optional second and third arguments override the result spin and the direct spin (µs).
     if let Some(us) = std::env::args().nth(2).and_then(|s| s.parse().ok()) {
         builder.result_spin(Duration::from_micros(us));
+    }
+    if let Some(us) = std::env::args().nth(3).and_then(|s| s.parse().ok()) {
+        builder.direct_spin(Duration::from_micros(us));
     }
     let cluster = builder.build()?;
     println!(

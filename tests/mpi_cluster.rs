@@ -23,6 +23,10 @@ static SHARED_SUM: RemoteFn<(), (usize, u64)> = RemoteFn::new("shared_sum", |()|
     let rank = detect().launch().map_or(usize::MAX, |l| l.rank);
     (rank, table.iter().sum())
 });
+static SUM_BYTES: RemoteFn<Vec<u8>, (usize, u64, Vec<u8>)> = RemoteFn::new("sum_bytes", |v| {
+    let sum = v.iter().map(|&b| u64::from(b)).sum();
+    (v.len(), sum, v)
+});
 static SLOW_RANK: RemoteFn<u64, usize> = RemoteFn::new("slow_rank", |ms| {
     std::thread::sleep(std::time::Duration::from_millis(ms));
     detect().launch().map_or(usize::MAX, |l| l.rank)
@@ -38,7 +42,7 @@ fn check(name: &str, ok: bool, detail: impl std::fmt::Display) {
 }
 
 fn main() {
-    offload::init(&[&SQUARE, &BOOM, &WHOAMI, &SHARED_SUM, &SLOW_RANK]);
+    offload::init(&[&SQUARE, &BOOM, &WHOAMI, &SHARED_SUM, &SUM_BYTES, &SLOW_RANK]);
     // From here on this is rank 0 (or a plain process).
     if !launched_with_workers() {
         let e = Cluster::builder()
@@ -159,6 +163,120 @@ fn main() {
             "shared_data_reaches_every_rank",
             seen.len() == cluster.workers() && seen.values().all(|&s| s == want),
             format!("{seen:?}"),
+        );
+
+        // The direct path (a caller sends its task and polls for the reply itself, see the
+        // module docs on the round trip) must leave no task behind.
+        // A handle that is never waited on still finishes: the MPI thread takes the task over
+        // when the caller's lease ends.
+        let h = cluster.submit(&SQUARE, 5).await.expect("submit");
+        let t0 = std::time::Instant::now();
+        while !h.is_finished() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let finished = h.is_finished();
+        let v = h.await;
+        check(
+            "unwaited_task_finishes",
+            finished && matches!(v, Ok(25)),
+            format!("finished {finished}, {v:?}"),
+        );
+        // A task longer than the caller's spin is handed over and its result still comes.
+        let r = cluster
+            .submit_blocking(&SLOW_RANK, 20)
+            .expect("submit")
+            .blocking_wait();
+        check(
+            "long_task_is_handed_over",
+            matches!(r, Ok(n) if n >= 1),
+            format!("{r:?}"),
+        );
+        // Handles dropped while their tasks run: the ranks are freed and serve on.
+        for _ in 0..(2 * cluster.workers()) {
+            drop(cluster.submit(&SLOW_RANK, 10).await.expect("submit"));
+        }
+        let mut all_ok = true;
+        for i in 0..(4 * cluster.workers() as u64) {
+            all_ok &= matches!(cluster.submit(&SQUARE, i).await.expect("submit").await, Ok(v) if v == i * i);
+        }
+        check(
+            "dropped_handles_free_their_ranks",
+            all_ok,
+            "a rank stayed busy",
+        );
+        // Requests over a worker's small-message buffer (64 KiB) travel in two messages; the
+        // reply comes back whole. Small ones after them still go in one.
+        for n in [10usize, 64 << 10, (64 << 10) + 1, 3 << 20] {
+            let v: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            let want: u64 = v.iter().map(|&b| u64::from(b)).sum();
+            let r = cluster
+                .submit(&SUM_BYTES, v.clone())
+                .await
+                .expect("submit")
+                .await;
+            check(
+                "big_requests_and_replies",
+                matches!(&r, Ok((len, sum, back)) if *len == n && *sum == want && *back == v),
+                format!("{n} bytes: {:?}", r.map(|(l, s, _)| (l, s))),
+            );
+        }
+        // Over the frame limit (64 MiB): refused on rank 0 with an encoding error.
+        let r = cluster
+            .submit(&SUM_BYTES, vec![1u8; 64 << 20])
+            .await
+            .expect("submit")
+            .await;
+        check(
+            "oversized_request_is_refused",
+            r.as_ref().is_err_and(|e| e.kind() == offload::ErrorKind::Encoding),
+            format!("{:?}", r.map(|(l, s, _)| (l, s))),
+        );
+        let t = cluster.try_submit(&SQUARE, 4);
+        let v = match t {
+            Ok(h) => h.await,
+            Err(e) => Err(offload::Error::new(offload::ErrorKind::Pool, format!("{e:?}"))),
+        };
+        check("try_submit_result", matches!(v, Ok(16)), format!("{v:?}"));
+        // Several threads at once, short tasks and a map alongside: some go direct, some
+        // through the queue, and a caller's watch completes other callers' tasks.
+        let bad = std::sync::atomic::AtomicUsize::new(0);
+        let first_bad = std::sync::Mutex::new(String::new());
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (cluster, bad, first_bad) = (&cluster, &bad, &first_bad);
+                s.spawn(move || {
+                    for i in 0..300u64 {
+                        let x = t * 1000 + i;
+                        let r = cluster
+                            .submit_blocking(&SQUARE, x)
+                            .and_then(|h| h.blocking_wait());
+                        if !matches!(r, Ok(v) if v == x * x)
+                            && bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0
+                        {
+                            *first_bad.lock().unwrap() = format!("square({x}): {r:?}");
+                        }
+                    }
+                });
+            }
+            let squares: Vec<_> = futures::executor::block_on(
+                cluster.map(&SQUARE, 0..500u64).collect::<Vec<_>>(),
+            );
+            let ok = squares
+                .iter()
+                .enumerate()
+                .all(|(i, r)| matches!(r, Ok(v) if *v == (i as u64) * (i as u64)));
+            if !ok && bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                *first_bad.lock().unwrap() = format!("map: {squares:?}");
+            }
+        });
+        let bad = bad.into_inner();
+        check(
+            "many_callers_at_once",
+            bad == 0,
+            format!(
+                "{bad} wrong results, the first: {}",
+                first_bad.into_inner().unwrap()
+            ),
         );
 
         cluster.shutdown(ShutdownMode::Drain).await;

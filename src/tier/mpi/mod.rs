@@ -7,14 +7,18 @@
 //! Every rank runs the same binary. [`crate::init`] (the first line of `main`) reads the
 //! launcher's environment ([`detect()`]); on ranks 1.. it initialises MPI, takes the setup that
 //! rank 0 broadcasts, serves calls until rank 0 shuts the cluster down, finalizes MPI and exits
-//! with status 0 — it never returns there. On rank 0 it starts one dedicated MPI thread
-//! (`MPI_THREAD_FUNNELED`: no other thread calls MPI) and returns; the application then builds
-//! a [`Cluster`] (or lets `auto()` pick it) and submits [`RemoteFn`](crate::RemoteFn)s as on the process tier:
-//! the same registry, wire format and outcomes.
+//! with status 0 — it never returns there. On rank 0 it starts one dedicated MPI thread, which
+//! initialises MPI with `MPI_THREAD_SERIALIZED` (every MPI call on rank 0 is then made under
+//! one lock), and returns; the application then builds a [`Cluster`] (or lets `auto()` pick
+//! it) and submits [`RemoteFn`](crate::RemoteFn)s as on the process tier: the same registry,
+//! wire format and outcomes.
 //!
-//! - **Hand-off**: the async side puts tasks in a bounded channel; the MPI thread sends each
-//!   to whichever worker rank is free (one task per rank at a time) and completes its
-//!   [`TaskHandle`](crate::TaskHandle) when the reply comes.
+//! - **Hand-off**: one task per worker rank at a time, to whichever rank is free. A short task
+//!   submitted while nothing is queued, a rank is free and nobody holds the MPI lock goes
+//!   straight from the caller's thread to the rank, and the caller collects its reply itself
+//!   (the *direct path*, see [Round trip](#round-trip)). Every other task goes through a
+//!   bounded channel to the MPI thread, which sends it when a rank is free and completes its
+//!   [`TaskHandle`](crate::TaskHandle) when the reply comes (the *queue path*).
 //! - **`map`** sends items in chunks (one MPI message each way per chunk), sized as on the
 //!   process tier, with a bounded window of chunks in flight; results come back in order and
 //!   each item keeps its own outcome.
@@ -74,11 +78,59 @@
 //! # Round trip
 //!
 //! `examples/mpi_roundtrip.rs` measures one trivial task against a raw 8-byte MPI ping-pong in
-//! the same run. On the 2-vCPU development VM (`mpiexec -n 2`, OpenMPI 4.1, default binding),
-//! medians: raw ping-pong 0.46 µs; cluster round trip 7.0 µs (sync) / 8.0 µs (async), about
-//! 15–17× the raw exchange. The difference is two thread hand-offs on rank 0 (caller → MPI
-//! thread → caller), which share one core there because `mpiexec` binds rank 0 to one core;
-//! MPI itself costs the same on both paths.
+//! the same run. Rank 0 has two ways to run a task:
+//!
+//! - **Direct path**: `submit` (`submit_blocking`, `try_submit`) finds the MPI lock free,
+//!   nothing queued and a worker rank free, and sends the task from the caller's thread. The
+//!   handle's first `.await` or `blocking_wait` then polls for the reply itself
+//!   (`MPI_Improbe` under the lock) for up to [`DIRECT_SPIN`]; if it has not come by then, the
+//!   task is handed to the MPI thread and the caller parks as on the queue path. No thread
+//!   hand-off on the round trip. While a caller watches its task the MPI thread stays parked
+//!   (it does not poll for that reply), so on a one-core rank 0 the two do not fight for the
+//!   core. A handle that is never waited on is taken over by the MPI thread when it is
+//!   dropped or at the latest 1 ms after the send. Tasks whose recent mean run time is
+//!   [`DIRECT_SPIN`] or more, `map` chunks, and tasks submitted while others wait take the
+//!   queue path. Note that the first poll of a direct task's handle may hold its thread (an
+//!   async runtime's worker, say) for up to [`DIRECT_SPIN`], like [`RESULT_SPIN`].
+//! - **Queue path**: the channel to the MPI thread and back: two thread hand-offs on rank 0
+//!   (caller → MPI thread → caller). It is the only path when MPI grants less than
+//!   `MPI_THREAD_SERIALIZED` (then only the MPI thread calls MPI, the `FUNNELED` contract), or
+//!   with [`ClusterBuilder::direct_spin`] set to zero.
+//!
+//! Medians on the 2-vCPU development VM (`mpiexec -n 2`, OpenMPI 4.1, default binding, 2000
+//! rounds; the range over 3–4 runs, each ratio against the same run's raw ping-pong; another
+//! process kept much of one core busy throughout):
+//!
+//! | path | raw ping-pong | async `submit` + `.await` | `submit_blocking` + `blocking_wait` |
+//! | --- | --- | --- | --- |
+//! | direct (default) | 0.54–0.69 µs | 1.7–2.3 µs (2.8–3.5×) | 1.7–2.3 µs (2.8–4.1×) |
+//! | queue (`direct_spin` 0) | 0.48–0.70 µs | 7.5–11.5 µs (15–19×) | 6.7–10.2 µs (14–19×) |
+//!
+//! What costs what on the direct path, about 1.1–1.6 µs over the raw exchange (from
+//! `perf`, microbenchmarks of the pieces and A/B runs; approximate, the VM is noisy):
+//!
+//! - the caller's side up to the send (encode the arguments, make the handle and its watch,
+//!   take the lock, encode the header, `MPI_Send`): ~0.45 µs, of which the send ~0.15 µs;
+//! - the watch itself is built as a closure task (two allocations, four clock reads, a mutex):
+//!   ~0.2 µs of the above and of the wait, the largest single item the library adds;
+//! - receiving the reply by polling (`MPI_Improbe` + `MPI_Mrecv`, so that the caller can give
+//!   up after a bounded spin) instead of a blocking `MPI_Recv`: ~0.2–0.3 µs. (Worker ranks
+//!   take requests with one plain `MPI_Recv` into a kept buffer; the probe-and-receive they
+//!   used before cost another ~0.25 µs.)
+//! - on the worker: decode, registry lookup, the call, encode the reply: ~0.1–0.2 µs;
+//! - decoding the reply and completing the handle: ~0.1 µs.
+//!
+//! The queue path adds two wake-ups of a parked thread that share one core: `mpiexec` binds
+//! rank 0 to one core by default, so the caller and the MPI thread cannot spin for each other
+//! (a spinner only delays the thread it waits for: a 25 µs result spin there measured 85 µs
+//! per async round trip), and each hand-off is a futex wake and a context switch, ~3 µs each
+//! here. The MPI thread's own [`SPIN`] after an event is what keeps it at that: without it the
+//! first poll waits for a timer (~160 µs per round trip measured).
+//!
+//! **Binding.** Keep `mpiexec`'s default binding (or `--bind-to core`) with no more ranks than
+//! cores. `--bind-to none` left the direct path as it was (1.3–2.7 µs, 2.8–3.8×) but made the
+//! queue path erratic (9.5 µs to 240 µs medians): unbound, rank 0's threads share cores with
+//! worker ranks, which busy-poll inside MPI while they wait for work.
 //!
 //! # Limits
 //!
@@ -106,8 +158,8 @@ pub(crate) use cluster::start_up;
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use cluster::{
-    Cluster, ClusterBuilder, DEFAULT_QUEUE_PER_RANK, RESULT_SPIN, SPIN_MIN_CORES, finish,
-    launched_with_workers,
+    Cluster, ClusterBuilder, DEFAULT_QUEUE_PER_RANK, DIRECT_SPIN, RESULT_SPIN, SPIN_MIN_CORES,
+    finish, launched_with_workers,
 };
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]

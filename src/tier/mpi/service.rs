@@ -1,36 +1,58 @@
-//! Rank 0's MPI thread: the only thread of the application process that calls MPI
-//! (`MPI_THREAD_FUNNELED`). It initialises MPI, broadcasts the setup, then moves tasks from a
-//! bounded async channel to whichever worker rank is free and results back to their handles.
+//! Rank 0's MPI thread and the table of worker ranks it shares with the callers.
 //!
-//! Waiting: with nothing in flight it blocks on the channel (after a short spin), so an idle
-//! cluster costs rank 0 no CPU. With tasks in flight it polls `MPI_Improbe` and the channel,
-//! spinning for [`SPIN`] after the last event and then sleeping in growing steps up to
-//! [`MAX_POLL_INTERVAL`]: a short task's result is picked up within a microsecond, a long one's
-//! within half a millisecond, and rank 0 does not burn a core while ranks compute.
+//! The MPI thread initialises MPI, broadcasts the setup, then moves tasks from a bounded async
+//! channel to whichever worker rank is free and results back to their handles. It owns
+//! everything that is not a caller's own short task: queued tasks, `map` chunks, liveness
+//! checks, the ping-pong baseline, shutdown and `MPI_Finalize`.
+//!
+//! # The MPI lock
+//!
+//! Every MPI call on rank 0 after the setup is made while holding [`ServiceState::table`], the
+//! one lock that also guards which rank runs what. With MPI granting
+//! `MPI_THREAD_SERIALIZED` (asked for at start-up; OpenMPI 4.1 grants it) a caller that finds
+//! that lock free, the queue empty and a rank free sends its task itself and later polls for
+//! its reply itself, for a bounded time (see `cluster.rs`, the direct path): no thread
+//! hand-off on the round trip. Such a task carries a *lease* (a deadline) saying that a caller
+//! is watching it; the MPI thread leaves it alone until the caller hands it over or the lease
+//! ends, so that it does not wake up and contend for the core the caller spins on. When MPI
+//! grants less than `SERIALIZED` the direct path stays off ([`Table::direct`]) and only this
+//! thread calls MPI (`FUNNELED` semantics, the behaviour before the direct path).
+//!
+//! # Waiting
+//!
+//! With nothing in flight the thread parks without a deadline (after a short spin), so an idle
+//! cluster costs rank 0 no CPU; whoever queues a command, closes the queue or leases a task
+//! unparks it. With only leased tasks in flight it parks until the earliest lease ends. With
+//! tasks of its own in flight it polls `MPI_Improbe`, spinning for [`SPIN`] after the last
+//! event and then parking in growing steps up to [`MAX_POLL_INTERVAL`]: a short task's result
+//! is picked up within a microsecond, a long one's within half a millisecond, and rank 0 does
+//! not burn a core while ranks compute.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, TryRecvError};
 use mpi::environment::Universe;
-use mpi::point_to_point::MatchedReceiveVec;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::cluster::{
-    Command, RankInfo, STOP_CANCEL, ServiceState, TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER,
-    Task, WorldInfo, write_setup_broadcast,
+    Command, RankInfo, SMALL_REQUEST, STOP_CANCEL, ServiceState, TAG_BIG, TAG_BIG_BODY, TAG_HOST,
+    TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, Task, WorldInfo, write_setup_broadcast,
 };
 use crate::error::{Error, ErrorKind, ExitInfo};
-use crate::remote::wire::{Request, Response, decode_payload, encode_payload};
+use crate::remote::wire::{
+    DEFAULT_MAX_FRAME, Request, Response, WIRE_VERSION, decode_payload, encode_payload,
+    frame_too_large,
+};
 use crate::tier::process::Pending;
 use crate::tier::{RunInfo, TierKind};
 
 /// How long the MPI thread keeps polling after the last event before it starts to sleep: two
-/// thread wake-ups on these machines (~25 µs each), so back-to-back short tasks never wait
-/// for a wake-up.
+/// thread wake-ups on these machines (~25 µs each), so back-to-back short tasks that come
+/// through the queue never wait for a wake-up.
 pub const SPIN: Duration = Duration::from_micros(50);
 
 /// The longest sleep between two polls while tasks are in flight: the most latency a long
@@ -41,26 +63,320 @@ pub const MAX_POLL_INTERVAL: Duration = Duration::from_micros(500);
 /// processes on its own host still exist (see the module docs on dead ranks).
 pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
 
-struct InFlight {
+/// The first sleep between two polls once the spin is over; it doubles up to
+/// [`MAX_POLL_INTERVAL`]. About one thread wake-up: shorter would wake the thread to no avail.
+const FIRST_POLL_SLEEP: Duration = Duration::from_micros(10);
+
+/// How long a caller's lease on a directly sent task lasts (from the send, renewed when the
+/// caller starts to wait): the MPI thread takes the task over when it ends. A caller hands
+/// its task over as soon as it stops watching, so the lease only matters for a handle that is
+/// kept but not waited on (polled through `is_finished`, say): its result is at most this
+/// late. Long against a short task's round trip (microseconds), so back-to-back direct tasks
+/// wake the parked MPI thread about once per lease, not once per task.
+pub(super) const CALLER_LEASE: Duration = Duration::from_millis(1);
+
+/// Receive and send buffers kept between messages up to this capacity; a larger one (a big
+/// argument or result) is freed after use rather than held for the life of the cluster.
+pub(super) const KEEP_BUFFER: usize = 64 << 10;
+
+pub(super) struct InFlight {
+    id: u64,
     deliver: Box<dyn Pending>,
     func: &'static str,
     dispatched: Instant,
     queued: Duration,
+    /// Some: a caller watches the reply until then (the direct path); None: the MPI thread's.
+    lease: Option<Instant>,
 }
 
-struct Loop<'a> {
-    world: &'a SimpleCommunicator,
-    state: &'a ServiceState,
+/// Which worker rank runs what: rank 0's state of the cluster, behind the MPI lock
+/// ([`ServiceState::table`]). Holding the lock is what allows a thread to call MPI.
+pub(super) struct Table {
+    /// Callers may call MPI (the direct path): the cluster is set up, MPI granted at least
+    /// `MPI_THREAD_SERIALIZED`, and MPI is not being finalized.
+    pub(super) direct: bool,
+    /// The MPI thread holds a command that waits for a free rank: a caller that frees one
+    /// must wake it.
+    pub(super) stashed: bool,
+    /// The MPI thread is parked without a deadline: a caller that leases a task must wake it
+    /// so that it parks until the lease ends instead.
+    pub(super) parked_idle: bool,
     ranks: Vec<RankInfo>,
     inflight: Vec<Option<InFlight>>,
     free: VecDeque<usize>,
-    dead: Vec<bool>,
     next_id: u64,
     my_host: String,
+    send_buf: Vec<u8>,
+    recv_buf: Vec<u8>,
+}
+
+impl Table {
+    pub(super) fn new() -> Self {
+        Table {
+            direct: false,
+            stashed: false,
+            parked_idle: false,
+            ranks: Vec::new(),
+            inflight: Vec::new(),
+            free: VecDeque::new(),
+            next_id: 0,
+            my_host: String::new(),
+            send_buf: Vec::new(),
+            recv_buf: Vec::new(),
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inflight.iter().filter(|x| x.is_some()).count()
+    }
+
+    fn live_workers(&self) -> usize {
+        self.ranks.iter().skip(1).filter(|r| !r.dead).count()
+    }
+
+    /// Takes a free rank, if any.
+    pub(super) fn take_free(&mut self) -> Option<usize> {
+        self.free.pop_front()
+    }
+
+    /// Whether task `id` still waits for its reply on `rank`.
+    pub(super) fn is_in_flight(&self, rank: usize, id: u64) -> bool {
+        matches!(self.inflight.get(rank), Some(Some(f)) if f.id == id)
+    }
+
+    /// Sets the lease of task `id` on `rank` (None hands it to the MPI thread).
+    pub(super) fn set_lease(&mut self, rank: usize, id: u64, lease: Option<Instant>) {
+        if let Some(Some(f)) = self.inflight.get_mut(rank) {
+            if f.id == id {
+                f.lease = lease;
+            }
+        }
+    }
+
+    /// The tasks in flight that the MPI thread must poll for (no lease, or a lapsed one), and
+    /// the earliest end of a running lease.
+    fn ownership(&self, now: Instant) -> (usize, Option<Instant>) {
+        let mut owned = 0;
+        let mut earliest: Option<Instant> = None;
+        for f in self.inflight.iter().flatten() {
+            match f.lease {
+                Some(end) if end > now => earliest = Some(earliest.map_or(end, |e| e.min(end))),
+                _ => owned += 1,
+            }
+        }
+        (owned, earliest)
+    }
+
+    /// Sends `task` to the free `rank` (taken from `free` by the caller) and records it in
+    /// flight, leased for `lease` from now when given. Returns the task's id, or None when it did not go out (cancelled
+    /// while queued, or its request could not be encoded: it failed then); the rank is free
+    /// again in that case.
+    pub(super) fn dispatch(
+        &mut self,
+        world: &SimpleCommunicator,
+        rank: usize,
+        task: Task,
+        lease: Option<Duration>,
+    ) -> Option<u64> {
+        if !task.deliver.start() {
+            // Cancelled while queued: the slot holds its outcome already.
+            self.free.push_front(rank);
+            task.deliver.discard();
+            return None;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let header = if task.batch {
+            Request::Batch {
+                id,
+                func: task.func,
+            }
+        } else {
+            Request::Call {
+                id,
+                func: task.func,
+            }
+        };
+        // One clock read per task here: each costs ~30 ns on the development VM.
+        let now = Instant::now();
+        let queued = now.saturating_duration_since(task.deliver.submitted());
+        // encode_payload's layout, into the buffer kept from the last send.
+        let mut buf = std::mem::take(&mut self.send_buf);
+        buf.clear();
+        buf.push(WIRE_VERSION);
+        let mut buf = match postcard::to_extend(&header, buf) {
+            Ok(b) => b,
+            Err(e) => {
+                self.free.push_front(rank);
+                let e = Error::new(
+                    ErrorKind::Encoding,
+                    format!("could not encode a header: {e}"),
+                );
+                task.deliver.fail(e, run_info(rank, 0, queued));
+                return None;
+            }
+        };
+        buf.extend_from_slice(&task.args);
+        if buf.len() > DEFAULT_MAX_FRAME {
+            // The documented limit, as on the process tier (a worker would take any size).
+            self.free.push_front(rank);
+            let e = frame_too_large(buf.len(), DEFAULT_MAX_FRAME);
+            task.deliver.fail(e, run_info(rank, 0, queued));
+            return None;
+        }
+        send_request(world, rank, &buf);
+        if buf.capacity() <= KEEP_BUFFER {
+            self.send_buf = buf;
+        }
+        self.inflight[rank] = Some(InFlight {
+            id,
+            deliver: task.deliver,
+            func: task.func,
+            dispatched: now,
+            queued,
+            lease: lease.map(|d| now + d),
+        });
+        Some(id)
+    }
+
+    /// Receives every reply that has arrived and completes its task. Returns how many.
+    pub(super) fn poll_results(
+        &mut self,
+        world: &SimpleCommunicator,
+        state: &ServiceState,
+    ) -> usize {
+        let mut n = 0;
+        while let Some((msg, status)) = world
+            .any_process()
+            .immediate_matched_probe_with_tag(TAG_TO_MASTER)
+        {
+            n += 1;
+            let len = status
+                .count(u8::equivalent_datatype())
+                .try_into()
+                .unwrap_or(0usize);
+            let mut buf = std::mem::take(&mut self.recv_buf);
+            buf.clear();
+            buf.resize(len, 0);
+            msg.matched_receive_into(&mut buf[..]);
+            let rank = usize::try_from(status.source_rank()).unwrap_or(0);
+            match self.inflight.get_mut(rank).and_then(Option::take) {
+                Some(f) => {
+                    self.free.push_back(rank);
+                    deliver(f, rank, &buf, state);
+                }
+                None => tracing::warn!(rank, "a reply from a rank with no task; ignored"),
+            }
+            if buf.capacity() <= KEEP_BUFFER {
+                self.recv_buf = buf;
+            }
+        }
+        n
+    }
+
+    /// A worker on this host whose process is gone (only seen when OpenMPI runs with
+    /// `--enable-recovery`; by default it kills the whole job first) fails its task.
+    fn check_liveness(&mut self) {
+        for rank in 1..self.inflight.len() {
+            let Some(f) = &self.inflight[rank] else {
+                continue;
+            };
+            let info = &self.ranks[rank];
+            let Some(pid) = info.pid else { continue };
+            if info.host != self.my_host || process_alive(pid) {
+                continue;
+            }
+            let host = info.host.clone();
+            tracing::error!(rank, pid, func = f.func, running_for = ?f.dispatched.elapsed(),
+                "a cluster worker rank died; its task fails and the rank is not used again");
+            let f = self.inflight[rank].take();
+            self.ranks[rank].dead = true;
+            self.free.retain(|&r| r != rank);
+            if let Some(f) = f {
+                let e = Error::new(
+                    ErrorKind::WorkerDied,
+                    format!(
+                        "MPI rank {rank} (pid {pid} on {}) died while running it; OpenMPI \
+                         aborts the job next unless mpiexec ran with --enable-recovery",
+                        host
+                    ),
+                )
+                .with_exit(ExitInfo {
+                    pid: Some(pid),
+                    code: None,
+                    signal: None,
+                });
+                f.deliver.fail(e, run_info(rank, 0, f.queued));
+            }
+        }
+    }
+
+    fn ping_pong(
+        &mut self,
+        world: &SimpleCommunicator,
+        rank: usize,
+        rounds: u32,
+    ) -> Result<Vec<Duration>, Error> {
+        if rank == 0 || rank >= self.inflight.len() || self.ranks[rank].dead {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("no worker rank {rank} to ping"),
+            ));
+        }
+        let peer = world.process_at_rank(rank as i32);
+        peer.send_with_tag(&rounds.to_le_bytes()[..], TAG_PING);
+        let mut out = Vec::with_capacity(rounds as usize);
+        let mut x = 0u64;
+        for i in 0..rounds {
+            let t0 = Instant::now();
+            peer.send_with_tag(&u64::from(i), TAG_PING);
+            peer.receive_into_with_tag(&mut x, TAG_PING);
+            out.push(t0.elapsed());
+        }
+        Ok(out)
+    }
+}
+
+/// Sends a request to worker `rank`: in one message up to [`SMALL_REQUEST`] bytes, else
+/// announced by its length first (see [`TAG_BIG`]).
+fn send_request(world: &SimpleCommunicator, rank: usize, bytes: &[u8]) {
+    let peer = world.process_at_rank(rank as i32);
+    if bytes.len() <= SMALL_REQUEST {
+        peer.send_with_tag(bytes, TAG_TO_WORKER);
+    } else {
+        peer.send_with_tag(&(bytes.len() as u64).to_le_bytes()[..], TAG_BIG);
+        peer.send_with_tag(bytes, TAG_BIG_BODY);
+    }
+}
+
+/// Completes task `f` with the reply `bytes` from `rank`.
+fn deliver(f: InFlight, rank: usize, bytes: &[u8], state: &ServiceState) {
+    match decode_payload::<Response<'_>>(bytes) {
+        Ok((
+            Response::Done {
+                run_ns, outcome, ..
+            },
+            body,
+        )) => {
+            let info = run_info(rank, run_ns, f.queued);
+            state.record(run_ns, !matches!(outcome, crate::remote::wire::Outcome::Ok));
+            match outcome.into_error() {
+                None => f.deliver.succeed(body, info),
+                Some(e) => f.deliver.fail(e, info),
+            }
+        }
+        Ok((other, _)) => f.deliver.fail(
+            Error::new(ErrorKind::Remote, format!("unexpected reply {other:?}")),
+            run_info(rank, 0, f.queued),
+        ),
+        Err(e) => f.deliver.fail(e, run_info(rank, 0, f.queued)),
+    }
 }
 
 pub(super) fn run(rx: Receiver<Command>, state: Arc<ServiceState>) {
-    let Some((universe, threading)) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+    // SERIALIZED lets callers make MPI calls under the MPI lock (the direct path); FUNNELED
+    // (only this thread calls MPI) is all the queue path needs.
+    let Some((universe, threading)) = mpi::initialize_with_threading(mpi::Threading::Serialized)
     else {
         state.set_world(Err("MPI was already initialised in this process".into()));
         return;
@@ -68,10 +384,18 @@ pub(super) fn run(rx: Receiver<Command>, state: Arc<ServiceState>) {
     let world = universe.world();
     let size = usize::try_from(world.size()).unwrap_or(1);
     let my_host = mpi::environment::processor_name().unwrap_or_default();
+    let direct = threading >= mpi::Threading::Serialized;
+    if !direct {
+        tracing::info!(
+            ?threading,
+            "MPI grants less than MPI_THREAD_SERIALIZED: every task goes through rank 0's MPI \
+             thread (no direct path)"
+        );
+    }
     tracing::debug!(size, ?threading, host = %my_host, "MPI initialised on rank 0");
     state.set_world(Ok(WorldInfo { size }));
     if size > 1 {
-        serve(&world, &rx, &state, my_host);
+        serve(&world, &rx, &state, my_host, direct);
     }
     drop(world);
     finalize(universe);
@@ -87,6 +411,7 @@ fn serve(
     rx: &Receiver<Command>,
     state: &ServiceState,
     my_host: String,
+    direct: bool,
 ) {
     let size = usize::try_from(world.size()).unwrap_or(1);
     // The first command is the setup, or the channel closes (no cluster was built).
@@ -134,19 +459,22 @@ fn serve(
         stop_ranks(world, &ranks);
         return;
     }
-    let _ = reply.send(Ok(ranks.clone()));
-    let mut l = Loop {
-        world,
-        state,
-        inflight: (0..size).map(|_| None).collect(),
-        free: (1..size).collect(),
-        dead: vec![false; size],
-        ranks,
-        next_id: 0,
-        my_host,
-    };
-    l.serve_loop(rx);
-    stop_ranks(world, &l.ranks);
+    {
+        let mut t = state.lock_table();
+        *t = Table {
+            direct,
+            inflight: (0..size).map(|_| None).collect(),
+            free: (1..size).collect(),
+            ranks: ranks.clone(),
+            my_host,
+            ..Table::new()
+        };
+    }
+    let _ = reply.send(Ok(ranks));
+    serve_loop(world, rx, state);
+    // Nothing is in flight and the direct path is closed (serve_loop did both under the lock).
+    let t = state.lock_table();
+    stop_ranks(world, &t.ranks);
 }
 
 fn stop_ranks(world: &SimpleCommunicator, ranks: &[RankInfo]) {
@@ -155,33 +483,40 @@ fn stop_ranks(world: &SimpleCommunicator, ranks: &[RankInfo]) {
     };
     for (r, info) in ranks.iter().enumerate().skip(1) {
         if info.ready && !info.dead {
-            world
-                .process_at_rank(r as i32)
-                .send_with_tag(&exit[..], TAG_TO_WORKER);
+            send_request(world, r, &exit);
         }
     }
 }
 
-impl Loop<'_> {
-    fn in_flight(&self) -> usize {
-        self.inflight.iter().filter(|x| x.is_some()).count()
-    }
+/// How the MPI thread waits after a round of polling and dispatching.
+enum Wait {
+    /// Something happened: go round again at once.
+    Again,
+    /// Keep spinning (recent event, short tasks likely).
+    Spin,
+    /// Tasks of its own in flight: park for the poll interval.
+    Poll,
+    /// Only leased tasks in flight: park until this instant.
+    Until(Instant),
+    /// Nothing in flight: park until woken.
+    Idle,
+}
 
-    fn live_workers(&self) -> usize {
-        self.dead.iter().skip(1).filter(|d| !**d).count()
-    }
-
-    fn serve_loop(&mut self, rx: &Receiver<Command>) {
-        let mut stash: Option<Command> = None;
-        let mut last_event = Instant::now();
-        let mut sleep = Duration::from_micros(10);
-        let mut last_liveness = Instant::now();
-        loop {
+fn serve_loop(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &ServiceState) {
+    let mut stash: Option<Command> = None;
+    let mut last_event = Instant::now();
+    let mut sleep = FIRST_POLL_SLEEP;
+    let mut last_liveness = Instant::now();
+    let mut prev_owned = 0;
+    loop {
+        let wait = {
+            let mut t = state.lock_table();
+            t.parked_idle = false;
             let mut progressed = false;
-            if self.in_flight() > 0 {
-                progressed |= self.poll_results();
+            if t.in_flight() > 0 {
+                progressed |= t.poll_results(world, state) > 0;
             }
-            let cancelling = self.state.stop.load(Ordering::Acquire) == STOP_CANCEL;
+            let cancelling = state.stop.load(Ordering::Acquire) == STOP_CANCEL;
             if cancelling {
                 // Queued work fails with "shut down" as its completers drop.
                 stash = None;
@@ -199,12 +534,14 @@ impl Loop<'_> {
                 progressed = true;
                 match cmd {
                     Command::Task(task) => {
-                        if self.live_workers() == 0 {
+                        if t.live_workers() == 0 {
                             fail_unrunnable(task);
                             continue;
                         }
-                        match self.free.pop_front() {
-                            Some(rank) => self.dispatch(rank, task),
+                        match t.take_free() {
+                            Some(rank) => {
+                                t.dispatch(world, rank, task, None);
+                            }
                             None => {
                                 stash = Some(Command::Task(task));
                                 break;
@@ -216,7 +553,7 @@ impl Loop<'_> {
                         rounds,
                         reply,
                     } => {
-                        if self.in_flight() > 0 {
+                        if t.in_flight() > 0 {
                             stash = Some(Command::PingPong {
                                 rank,
                                 rounds,
@@ -224,7 +561,7 @@ impl Loop<'_> {
                             });
                             break;
                         }
-                        let _ = reply.send(self.ping_pong(rank, rounds));
+                        let _ = reply.send(t.ping_pong(world, rank, rounds));
                     }
                     Command::Setup { reply, .. } => {
                         let _ = reply.send(Err(Error::new(
@@ -234,173 +571,60 @@ impl Loop<'_> {
                     }
                 }
             }
-            let idle = self.in_flight() == 0 && stash.is_none();
+            t.stashed = stash.is_some();
+            let now = Instant::now();
+            let (owned, lease_end) = t.ownership(now);
+            // A task handed over by its caller (or whose lease ended) is new work here.
+            progressed |= owned > prev_owned;
+            prev_owned = owned;
+            let idle = t.in_flight() == 0 && stash.is_none();
             if idle && rx.is_closed() && rx.is_empty() {
+                // Decided under the lock: no caller can send a task directly after this.
+                t.direct = false;
                 return;
             }
+            let recent = now.duration_since(last_event) < SPIN;
             if progressed {
-                last_event = Instant::now();
-                sleep = Duration::from_micros(10);
-                continue;
-            }
-            if last_event.elapsed() < SPIN {
-                std::hint::spin_loop();
-                continue;
-            }
-            if idle {
-                // Nothing can arrive from MPI: block on the channel.
-                match rx.recv_blocking() {
-                    Ok(c) => stash = Some(c),
-                    Err(_) => return,
-                }
-                last_event = Instant::now();
-                continue;
-            }
-            std::thread::sleep(sleep);
-            sleep = (sleep * 2).min(MAX_POLL_INTERVAL);
-            if last_liveness.elapsed() >= LIVENESS_INTERVAL {
-                last_liveness = Instant::now();
-                self.check_liveness();
-            }
-        }
-    }
-
-    fn dispatch(&mut self, rank: usize, task: Task) {
-        if !task.deliver.start() {
-            // Cancelled while queued: the slot holds its outcome already.
-            self.free.push_front(rank);
-            task.deliver.discard();
-            return;
-        }
-        self.next_id += 1;
-        let id = self.next_id;
-        let header = if task.batch {
-            Request::Batch {
-                id,
-                func: task.func,
-            }
-        } else {
-            Request::Call {
-                id,
-                func: task.func,
+                last_event = now;
+                sleep = FIRST_POLL_SLEEP;
+                Wait::Again
+            } else if owned > 0 || stash.is_some() {
+                if recent { Wait::Spin } else { Wait::Poll }
+            } else if let Some(end) = lease_end {
+                Wait::Until(end)
+            } else if recent {
+                Wait::Spin
+            } else {
+                // Set under the lock: a caller that leases a task next sees it and wakes us.
+                t.parked_idle = true;
+                Wait::Idle
             }
         };
-        let queued = task.deliver.submitted().elapsed();
-        let bytes = match encode_payload(&header, &task.args) {
-            Ok(b) => b,
-            Err(e) => {
-                self.free.push_front(rank);
-                task.deliver.fail(e, run_info(rank, 0, queued));
-                return;
-            }
-        };
-        self.world
-            .process_at_rank(rank as i32)
-            .send_with_tag(&bytes[..], TAG_TO_WORKER);
-        self.inflight[rank] = Some(InFlight {
-            deliver: task.deliver,
-            func: task.func,
-            dispatched: Instant::now(),
-            queued,
-        });
-    }
-
-    fn poll_results(&mut self) -> bool {
-        let mut any = false;
-        while let Some((msg, status)) = self
-            .world
-            .any_process()
-            .immediate_matched_probe_with_tag(TAG_TO_MASTER)
-        {
-            any = true;
-            let (bytes, status) = (msg, status).matched_receive_vec::<u8>();
-            let rank = usize::try_from(status.source_rank()).unwrap_or(0);
-            let Some(f) = self.inflight.get_mut(rank).and_then(Option::take) else {
-                tracing::warn!(rank, "a reply from a rank with no task; ignored");
-                continue;
-            };
-            self.free.push_back(rank);
-            match decode_payload::<Response<'_>>(&bytes) {
-                Ok((
-                    Response::Done {
-                        run_ns, outcome, ..
-                    },
-                    body,
-                )) => {
-                    let info = run_info(rank, run_ns, f.queued);
-                    self.state
-                        .record(run_ns, !matches!(outcome, crate::remote::wire::Outcome::Ok));
-                    match outcome.into_error() {
-                        None => f.deliver.succeed(body, info),
-                        Some(e) => f.deliver.fail(e, info),
-                    }
+        match wait {
+            Wait::Again => {}
+            Wait::Spin => std::hint::spin_loop(),
+            Wait::Poll => {
+                std::thread::park_timeout(sleep);
+                sleep = (sleep * 2).min(MAX_POLL_INTERVAL);
+                if last_liveness.elapsed() >= LIVENESS_INTERVAL {
+                    last_liveness = Instant::now();
+                    state.lock_table().check_liveness();
                 }
-                Ok((other, _)) => f.deliver.fail(
-                    Error::new(ErrorKind::Remote, format!("unexpected reply {other:?}")),
-                    run_info(rank, 0, f.queued),
-                ),
-                Err(e) => f.deliver.fail(e, run_info(rank, 0, f.queued)),
             }
-        }
-        any
-    }
-
-    /// A worker on this host whose process is gone (only seen when OpenMPI runs with
-    /// `--enable-recovery`; by default it kills the whole job first) fails its task.
-    fn check_liveness(&mut self) {
-        for rank in 1..self.inflight.len() {
-            let Some(f) = &self.inflight[rank] else {
-                continue;
-            };
-            let info = &self.ranks[rank];
-            let Some(pid) = info.pid else { continue };
-            if info.host != self.my_host || process_alive(pid) {
-                continue;
+            Wait::Until(end) => {
+                std::thread::park_timeout(end.saturating_duration_since(Instant::now()));
             }
-            let host = info.host.clone();
-            tracing::error!(rank, pid, func = f.func, running_for = ?f.dispatched.elapsed(),
-                "a cluster worker rank died; its task fails and the rank is not used again");
-            let f = self.inflight[rank].take();
-            self.dead[rank] = true;
-            self.ranks[rank].dead = true;
-            self.free.retain(|&r| r != rank);
-            if let Some(f) = f {
-                let e = Error::new(
-                    ErrorKind::WorkerDied,
-                    format!(
-                        "MPI rank {rank} (pid {pid} on {}) died while running it; OpenMPI \
-                         aborts the job next unless mpiexec ran with --enable-recovery",
-                        host
-                    ),
-                )
-                .with_exit(ExitInfo {
-                    pid: Some(pid),
-                    code: None,
-                    signal: None,
-                });
-                f.deliver.fail(e, run_info(rank, 0, f.queued));
-            }
+            Wait::Idle => std::thread::park(),
         }
     }
+}
 
-    fn ping_pong(&mut self, rank: usize, rounds: u32) -> Result<Vec<Duration>, Error> {
-        if rank == 0 || rank >= self.inflight.len() || self.dead[rank] {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("no worker rank {rank} to ping"),
-            ));
-        }
-        let peer = self.world.process_at_rank(rank as i32);
-        peer.send_with_tag(&[rounds][..], TAG_PING);
-        let mut out = Vec::with_capacity(rounds as usize);
-        let mut x = 0u64;
-        for i in 0..rounds {
-            let t0 = Instant::now();
-            peer.send_with_tag(&u64::from(i), TAG_PING);
-            peer.receive_into_with_tag(&mut x, TAG_PING);
-            out.push(t0.elapsed());
-        }
-        Ok(out)
+impl ServiceState {
+    /// Takes the MPI lock.
+    pub(super) fn lock_table(&self) -> MutexGuard<'_, Table> {
+        // A poisoned lock only means a completion panicked while it was held (a waker); the
+        // table itself is updated before anything that can panic.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

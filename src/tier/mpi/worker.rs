@@ -5,11 +5,14 @@
 //! returns on a worker rank.
 
 use mpi::environment::Universe;
-use mpi::point_to_point::{MatchedReceiveVec, Message, Status};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use super::cluster::{TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, read_setup_broadcast};
+use super::cluster::{
+    SMALL_REQUEST, TAG_BIG, TAG_BIG_BODY, TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER,
+    read_setup_broadcast,
+};
+use super::service::KEEP_BUFFER;
 use crate::remote::Registry;
 use crate::remote::wire::{
     self, DEFAULT_MAX_FRAME, Request, Response, decode_payload, encode_payload, outcome_of,
@@ -102,64 +105,108 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
         other => return Err(format!("expected the setup broadcast, got {other:?}")),
     }
     tracing::debug!(rank, "cluster worker serves");
+    // Buffers kept between calls: small requests (every message from rank 0 but the body of
+    // a big request fits), big requests, the result, the reply.
+    let mut small = vec![0u8; SMALL_REQUEST];
+    let mut big = Vec::new();
     let mut out = Vec::new();
+    let mut reply_buf = Vec::new();
+    let root = world.process_at_rank(0);
     loop {
-        let (msg, status): (Message, Status) = world.process_at_rank(0).matched_probe();
-        match status.tag() {
+        let status = root.receive_into(&mut small[..]);
+        let len = usize::try_from(status.count(u8::equivalent_datatype()))
+            .unwrap_or(0)
+            .min(small.len());
+        let bytes: &[u8] = match status.tag() {
             TAG_PING => {
-                let (v, _) = (msg, status).matched_receive_vec::<u32>();
-                ping_pong(world, v.first().copied().unwrap_or(0));
+                let rounds = small[..len].try_into().map_or(0, u32::from_le_bytes);
+                ping_pong(world, rounds);
+                continue;
             }
-            TAG_TO_WORKER => {
-                let (bytes, _) = (msg, status).matched_receive_vec::<u8>();
-                let (req, args): (Request<'_>, &[u8]) = match decode_payload(&bytes) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Cannot happen between ranks that passed the setup's build check.
-                        tracing::error!(rank, error = %e, "undecodable request; ignored");
-                        continue;
-                    }
-                };
-                let (id, func, batch) = match req {
-                    Request::Call { id, func } => (id, func, false),
-                    Request::Batch { id, func } => (id, func, true),
-                    Request::Exit => return Ok(()),
-                    Request::Setup { .. } => {
-                        tracing::error!(rank, "a second setup; ignored");
-                        continue;
-                    }
-                };
-                let (r, run_ns) =
-                    run_call(registry, func, batch, args, DEFAULT_MAX_FRAME, &mut out);
+            TAG_TO_WORKER => &small[..len],
+            TAG_BIG => {
+                let n = small[..len].try_into().map_or(0, u64::from_le_bytes);
+                trim(&mut big);
+                big.clear();
+                big.resize(usize::try_from(n).unwrap_or(0), 0);
+                root.receive_into_with_tag(&mut big[..], TAG_BIG_BODY);
+                &big
+            }
+            tag => {
+                tracing::warn!(rank, tag, "message with an unknown tag; ignored");
+                continue;
+            }
+        };
+        let (req, args): (Request<'_>, &[u8]) = match decode_payload(bytes) {
+            Ok(x) => x,
+            Err(e) => {
+                // Cannot happen between ranks that passed the setup's build check.
+                tracing::error!(rank, error = %e, "undecodable request; ignored");
+                continue;
+            }
+        };
+        let (id, func, batch) = match req {
+            Request::Call { id, func } => (id, func, false),
+            Request::Batch { id, func } => (id, func, true),
+            Request::Exit => return Ok(()),
+            Request::Setup { .. } => {
+                tracing::error!(rank, "a second setup; ignored");
+                continue;
+            }
+        };
+        trim(&mut out);
+        let (r, run_ns) = run_call(registry, func, batch, args, DEFAULT_MAX_FRAME, &mut out);
+        let reply = Response::Done {
+            id,
+            run_ns,
+            outcome: outcome_of(&r),
+        };
+        let body: &[u8] = if r.is_ok() { &out } else { &[] };
+        trim(&mut reply_buf);
+        match encode_into(&mut reply_buf, &reply, body) {
+            Ok(()) => send(world, &reply_buf, TAG_TO_MASTER),
+            Err(e) => {
+                let msg = e.to_string();
                 let reply = Response::Done {
                     id,
                     run_ns,
-                    outcome: outcome_of(&r),
+                    outcome: wire::Outcome::Failed {
+                        kind: wire::FailKind::Encode,
+                        message: &msg,
+                    },
                 };
-                let body: &[u8] = if r.is_ok() { &out } else { &[] };
-                match encode_payload(&reply, body) {
-                    Ok(bytes) => send(world, &bytes, TAG_TO_MASTER),
-                    Err(e) => {
-                        let msg = e.to_string();
-                        let reply = Response::Done {
-                            id,
-                            run_ns,
-                            outcome: wire::Outcome::Failed {
-                                kind: wire::FailKind::Encode,
-                                message: &msg,
-                            },
-                        };
-                        let bytes = encode_payload(&reply, &[]).map_err(|e| e.to_string())?;
-                        send(world, &bytes, TAG_TO_MASTER);
-                    }
-                }
-            }
-            tag => {
-                let _ = (msg, status).matched_receive_vec::<u8>();
-                tracing::warn!(rank, tag, "message with an unknown tag; ignored");
+                let bytes = encode_payload(&reply, &[]).map_err(|e| e.to_string())?;
+                send(world, &bytes, TAG_TO_MASTER);
             }
         }
     }
+}
+
+/// Frees a buffer that a big message grew past [`KEEP_BUFFER`] instead of keeping it.
+fn trim(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_BUFFER {
+        *buf = Vec::new();
+    }
+}
+
+/// [`encode_payload`]'s layout, into `buf` (replacing its contents), to reuse its allocation.
+fn encode_into<H: serde::Serialize>(
+    buf: &mut Vec<u8>,
+    header: &H,
+    body: &[u8],
+) -> Result<(), crate::Error> {
+    let mut v = std::mem::take(buf);
+    v.clear();
+    v.push(wire::WIRE_VERSION);
+    let mut v = postcard::to_extend(header, v).map_err(|e| {
+        crate::Error::new(
+            crate::ErrorKind::Encoding,
+            format!("could not encode a header: {e}"),
+        )
+    })?;
+    v.extend_from_slice(body);
+    *buf = v;
+    Ok(())
 }
 
 /// The raw MPI baseline: echo `rounds` 8-byte messages back to rank 0.
