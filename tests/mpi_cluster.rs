@@ -32,6 +32,20 @@ static SLOW_RANK: RemoteFn<u64, usize> = RemoteFn::new("slow_rank", |ms| {
     detect().launch().map_or(usize::MAX, |l| l.rank)
 });
 
+/// Encodes as its number, except 13, which fails: an argument that cannot be encoded.
+#[derive(Debug, serde::Deserialize)]
+struct Picky(u32);
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            Err(serde::ser::Error::custom("13 is refused"))
+        } else {
+            s.serialize_u32(self.0)
+        }
+    }
+}
+static PICKY: RemoteFn<Picky, u32> = RemoteFn::new("picky", |p| p.0);
+
 fn check(name: &str, ok: bool, detail: impl std::fmt::Display) {
     if ok {
         println!("test {name} ... ok");
@@ -42,7 +56,15 @@ fn check(name: &str, ok: bool, detail: impl std::fmt::Display) {
 }
 
 fn main() {
-    offload::init(&[&SQUARE, &BOOM, &WHOAMI, &SHARED_SUM, &SUM_BYTES, &SLOW_RANK]);
+    offload::init(&[
+        &SQUARE,
+        &BOOM,
+        &WHOAMI,
+        &SHARED_SUM,
+        &SUM_BYTES,
+        &SLOW_RANK,
+        &PICKY,
+    ]);
     // From here on this is rank 0 (or a plain process).
     if !launched_with_workers() {
         let e = Cluster::builder()
@@ -61,6 +83,14 @@ fn main() {
     };
     check("detects_rank_0", launch.is_master(), format!("{launch:?}"));
 
+    // Shared data that cannot be encoded fails the build (and leaves the cluster unbuilt).
+    let e = Cluster::builder().shared_data(&Picky(13)).build();
+    check(
+        "unencodable_shared_data_fails_the_build",
+        e.as_ref()
+            .is_err_and(|e| e.to_string().contains("shared data could not be encoded")),
+        format!("{e:?}"),
+    );
     let table: Vec<u64> = (1..=1000).collect();
     let cluster = Cluster::builder()
         .shared_data(&table)
@@ -237,6 +267,19 @@ fn main() {
             Err(e) => Err(offload::Error::new(offload::ErrorKind::Pool, format!("{e:?}"))),
         };
         check("try_submit_result", matches!(v, Ok(16)), format!("{v:?}"));
+        // Arguments that cannot be encoded: try_submit says why (a failed handle), not "shut
+        // down".
+        let v = match cluster.try_submit(&PICKY, Picky(13)) {
+            Ok(h) => h.await,
+            Err(e) => Err(offload::Error::new(offload::ErrorKind::Pool, format!("{e:?}"))),
+        };
+        check(
+            "try_submit_unencodable_is_an_encoding_error",
+            v.as_ref().is_err_and(|e| e.is_encoding()),
+            format!("{v:?}"),
+        );
+        let v = cluster.submit(&PICKY, Picky(12)).await.expect("submit").await;
+        check("picky_encodes_others", matches!(v, Ok(12)), format!("{v:?}"));
         // Several threads at once, short tasks and a map alongside: some go direct, some
         // through the queue, and a caller's watch completes other callers' tasks.
         let bad = std::sync::atomic::AtomicUsize::new(0);
@@ -278,6 +321,36 @@ fn main() {
                 first_bad.into_inner().unwrap()
             ),
         );
+
+        // A task past its time limit fails "timed out" and its rank is retired; the others
+        // serve on. Last: the cluster has one rank fewer afterwards.
+        if cluster.workers() >= 2 {
+            let t0 = std::time::Instant::now();
+            let r = cluster
+                .submit_timeout(&SLOW_RANK, 1500, std::time::Duration::from_millis(100))
+                .await
+                .expect("submit")
+                .await;
+            let took = t0.elapsed();
+            check(
+                "task_timeout_fails_the_task",
+                r.as_ref().is_err_and(|e| e.is_timeout() && e.to_string().contains("timed out"))
+                    && took < std::time::Duration::from_millis(1000),
+                format!("{r:?} after {took:?}"),
+            );
+            let retired = r.as_ref().err().and_then(|e| e.worker());
+            let mut others = true;
+            for i in 0..(4 * cluster.workers() as u64) {
+                let r = cluster.submit(&WHOAMI, ()).await.expect("submit").await;
+                others &= matches!(r, Ok(n) if Some(n) != retired);
+                others &= matches!(cluster.submit(&SQUARE, i).await.expect("submit").await, Ok(v) if v == i * i);
+            }
+            check(
+                "timed_out_rank_is_retired_and_others_serve_on",
+                others && retired.is_some(),
+                format!("retired {retired:?}"),
+            );
+        }
 
         cluster.shutdown(ShutdownMode::Drain).await;
         let e = cluster.submit(&SQUARE, 1).await;

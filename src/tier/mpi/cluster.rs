@@ -25,7 +25,7 @@ use crate::tier::process::{Batch, ChunkStats, One, Pending, next_chunk};
 use crate::tier::{ShutdownMode, TierKind, TierStats};
 
 use super::detect::{Detected, detect};
-use super::service::{self, CALLER_LEASE, Table};
+use super::service::{self, CALLER_LEASE, Table, run_info};
 use super::worker;
 
 pub(super) const TAG_TO_WORKER: i32 = 11;
@@ -88,6 +88,15 @@ pub(super) struct RankInfo {
     pub(super) host: String,
     pub(super) ready: bool,
     pub(super) dead: bool,
+    /// A task on it timed out: it is never given work again (see [`ClusterBuilder::task_timeout`]).
+    pub(super) retired: bool,
+}
+
+impl RankInfo {
+    /// Whether the rank may be given work.
+    pub(super) fn usable(&self) -> bool {
+        !self.dead && !self.retired
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +109,9 @@ pub(super) struct Task {
     pub(super) batch: bool,
     pub(super) args: Vec<u8>,
     pub(super) deliver: Box<dyn Pending>,
+    /// The most the task may run once sent; past it the task fails "timed out" and its rank
+    /// is retired.
+    pub(super) timeout: Option<Duration>,
 }
 
 pub(super) enum Command {
@@ -298,19 +310,22 @@ pub(super) fn read_setup_broadcast(world: &SimpleCommunicator) -> Vec<u8> {
 /// Settings for a [`Cluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
-    shared: Vec<u8>,
+    /// The encoded shared data, or why it could not be encoded (reported by `build`).
+    shared: Result<Vec<u8>, String>,
     chunk_size: Option<usize>,
     result_spin: Duration,
     direct_spin: Duration,
+    task_timeout: Option<Duration>,
 }
 
 impl Default for ClusterBuilder {
     fn default() -> Self {
         ClusterBuilder {
-            shared: Vec::new(),
+            shared: Ok(Vec::new()),
             chunk_size: None,
             result_spin: default_result_spin(),
             direct_spin: DIRECT_SPIN,
+            task_timeout: None,
         }
     }
 }
@@ -320,10 +335,20 @@ impl ClusterBuilder {
     /// remote functions read it with [`crate::shared`]. Errors at [`build`](Self::build) when
     /// it cannot be encoded or is over [`DEFAULT_MAX_FRAME`].
     pub fn shared_data<T: Serialize + ?Sized>(&mut self, data: &T) -> &mut Self {
-        self.shared = postcard::to_allocvec(data).unwrap_or_default();
-        if self.shared.is_empty() {
-            tracing::warn!("shared data could not be encoded; none will be sent");
-        }
+        self.shared = postcard::to_allocvec(data)
+            .map_err(|e| format!("the shared data could not be encoded: {e}"));
+        self
+    }
+
+    /// The longest a task (or a [`Cluster::map`] chunk: one message) may run on a worker
+    /// rank, from when it is sent (default: no limit). Past it the task fails with
+    /// [`Error::is_timeout`] and its rank is *retired*: never given work again, since a
+    /// running MPI task cannot be stopped and MPI cannot tell a busy rank from an unreachable
+    /// one. This is how a task on a dead rank on another host fails instead of waiting
+    /// forever (rank 0 watches only the processes on its own host; see the module docs on
+    /// dead ranks). [`Cluster::submit_timeout`] sets a limit for one task.
+    pub fn task_timeout(&mut self, limit: Duration) -> &mut Self {
+        self.task_timeout = Some(limit);
         self
     }
 
@@ -360,10 +385,11 @@ impl ClusterBuilder {
         if self.chunk_size == Some(0) {
             return Err(BuildError::invalid("the chunk size must be at least 1"));
         }
-        if self.shared.len() > DEFAULT_MAX_FRAME {
+        let shared = self.shared.as_ref().map_err(BuildError::invalid)?;
+        if shared.len() > DEFAULT_MAX_FRAME {
             return Err(BuildError::invalid(format!(
                 "the shared data is {} bytes, over the {DEFAULT_MAX_FRAME}-byte limit",
-                self.shared.len()
+                shared.len()
             )));
         }
         let Some(launch) = detect().launch() else {
@@ -403,7 +429,7 @@ impl ClusterBuilder {
             init: None,
             init_args_len: 0,
         };
-        let payload = encode_payload(&setup, &self.shared)
+        let payload = encode_payload(&setup, shared)
             .map_err(|e| BuildError::invalid(format!("cannot encode the setup: {e}")))?;
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         service
@@ -422,6 +448,7 @@ impl ClusterBuilder {
                 chunk_size: self.chunk_size,
                 result_spin: self.result_spin,
                 direct_spin: self.direct_spin,
+                task_timeout: self.task_timeout,
                 closed: AtomicBool::new(false),
             }),
         })
@@ -434,17 +461,28 @@ struct Inner {
     chunk_size: Option<usize>,
     result_spin: Duration,
     direct_spin: Duration,
+    task_timeout: Option<Duration>,
     closed: AtomicBool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The last handle: drain, stop the ranks, finalize MPI.
-        shutdown_service(self.service, ShutdownMode::Drain);
+        // The last handle: the MPI thread drains, stops the ranks and finalizes MPI. Inside
+        // an async runtime the wait for it goes to the runtime's blocking pool, which the
+        // runtime waits for when it is dropped (so MPI is finalized before a `#[tokio::main]`
+        // returns); elsewhere this thread waits, as `shutdown_blocking` does.
+        request_stop(self.service, ShutdownMode::Drain);
+        let service = self.service;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || join_service(service, ShutdownMode::Drain))),
+            Err(_) => join_service(service, ShutdownMode::Drain),
+        }
     }
 }
 
-fn shutdown_service(service: &Service, mode: ShutdownMode) {
+/// Tells the MPI thread to stop (drain or cancel its queue, stop the ranks, finalize MPI)
+/// without waiting for it.
+fn request_stop(service: &Service, mode: ShutdownMode) {
     let flag = match mode {
         ShutdownMode::Drain => STOP_DRAIN,
         ShutdownMode::Cancel => STOP_CANCEL,
@@ -461,6 +499,15 @@ fn shutdown_service(service: &Service, mode: ShutdownMode) {
     }
     service.tx.close();
     service.ring();
+}
+
+fn shutdown_service(service: &Service, mode: ShutdownMode) {
+    request_stop(service, mode);
+    join_service(service, mode);
+}
+
+/// Waits for the MPI thread to end (after [`request_stop`]).
+fn join_service(service: &Service, mode: ShutdownMode) {
     let t = service
         .thread
         .lock()
@@ -478,7 +525,24 @@ fn shutdown_service(service: &Service, mode: ShutdownMode) {
 }
 
 /// The cluster tier: runs [`RemoteFn`]s on the worker ranks of an MPI job. See the module
-/// docs. A cheap `Clone` handle; the last one dropped shuts the cluster down (drain).
+/// docs. A cheap `Clone` handle.
+///
+/// Dropping the last handle shuts the cluster down as [`shutdown`](Self::shutdown) with
+/// [`ShutdownMode::Drain`] does: rank 0's MPI thread finishes the queued and running tasks,
+/// stops the worker ranks and finalizes MPI. Where the drop waits for that depends on the
+/// thread:
+///
+/// - **inside a tokio runtime** (a task, `block_on`): the drop returns at once and the wait
+///   runs on the runtime's blocking pool. Dropping the runtime waits for it, so a
+///   `#[tokio::main]` that drops its cluster still finalizes MPI before it returns (after the
+///   remaining tasks end). A runtime shut down with `shutdown_background` or
+///   `shutdown_timeout` does not wait: call [`shutdown`](Self::shutdown) (or [`finish`])
+///   before that, or rank 0 may exit before `MPI_Finalize`.
+/// - **elsewhere** (a plain thread, another executor): the drop blocks that thread until every
+///   queued and running task has ended and MPI is finalized, as
+///   [`shutdown_blocking`](Self::shutdown_blocking) does.
+///
+/// Call `shutdown` to choose the point where the program waits.
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<Inner>,
@@ -552,6 +616,7 @@ impl Cluster {
         &self,
         f: &RemoteFn<A, R>,
         args: &A,
+        timeout: Option<Duration>,
     ) -> Result<(Task, TaskHandle<R>), Error> {
         let func = f.name();
         let bytes = postcard::to_allocvec(args).map_err(|e| {
@@ -569,6 +634,7 @@ impl Cluster {
             batch: false,
             args: bytes,
             deliver: Box::new(One { completer }),
+            timeout,
         };
         Ok((task, handle))
     }
@@ -631,10 +697,41 @@ impl Cluster {
         A: Serialize,
         R: DeserializeOwned + Send + 'static,
     {
+        self.submit_inner(f, args, self.inner.task_timeout).await
+    }
+
+    /// As [`submit`](Self::submit), with a time limit for this task in place of
+    /// [`ClusterBuilder::task_timeout`]: once sent to a rank, the task fails with
+    /// [`Error::is_timeout`] if it has not ended within `limit`, and that rank is retired
+    /// (never given work again: the task cannot be stopped). Use it where a rank may become
+    /// unreachable on another host, where rank 0 cannot see it die.
+    pub async fn submit_timeout<A, R>(
+        &self,
+        f: &RemoteFn<A, R>,
+        args: A,
+        limit: Duration,
+    ) -> Result<TaskHandle<R>, Error>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.submit_inner(f, args, Some(limit)).await
+    }
+
+    async fn submit_inner<A, R>(
+        &self,
+        f: &RemoteFn<A, R>,
+        args: A,
+        timeout: Option<Duration>,
+    ) -> Result<TaskHandle<R>, Error>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
         if self.is_shut_down() {
             return Err(self.refuse(f.name()));
         }
-        let (task, mut handle) = self.task(f, &args)?;
+        let (task, mut handle) = self.task(f, &args, timeout)?;
         let Some(task) = self.try_direct(task, &mut handle) else {
             return Ok(handle);
         };
@@ -648,8 +745,12 @@ impl Cluster {
     }
 
     /// Submits `f(args)` if the queue has room now; otherwise hands `args` back in
-    /// [`TrySubmitError::Full`] (or [`TrySubmitError::ShutDown`], also when the arguments
-    /// cannot be encoded).
+    /// [`TrySubmitError::Full`] (or [`TrySubmitError::ShutDown`]).
+    ///
+    /// Arguments that cannot be encoded are not a reason to hand them back (trying again
+    /// would not help, and [`TrySubmitError`] has no variant to say why): the call returns a
+    /// handle that is already failed with the [`Error::is_encoding`] error, as a request over
+    /// the frame limit fails its handle on every submit.
     pub fn try_submit<A, R>(
         &self,
         f: &RemoteFn<A, R>,
@@ -662,8 +763,9 @@ impl Cluster {
         if self.is_shut_down() {
             return Err(TrySubmitError::ShutDown(args));
         }
-        let Ok((task, mut handle)) = self.task(f, &args) else {
-            return Err(TrySubmitError::ShutDown(args));
+        let (task, mut handle) = match self.task(f, &args, self.inner.task_timeout) {
+            Ok(x) => x,
+            Err(e) => return Ok(failed_handle(f.name(), e)),
         };
         let Some(task) = self.try_direct(task, &mut handle) else {
             return Ok(handle);
@@ -687,7 +789,7 @@ impl Cluster {
         if self.is_shut_down() {
             return Err(self.refuse(f.name()));
         }
-        let (task, mut handle) = self.task(f, &args)?;
+        let (task, mut handle) = self.task(f, &args, self.inner.task_timeout)?;
         let Some(task) = self.try_direct(task, &mut handle) else {
             return Ok(handle);
         };
@@ -709,9 +811,12 @@ impl Cluster {
     /// Applies `f` to every item on the worker ranks; results in input order, one per item (a
     /// panic fails only its item).
     ///
-    /// Items travel in chunks, many per MPI message, sized as on the process tier: doubling
-    /// from one item until the run time per item is known, then aimed at
-    /// [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET) per chunk. At most
+    /// Items travel in chunks, many per MPI message, sized as on the process tier: one item
+    /// per chunk until a chunk's run time has been measured (so that a few long items spread
+    /// over the ranks), then as many items as take about
+    /// [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET) at the measured mean time per item
+    /// (at most [`MAP_MAX_CHUNK`](crate::tier::MAP_MAX_CHUNK)).
+    /// A [`ClusterBuilder::task_timeout`] applies to each chunk. At most
     /// [`default_window`](Self::default_window) chunks are in flight; the input is pulled only
     /// as results are consumed, so an endless iterator keeps memory flat. A fixed chunk size
     /// set with [`ClusterBuilder::chunk_size`] replaces the adaptive one.
@@ -832,6 +937,7 @@ impl Cluster {
                 items: chunk.len(),
                 stats,
             }),
+            timeout: self.inner.task_timeout,
         });
         Ok((cmd, handle))
     }
@@ -884,6 +990,19 @@ impl Cluster {
         self.inner.closed.store(true, Ordering::Release);
         shutdown_service(self.inner.service, mode);
     }
+}
+
+/// A handle already holding `e`: the outcome of a task that could not be sent.
+fn failed_handle<R: DeserializeOwned + Send + 'static>(
+    func: &'static str,
+    e: Error,
+) -> TaskHandle<R> {
+    let (completer, handle) =
+        remote_task::<R>(Some(func.into()), TierKind::Cluster, Duration::ZERO, None);
+    let queued = completer.submitted().elapsed();
+    let pending: Box<dyn Pending> = Box::new(One { completer });
+    pending.fail(e, run_info(0, 0, queued));
+    handle
 }
 
 /// How many polling rounds a [`Watch`] makes between two looks at the clock: a round (lock,
@@ -979,5 +1098,38 @@ impl Drop for Watch {
         if self.armed {
             self.hand_over();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Refused;
+    impl Serialize for Refused {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refused on purpose"))
+        }
+    }
+
+    #[test]
+    fn unencodable_shared_data_fails_the_build() {
+        let e = ClusterBuilder::default()
+            .shared_data(&Refused)
+            .build()
+            .expect_err("the build fails");
+        assert!(
+            e.to_string().contains("shared data could not be encoded"),
+            "{e}"
+        );
+        // Replacing it with encodable data clears the error (the build then fails later,
+        // here for want of mpiexec).
+        let e = ClusterBuilder::default()
+            .shared_data(&Refused)
+            .shared_data(&[1u8, 2])
+            .task_timeout(Duration::from_secs(1))
+            .build()
+            .expect_err("not under mpiexec");
+        assert!(!e.to_string().contains("shared data"), "{e}");
     }
 }

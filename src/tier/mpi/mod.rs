@@ -30,6 +30,12 @@
 //! - **Shutdown** ([`Cluster::shutdown`], or dropping the last handle, or [`finish`] when no
 //!   cluster was built): every worker rank
 //!   leaves its loop and finalizes; rank 0 finalizes on the MPI thread; the job exits 0.
+//!   Dropping the last handle inside a tokio runtime does not block (the runtime waits for the
+//!   drain when it is dropped); elsewhere it blocks until the tasks end (see [`Cluster`]).
+//! - **Outcomes**: every task ends in exactly one outcome. A request a worker rank cannot
+//!   decode fails its task ([`Error::is_encoding`](crate::Error::is_encoding)) and the rank
+//!   serves on; a protocol error (a second setup) fails it as
+//!   [`Error::is_remote`](crate::Error::is_remote).
 //!
 //! # Dead ranks
 //!
@@ -44,8 +50,19 @@
 //! never used again, and the cluster serves on with the other ranks. Under plain `mpiexec`
 //! this report comes before the abort reaches rank 0 (seen in `tests/mpi_dead_rank.rs`), but
 //! the job still ends with mpiexec's non-zero status; under `mpiexec --enable-recovery` the job
-//! survives, the cluster serves on, and shuts down with status 0. Ranks on other hosts are not
-//! watched: there, only OpenMPI's abort reports the death.
+//! survives, the cluster serves on, and shuts down with status 0. The check runs on its own
+//! timer, whether or not other ranks' results keep coming.
+//!
+//! **Ranks on other hosts are not watched**: rank 0 cannot see their processes, and a receive
+//! from a dead or unreachable one waits forever. There, set a time limit
+//! ([`ClusterBuilder::task_timeout`] for every task and `map` chunk, or
+//! [`Cluster::submit_timeout`] for one task): a task still running past it fails with
+//! [`Error::is_timeout`](crate::Error::is_timeout) ("timed out"), and its rank is *retired*,
+//! never given work again, because MPI can neither stop a running task nor tell a slow rank
+//! from a lost one. A retired rank that was only slow is still told to exit at shutdown and
+//! finalizes once its task ends; `MPI_Finalize` on rank 0 waits for it (and for a truly lost
+//! one, OpenMPI's own failure handling or the job's time limit ends the job). Pick a limit
+//! well above the longest task you expect, or a healthy rank is lost for the rest of the job.
 //!
 //! # Running on several machines
 //!
@@ -135,7 +152,7 @@
 //! # Limits
 //!
 //! Running tasks cannot be stopped (stopping a rank would abort the job); only queued tasks can
-//! be cancelled. Results and arguments are limited to
+//! be cancelled. A time limit fails a task but retires its rank (see [Dead ranks](#dead-ranks)). Results and arguments are limited to
 //! [`DEFAULT_MAX_FRAME`](crate::remote::wire::DEFAULT_MAX_FRAME) per message.
 
 // Without the `mpi` feature only `detect` exists here, and the links above to the cluster's

@@ -59,8 +59,10 @@ pub const SPIN: Duration = Duration::from_micros(50);
 /// task's result can gain, for about 2000 cheap polls per second on rank 0.
 pub const MAX_POLL_INTERVAL: Duration = Duration::from_micros(500);
 
-/// How often, while tasks are in flight and no result comes, rank 0 checks that the worker
-/// processes on its own host still exist (see the module docs on dead ranks).
+/// How often, while tasks are in flight, rank 0 checks that the worker processes on its own
+/// host still exist (see the module docs on dead ranks), whether or not other results come
+/// meanwhile. A dead rank's task fails at most this late; each check reads one `/proc` file
+/// per busy local rank, so five a second cost rank 0 nothing measurable.
 pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The first sleep between two polls once the spin is over; it doubles up to
@@ -85,6 +87,8 @@ pub(super) struct InFlight {
     func: &'static str,
     dispatched: Instant,
     queued: Duration,
+    /// The task's time limit and when it runs out (from the send), if it has one.
+    deadline: Option<(Duration, Instant)>,
     /// Some: a caller watches the reply until then (the direct path); None: the MPI thread's.
     lease: Option<Instant>,
 }
@@ -108,6 +112,9 @@ pub(super) struct Table {
     my_host: String,
     send_buf: Vec<u8>,
     recv_buf: Vec<u8>,
+    /// No task's deadline runs out before this (the earliest deadline set since the last
+    /// look; the task may have ended since): [`Table::expire`] looks only from then on.
+    next_deadline: Option<Instant>,
 }
 
 impl Table {
@@ -123,6 +130,7 @@ impl Table {
             my_host: String::new(),
             send_buf: Vec::new(),
             recv_buf: Vec::new(),
+            next_deadline: None,
         }
     }
 
@@ -131,7 +139,7 @@ impl Table {
     }
 
     fn live_workers(&self) -> usize {
-        self.ranks.iter().skip(1).filter(|r| !r.dead).count()
+        self.ranks.iter().skip(1).filter(|r| r.usable()).count()
     }
 
     /// Takes a free rank, if any.
@@ -228,6 +236,10 @@ impl Table {
         if buf.capacity() <= KEEP_BUFFER {
             self.send_buf = buf;
         }
+        let deadline = task.timeout.map(|d| (d, now + d));
+        if let Some((_, end)) = deadline {
+            self.next_deadline = Some(self.next_deadline.map_or(end, |n| n.min(end)));
+        }
         self.inflight[rank] = Some(InFlight {
             id,
             deliver: task.deliver,
@@ -235,6 +247,7 @@ impl Table {
             dispatched: now,
             queued,
             lease: lease.map(|d| now + d),
+            deadline,
         });
         Some(id)
     }
@@ -264,6 +277,12 @@ impl Table {
                 Some(f) => {
                     self.free.push_back(rank);
                     deliver(f, rank, &buf, state);
+                }
+                None if self.ranks.get(rank).is_some_and(|r| r.retired) => {
+                    tracing::debug!(
+                        rank,
+                        "a late reply from a rank retired after a timeout; ignored"
+                    );
                 }
                 None => tracing::warn!(rank, "a reply from a rank with no task; ignored"),
             }
@@ -311,13 +330,56 @@ impl Table {
         }
     }
 
+    /// Fails every task whose deadline has passed with "timed out" and retires its rank: the
+    /// task cannot be stopped (nor can MPI tell a busy rank from an unreachable one), so the
+    /// rank is never given work again. Looks at the tasks only once the earliest deadline set
+    /// has come, so that tasks without one cost a comparison.
+    fn expire(&mut self, now: Instant) {
+        match self.next_deadline {
+            Some(next) if next <= now => {}
+            _ => return,
+        }
+        let mut next: Option<Instant> = None;
+        for rank in 1..self.inflight.len() {
+            let Some((limit, end)) = self.inflight[rank].as_ref().and_then(|f| f.deadline) else {
+                continue;
+            };
+            if end > now {
+                next = Some(next.map_or(end, |n| n.min(end)));
+                continue;
+            }
+            let Some(f) = self.inflight[rank].take() else {
+                continue;
+            };
+            self.ranks[rank].retired = true;
+            self.free.retain(|&r| r != rank);
+            tracing::error!(
+                rank,
+                func = f.func,
+                ?limit,
+                "a cluster task timed out; it fails and its rank is not used again"
+            );
+            let e = Error::timed_out(limit).with_worker(rank);
+            let run = now.saturating_duration_since(f.dispatched);
+            f.deliver.fail(
+                e,
+                run_info(
+                    rank,
+                    u64::try_from(run.as_nanos()).unwrap_or(u64::MAX),
+                    f.queued,
+                ),
+            );
+        }
+        self.next_deadline = next;
+    }
+
     fn ping_pong(
         &mut self,
         world: &SimpleCommunicator,
         rank: usize,
         rounds: u32,
     ) -> Result<Vec<Duration>, Error> {
-        if rank == 0 || rank >= self.inflight.len() || self.ranks[rank].dead {
+        if rank == 0 || rank >= self.inflight.len() || !self.ranks[rank].usable() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("no worker rank {rank} to ping"),
@@ -365,6 +427,10 @@ fn deliver(f: InFlight, rank: usize, bytes: &[u8], state: &ServiceState) {
                 Some(e) => f.deliver.fail(e, info),
             }
         }
+        Ok((Response::Refused { reason }, _)) => f.deliver.fail(
+            Error::new(ErrorKind::Remote, reason),
+            run_info(rank, 0, f.queued),
+        ),
         Ok((other, _)) => f.deliver.fail(
             Error::new(ErrorKind::Remote, format!("unexpected reply {other:?}")),
             run_info(rank, 0, f.queued),
@@ -482,6 +548,8 @@ fn stop_ranks(world: &SimpleCommunicator, ranks: &[RankInfo]) {
         return;
     };
     for (r, info) in ranks.iter().enumerate().skip(1) {
+        // A rank retired after a timeout gets it too: it leaves once its task ends (MPI
+        // cannot stop it sooner), and finalizes.
         if info.ready && !info.dead {
             send_request(world, r, &exit);
         }
@@ -573,6 +641,15 @@ fn serve_loop(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &Servic
             }
             t.stashed = stash.is_some();
             let now = Instant::now();
+            // On their own clocks, whatever else happens: steady results from other ranks must
+            // not postpone them.
+            t.expire(now);
+            if now.duration_since(last_liveness) >= LIVENESS_INTERVAL {
+                last_liveness = now;
+                if t.in_flight() > 0 {
+                    t.check_liveness();
+                }
+            }
             let (owned, lease_end) = t.ownership(now);
             // A task handed over by its caller (or whose lease ended) is new work here.
             progressed |= owned > prev_owned;
@@ -606,10 +683,6 @@ fn serve_loop(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &Servic
             Wait::Poll => {
                 std::thread::park_timeout(sleep);
                 sleep = (sleep * 2).min(MAX_POLL_INTERVAL);
-                if last_liveness.elapsed() >= LIVENESS_INTERVAL {
-                    last_liveness = Instant::now();
-                    state.lock_table().check_liveness();
-                }
             }
             Wait::Until(end) => {
                 std::thread::park_timeout(end.saturating_duration_since(Instant::now()));
@@ -628,7 +701,7 @@ impl ServiceState {
     }
 }
 
-fn run_info(rank: usize, run_ns: u64, queued: Duration) -> RunInfo {
+pub(super) fn run_info(rank: usize, run_ns: u64, queued: Duration) -> RunInfo {
     RunInfo {
         tier: TierKind::Cluster,
         worker: Some(rank),
@@ -639,7 +712,10 @@ fn run_info(rank: usize, run_ns: u64, queued: Duration) -> RunInfo {
 
 fn fail_unrunnable(task: Task) {
     let queued = task.deliver.submitted().elapsed();
-    let e = Error::new(ErrorKind::Pool, "every worker rank of the cluster died");
+    let e = Error::new(
+        ErrorKind::Pool,
+        "no worker rank left: every one died or was retired after a task timed out",
+    );
     task.deliver.fail(e, run_info(0, 0, queued));
 }
 

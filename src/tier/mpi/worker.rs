@@ -140,8 +140,12 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
         let (req, args): (Request<'_>, &[u8]) = match decode_payload(bytes) {
             Ok(x) => x,
             Err(e) => {
-                // Cannot happen between ranks that passed the setup's build check.
-                tracing::error!(rank, error = %e, "undecodable request; ignored");
+                // Cannot happen between ranks that passed the setup's build check, but rank 0
+                // holds this rank busy until it answers: answer, so that the task fails.
+                let id = request_id(bytes);
+                tracing::error!(rank, error = %e, ?id, "undecodable request; its task fails");
+                let msg = format!("rank {rank} could not decode the request: {e}");
+                send_failure(world, id.unwrap_or(0), wire::FailKind::Decode, &msg)?;
                 continue;
             }
         };
@@ -150,7 +154,14 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
             Request::Batch { id, func } => (id, func, true),
             Request::Exit => return Ok(()),
             Request::Setup { .. } => {
-                tracing::error!(rank, "a second setup; ignored");
+                // Rank 0 sends one setup, by broadcast; a second one is a protocol error. The
+                // rank stays set up as it was and serves on; the message rank 0 sent in its
+                // place fails (rank 0 counts this rank busy until it answers).
+                tracing::error!(rank, "a second setup; refused");
+                let reason = format!("rank {rank} got a second setup while serving: refused");
+                let bytes = encode_payload(&Response::Refused { reason: &reason }, &[])
+                    .map_err(|e| e.to_string())?;
+                send(world, &bytes, TAG_TO_MASTER);
                 continue;
             }
         };
@@ -165,20 +176,49 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
         trim(&mut reply_buf);
         match encode_into(&mut reply_buf, &reply, body) {
             Ok(()) => send(world, &reply_buf, TAG_TO_MASTER),
-            Err(e) => {
-                let msg = e.to_string();
-                let reply = Response::Done {
-                    id,
-                    run_ns,
-                    outcome: wire::Outcome::Failed {
-                        kind: wire::FailKind::Encode,
-                        message: &msg,
-                    },
-                };
-                let bytes = encode_payload(&reply, &[]).map_err(|e| e.to_string())?;
-                send(world, &bytes, TAG_TO_MASTER);
-            }
+            Err(e) => send_failure(world, id, wire::FailKind::Encode, &e.to_string())?,
         }
+    }
+}
+
+/// Answers task `id` with a failure of `kind` (the caller's task fails with it).
+fn send_failure(
+    world: &SimpleCommunicator,
+    id: u64,
+    kind: wire::FailKind,
+    message: &str,
+) -> Result<(), String> {
+    let reply = Response::Done {
+        id,
+        run_ns: 0,
+        outcome: wire::Outcome::Failed { kind, message },
+    };
+    let bytes = encode_payload(&reply, &[]).map_err(|e| e.to_string())?;
+    send(world, &bytes, TAG_TO_MASTER);
+    Ok(())
+}
+
+/// The leading fields of a [`Request`] as postcard lays them out: the variant index, then (for
+/// a call or a batch) the id. Decoding only this prefix recovers a task's id from a request
+/// whose later fields (the function name) are damaged. The variants must stay in
+/// [`Request`]'s order; `tests::request_id_matches_the_wire` checks it.
+#[derive(serde::Deserialize)]
+enum RequestPrefix {
+    Setup,
+    Call { id: u64 },
+    Batch { id: u64 },
+    Exit,
+}
+
+/// The task id of a request that does not decode as a whole, when its prefix does.
+fn request_id(bytes: &[u8]) -> Option<u64> {
+    let (&v, rest) = bytes.split_first()?;
+    if v != wire::WIRE_VERSION {
+        return None;
+    }
+    match postcard::take_from_bytes::<RequestPrefix>(rest).ok()?.0 {
+        RequestPrefix::Call { id } | RequestPrefix::Batch { id } => Some(id),
+        RequestPrefix::Setup | RequestPrefix::Exit => None,
     }
 }
 
@@ -216,5 +256,59 @@ fn ping_pong(world: &SimpleCommunicator, rounds: u32) {
     for _ in 0..rounds {
         root.receive_into_with_tag(&mut x, TAG_PING);
         root.send_with_tag(&x, TAG_PING);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_matches_the_wire() {
+        for (req, want) in [
+            (Request::Call { id: 7, func: "f" }, Some(7)),
+            (
+                Request::Batch {
+                    id: u64::MAX,
+                    func: "g",
+                },
+                Some(u64::MAX),
+            ),
+            (Request::Exit, None),
+            (
+                Request::Setup {
+                    build_id: 1,
+                    worker: 2,
+                    init: None,
+                    init_args_len: 0,
+                },
+                None,
+            ),
+        ] {
+            let bytes = encode_payload(&req, b"args").unwrap();
+            assert_eq!(request_id(&bytes), want, "{req:?}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_request_keeps_its_id() {
+        let mut bytes = encode_payload(
+            &Request::Call {
+                id: 300,
+                func: "abc",
+            },
+            &[],
+        )
+        .unwrap();
+        // The name's bytes are no longer UTF-8: the whole does not decode, the id does.
+        let n = bytes.len();
+        bytes[n - 1] = 0xff;
+        assert!(decode_payload::<Request<'_>>(&bytes).is_err());
+        assert_eq!(request_id(&bytes), Some(300));
+        assert_eq!(request_id(&[]), None);
+        assert_eq!(
+            request_id(&[wire::WIRE_VERSION.wrapping_add(1), 1, 5]),
+            None
+        );
     }
 }
