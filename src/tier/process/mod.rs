@@ -6,6 +6,7 @@
 //! | `pool.rs` | the shared state: queue, in-flight tasks, dispatch |
 //! | `slot.rs` | one thread per worker slot: start, handshake, read answers, reap, replace |
 //! | `child.rs` | the worker's side, run by [`init`](crate::init) |
+//! | `sys.rs` | `ppoll`: waiting on a descriptor without spurious wake-ups, with a µs timeout |
 //! | `README.md` | the wire protocol and the life of a worker |
 //!
 //! Workers are the current executable started again; [`init`](crate::init) at the top of
@@ -42,9 +43,10 @@ use crate::tier::{DEFAULT_QUEUE_PER_WORKER, ShutdownMode, TierKind, TierStats, d
 mod child;
 mod pool;
 mod slot;
+mod sys;
 
 pub(crate) use child::{serve_as_worker, worker_spec};
-use pool::{Req, Shared, SlotState, State, kill_hook};
+use pool::{Link, Req, Shared, SlotState, State};
 // The typed completers and `map` chunk sizing are shared with the cluster tier.
 #[cfg(feature = "mpi")]
 pub(crate) use pool::Pending;
@@ -70,10 +72,21 @@ pub const MAP_CHUNK_TARGET: Duration = Duration::from_millis(2);
 /// The largest `map` chunk, in items (bounds the frame and the memory per chunk).
 pub const MAP_MAX_CHUNK: usize = 4096;
 
-/// How long a waiter for a process task spins before it parks, by default: zero. A result
-/// comes back over a socket, so a parked waiter costs one more wake-up (~25 µs here); set
-/// [`ProcessPoolBuilder::result_spin`] to trade CPU for that latency.
+/// How long a waiter for a process task spins before it parks, by default: zero. The waiter
+/// reads its own answer first ([`DEFAULT_RESULT_WAIT`]) without burning CPU; spinning on top
+/// would only take a core from the worker on a small machine.
 pub const DEFAULT_RESULT_SPIN: Duration = Duration::ZERO;
+
+/// How long the first poll of a handle may block reading its own answer from the worker's
+/// socket (in `ppoll`: no CPU burned), when the pool's recent tasks run shorter than this.
+///
+/// Reading it there saves the hand-off that costs most: another thread reading the answer and
+/// waking the waiter (a context switch, ~25 µs across cores on small VMs). A trivial task's
+/// round trip is 10–40 µs on a loaded 2-core machine; 100 µs covers it with room, and bounds
+/// how long a runtime thread is held when the answer is late (the waiter then parks as
+/// before, and the slot thread reads). Set [`ProcessPoolBuilder::result_wait`]; zero turns
+/// it off.
+pub const DEFAULT_RESULT_WAIT: Duration = Duration::from_micros(100);
 
 /// After a worker closed its socket, how long it may take to exit before it is killed.
 pub(crate) const REAP_GRACE: Duration = Duration::from_secs(2);
@@ -101,6 +114,7 @@ pub(crate) struct Config {
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) result_spin: Duration,
+    pub(crate) result_wait: Duration,
 }
 
 /// Settings for a [`ProcessPool`]: `&mut self` setters, then [`build`](Self::build).
@@ -153,6 +167,7 @@ impl Default for ProcessPoolBuilder {
                 args: args.collect(),
                 env: Vec::new(),
                 result_spin: DEFAULT_RESULT_SPIN,
+                result_wait: DEFAULT_RESULT_WAIT,
             },
             queue_capacity: None,
             problem: None,
@@ -257,6 +272,15 @@ impl ProcessPoolBuilder {
     /// [`DEFAULT_RESULT_SPIN`]).
     pub fn result_spin(&mut self, d: Duration) -> &mut Self {
         self.cfg.result_spin = d;
+        self
+    }
+
+    /// How long the first poll (`.await`) of a handle may block its thread reading the
+    /// task's answer itself, while recent tasks are shorter than that (default
+    /// [`DEFAULT_RESULT_WAIT`]; zero: never, the waiter parks at once and the pool's thread
+    /// reads the answer and wakes it).
+    pub fn result_wait(&mut self, d: Duration) -> &mut Self {
+        self.cfg.result_wait = d;
         self
     }
 
@@ -373,6 +397,8 @@ impl Owner {
         {
             let mut st = s.lock();
             st.closing = true;
+            // Running tasks are waited for (or killed) now: their answers must be read.
+            s.want_readers(&mut st);
             if mode == ShutdownMode::Cancel {
                 s.fail_queued(&mut st, Error::shut_down);
             }
@@ -593,7 +619,10 @@ impl ProcessPool {
             Some(Arc::from(name)),
             TierKind::Processes,
             s.cfg.result_spin,
-            Some(kill_hook(Arc::downgrade(s), id)),
+            Some(Arc::new(Link {
+                pool: Arc::downgrade(s),
+                id,
+            })),
         );
         let req = Req {
             id,

@@ -1,9 +1,13 @@
-//! One worker slot: a thread that starts a worker process, reads its answers, notices its
-//! death, fails or re-queues its tasks, and starts the next one.
+//! One worker slot: a thread that starts a worker process, reads its answers when no caller
+//! does, notices its death, fails or re-queues its tasks, and starts the next one.
 //!
-//! The thread blocks in `read` on the worker's socket, so a result costs one wake-up of this
-//! thread. Deadlines are kept by the pool's watchdog thread ([`watchdog`]). See `README.md`
-//! in this folder.
+//! A worker's answers are read by whoever holds the slot's [`ReaderRole`]: the caller waiting
+//! for its own answer ([`read_own_answer`], bounded), or this thread, blocked in `read`. While
+//! nobody holds it the thread waits in `poll` for the worker's end of file or a wake-up only,
+//! so an answer the caller reads itself wakes no thread of the pool: the round trip is the
+//! caller's write, the worker's wake-up, the worker's write, the caller's wake-up, as over a
+//! plain pipe. Deadlines are kept by the pool's watchdog thread ([`watchdog`]). See
+//! `README.md` in this folder.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -16,10 +20,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio_util::codec::Decoder;
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use super::child::WORKER_ENV;
-use super::pool::{InFlight, KillReason, Req, Shared};
+use super::pool::{InFlight, KillReason, ReaderRole, Req, Shared};
+use super::sys::{Deadline, pollfd, wait_fds, wait_readable};
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::remote::Registry;
 use crate::remote::wire::{self, Request, Response};
@@ -30,7 +35,200 @@ struct Started {
     conn: Arc<UnixStream>,
     pid: u32,
     stderr: Option<JoinHandle<()>>,
+    /// Bytes read after the `Ready` frame (none, unless the worker misbehaves).
     buf: BytesMut,
+    /// Read end of the wake-up socket (nonblocking); the write end is in the slot's state.
+    wake: UnixStream,
+}
+
+/// The bytes read from a worker's socket and not decoded yet, with the read buffer: the read
+/// side of the socket. Only the holder of the slot's [`ReaderRole`] has it.
+pub(crate) struct Inbox {
+    conn: Arc<UnixStream>,
+    codec: LengthDelimitedCodec,
+    buf: BytesMut,
+    scratch: Vec<u8>,
+    /// A bad frame a caller read: it killed the worker; the slot thread reports the error.
+    broken: Option<Error>,
+    /// Bounds a caller's wait (`None` without timer files: `ppoll`'s own timeout then).
+    deadline: Option<Deadline>,
+}
+
+/// When the worker hung up while a caller holds the reader role: how often the slot thread
+/// looks whether the caller gave it back. A caller holds it for its bounded wait
+/// ([`DEFAULT_RESULT_WAIT`](super::DEFAULT_RESULT_WAIT), 100 µs), and gives it back without a
+/// wake-up when its answer came before the hang-up; looking every millisecond notices that
+/// soon after, and costs nothing but on a worker's death.
+const CALLER_RECHECK: Duration = Duration::from_millis(1);
+
+/// How many bytes one `read` of a worker's socket takes at most (the socket's buffer size is
+/// of the same order, so one read usually empties it).
+const READ_CHUNK: usize = 64 * 1024;
+
+impl Inbox {
+    fn new(conn: Arc<UnixStream>, max_frame: usize, buf: BytesMut) -> Self {
+        Inbox {
+            conn,
+            codec: wire::codec(max_frame),
+            buf,
+            scratch: vec![0; READ_CHUNK],
+            broken: None,
+            deadline: Deadline::new(),
+        }
+    }
+
+    /// Reads once (blocking until something arrives) and handles every whole frame. Returns
+    /// false at end of file (or a broken connection), an error for a bad frame. `wait`: wait
+    /// in `ppoll` first (the caller knows the socket is readable when false).
+    fn read_once(&mut self, shared: &Arc<Shared>, slot: usize, wait: bool) -> Result<bool, Error> {
+        if wait {
+            // Waiting in ppoll rather than in read skips the wake-ups for nothing (`sys.rs`).
+            wait_readable(self.conn.as_raw_fd());
+        }
+        let n = loop {
+            match (&*self.conn).read(&mut self.scratch) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Ok(false),
+            }
+        };
+        if n == 0 {
+            return Ok(false);
+        }
+        self.buf.extend_from_slice(&self.scratch[..n]);
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => on_frame(shared, slot, &self.conn, &frame)?,
+                Ok(None) => return Ok(true),
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::Encoding,
+                        format!("the worker sent a bad frame: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Empties the wake-up socket (nonblocking).
+fn drain_wakeups(wake: &UnixStream) {
+    let mut b = [0u8; 64];
+    while matches!((&*wake).read(&mut b), Ok(n) if n > 0) {}
+}
+
+/// The first poll of a handle: when nobody reads the worker running task `id`, reads its
+/// answers on this thread (blocking in `ppoll`, not spinning) until `done()` or the pool's
+/// [`result_wait`](Shared::result_wait) budget is spent, then gives the role back (to the slot
+/// thread when tasks are still unanswered, or the worker went away).
+pub(crate) fn read_own_answer(shared: &Arc<Shared>, id: u64, done: &dyn Fn() -> bool) {
+    let budget = shared.result_wait();
+    if budget.is_zero() {
+        return;
+    }
+    let t0 = Instant::now();
+    let (slot, inbox) = {
+        let mut st = shared.lock();
+        let Some(w) = st
+            .slots
+            .iter()
+            .position(|s| s.inflight.iter().any(|t| t.id == id))
+        else {
+            return;
+        };
+        let sl = &mut st.slots[w];
+        if sl.reader != ReaderRole::Nobody {
+            return;
+        }
+        let Some(inbox) = sl.inbox.take() else {
+            return;
+        };
+        sl.reader = ReaderRole::Caller;
+        (w, inbox)
+    };
+    let mut held = CallerRead {
+        shared,
+        slot,
+        inbox: Some(inbox),
+        hand_over: false,
+    };
+    let Some(inbox) = held.inbox.as_mut() else {
+        return;
+    };
+    let fd = inbox.conn.as_raw_fd();
+    // The wait is bounded by the slot's timer (cheap: see `sys.rs`), or by ppoll's timeout
+    // when the timer cannot be armed.
+    let timer = inbox
+        .deadline
+        .as_mut()
+        .and_then(|d| d.arm_within(budget).then(|| d.fd()));
+    while !done() {
+        let ready = match timer {
+            Some(t) => {
+                let mut fds = [pollfd(fd, libc::POLLIN), pollfd(t, libc::POLLIN)];
+                let r = wait_fds(&mut fds, None);
+                if fds[0].revents == 0 && fds[1].revents != 0 {
+                    break; // The budget is spent.
+                }
+                r.map(|_| fds[0].revents != 0)
+            }
+            None => {
+                let left = budget.saturating_sub(t0.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                let mut fds = [pollfd(fd, libc::POLLIN)];
+                wait_fds(&mut fds, Some(left)).map(|_| fds[0].revents != 0)
+            }
+        };
+        match ready {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => {
+                held.hand_over = true;
+                break;
+            }
+        }
+        match inbox.read_once(shared, slot, false) {
+            Ok(true) => {}
+            Ok(false) => {
+                // The worker went away: the slot thread reads the end of file and reports it.
+                held.hand_over = true;
+                break;
+            }
+            Err(e) => {
+                kill(shared, slot);
+                inbox.broken = Some(e);
+                held.hand_over = true;
+                break;
+            }
+        }
+    }
+}
+
+/// The reader role held by a caller; dropping it (also when a panic unwinds through a
+/// result's decoding) gives the role back.
+struct CallerRead<'a> {
+    shared: &'a Shared,
+    slot: usize,
+    inbox: Option<Box<Inbox>>,
+    hand_over: bool,
+}
+
+impl Drop for CallerRead<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        let sl = &mut st.slots[self.slot];
+        sl.inbox = self.inbox.take();
+        if self.hand_over || std::thread::panicking() {
+            sl.reader = ReaderRole::Thread;
+            sl.wake_thread();
+        } else {
+            // Tasks still unanswered: their handles may wait already, so the thread reads.
+            sl.reader = ReaderRole::Nobody;
+            sl.want_reader();
+        }
+    }
 }
 
 /// Why serving a worker ended.
@@ -189,6 +387,13 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
     };
     let (ours, theirs) = UnixStream::pair()
         .map_err(|e| start_error(slot, format!("could not create a socket pair: {e}"), None))?;
+    let wake_pair = UnixStream::pair().and_then(|(tx, rx)| {
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok((tx, rx))
+    });
+    let (wake_tx, wake_rx) = wake_pair
+        .map_err(|e| start_error(slot, format!("could not create a socket pair: {e}"), None))?;
     let fd = theirs.as_raw_fd();
     let mut cmd = Command::new(&cfg.program);
     if let Some(arg0) = &cfg.arg0 {
@@ -280,8 +485,9 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
                             pid,
                             stderr,
                             buf,
+                            wake: wake_rx,
                         };
-                        register(shared, slot, child, &started);
+                        register(shared, slot, child, &started, wake_tx);
                         Ok(started)
                     }
                     Ok((Response::Refused { reason }, _)) => {
@@ -344,7 +550,7 @@ fn exited_early(exit: ExitInfo) -> String {
 }
 
 /// Publishes a started worker to the pool and gives it work.
-fn register(shared: &Arc<Shared>, slot: usize, child: Child, s: &Started) {
+fn register(shared: &Arc<Shared>, slot: usize, child: Child, s: &Started, wake: UnixStream) {
     let mut st = shared.lock();
     st.start_failures = 0;
     let stopping = st.stopping;
@@ -354,6 +560,13 @@ fn register(shared: &Arc<Shared>, slot: usize, child: Child, s: &Started) {
     sl.pid = Some(s.pid);
     sl.sent = 0;
     sl.retiring = false;
+    sl.reader = ReaderRole::Nobody;
+    sl.inbox = Some(Box::new(Inbox::new(
+        s.conn.clone(),
+        shared.cfg.max_frame,
+        s.buf.clone(),
+    )));
+    sl.wake = Some(wake);
     if stopping {
         sl.retiring = true;
         send_exit(shared, &s.conn);
@@ -371,38 +584,107 @@ fn send_exit(shared: &Shared, conn: &UnixStream) {
     }
 }
 
-/// Reads the worker's answers until it goes away.
+/// Serves the worker until it goes away: reads its answers while this thread holds the
+/// reader role, otherwise waits for a wake-up (the role changed) or the worker's end of file.
 fn serve(shared: &Arc<Shared>, slot: usize, s: &Started) -> End {
-    let mut codec = wire::codec(shared.cfg.max_frame);
-    let mut buf = s.buf.clone();
-    let mut scratch = vec![0u8; 64 * 1024];
+    let conn = s.conn.as_raw_fd();
+    let wake = s.wake.as_raw_fd();
     loop {
-        match (&*s.conn).read(&mut scratch) {
-            Ok(0) => return End::Eof,
-            Ok(n) => {
-                buf.extend_from_slice(&scratch[..n]);
-                loop {
-                    match codec.decode(&mut buf) {
-                        Ok(Some(frame)) => {
-                            if let Err(e) = on_frame(shared, slot, s, &frame) {
-                                kill(shared, slot);
-                                return End::Protocol(e);
-                            }
+        let (role, inbox) = {
+            let mut st = shared.lock();
+            let sl = &mut st.slots[slot];
+            let inbox = match sl.reader {
+                ReaderRole::Thread => sl.inbox.take(),
+                _ => None,
+            };
+            (sl.reader, inbox)
+        };
+        match (role, inbox) {
+            (ReaderRole::Thread, Some(inbox)) => {
+                if let Some(end) = read_answers(shared, slot, inbox, true) {
+                    return end;
+                }
+            }
+            (ReaderRole::Thread, None) => {
+                // Unreachable: the inbox is in the slot whenever nobody reads. Do not spin.
+                tracing::error!(
+                    slot,
+                    "the reader role without the socket; waiting for a wake-up"
+                );
+                let _ = wait_fds(&mut [pollfd(wake, libc::POLLIN)], None);
+                drain_wakeups(&s.wake);
+            }
+            (_, _) => {
+                // Nobody reads, or a caller does. Not POLLIN: an answer arriving must not wake
+                // this thread. POLLRDHUP (and POLLHUP, always reported) come when the worker
+                // closes its end; a wake-up when the role changed.
+                let mut fds = [pollfd(conn, libc::POLLRDHUP), pollfd(wake, libc::POLLIN)];
+                let _ = wait_fds(&mut fds, None);
+                drain_wakeups(&s.wake);
+                if fds[0].revents == 0 {
+                    continue;
+                }
+                // The worker went away (or the socket failed): read what is left, then the
+                // end of file, without giving the role back.
+                let inbox = {
+                    let mut st = shared.lock();
+                    let sl = &mut st.slots[slot];
+                    if sl.reader == ReaderRole::Nobody {
+                        sl.reader = ReaderRole::Thread;
+                        sl.inbox.take()
+                    } else {
+                        None
+                    }
+                };
+                match inbox {
+                    Some(inbox) => {
+                        if let Some(end) = read_answers(shared, slot, inbox, false) {
+                            return end;
                         }
-                        Ok(None) => break,
-                        Err(e) => {
-                            kill(shared, slot);
-                            let e = Error::new(
-                                ErrorKind::Encoding,
-                                format!("the worker sent a bad frame: {e}"),
-                            );
-                            return End::Protocol(e);
-                        }
+                    }
+                    None => {
+                        // A caller holds the role (for its bounded wait); it may give it
+                        // back without a wake-up. Look again shortly rather than spin on the
+                        // hang-up, which stays reported.
+                        let _ = wait_fds(&mut [pollfd(wake, libc::POLLIN)], Some(CALLER_RECHECK));
+                        drain_wakeups(&s.wake);
                     }
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return End::Eof,
+        }
+    }
+}
+
+/// Reads answers until the end of file, or (with `release`) only while the worker has
+/// unanswered tasks and then gives the role back. Returns how serving ended, or `None` when
+/// the role was given back.
+fn read_answers(
+    shared: &Arc<Shared>,
+    slot: usize,
+    mut inbox: Box<Inbox>,
+    release: bool,
+) -> Option<End> {
+    if let Some(e) = inbox.broken.take() {
+        // A caller read a bad frame and killed the worker.
+        return Some(End::Protocol(e));
+    }
+    loop {
+        {
+            let mut st = shared.lock();
+            let sl = &mut st.slots[slot];
+            if release && sl.inflight.is_empty() && sl.conn.is_some() {
+                sl.reader = ReaderRole::Nobody;
+                sl.inbox = Some(inbox);
+                return None;
+            }
+        }
+        match inbox.read_once(shared, slot, true) {
+            Ok(true) => {}
+            Ok(false) => return Some(End::Eof),
+            Err(e) => {
+                kill(shared, slot);
+                return Some(End::Protocol(e));
+            }
         }
     }
 }
@@ -414,8 +696,13 @@ fn kill(shared: &Shared, slot: usize) {
     }
 }
 
-/// Handles one frame from a running worker.
-fn on_frame(shared: &Arc<Shared>, slot: usize, s: &Started, frame: &[u8]) -> Result<(), Error> {
+/// Handles one frame from a running worker (on the thread that holds the reader role).
+fn on_frame(
+    shared: &Arc<Shared>,
+    slot: usize,
+    conn: &UnixStream,
+    frame: &[u8],
+) -> Result<(), Error> {
     let (resp, body) = wire::decode_payload::<Response<'_>>(frame)?;
     let Response::Done {
         id,
@@ -455,10 +742,11 @@ fn on_frame(shared: &Arc<Shared>, slot: usize, s: &Started, frame: &[u8]) -> Res
         } else if max_tasks.is_some_and(|m| sl.sent >= m) && !sl.retiring {
             // Served its quota: let it go; the slot thread starts a fresh one.
             sl.retiring = true;
-            send_exit(shared, &s.conn);
+            send_exit(shared, conn);
         }
         shared.pump(&mut st);
-        (task, shared.is_idle(&st))
+        // Only shutdown waits for the pool to become idle (and sets `closing` first).
+        (task, st.closing && shared.is_idle(&st))
     };
     if idle {
         shared.changed.notify_all();
@@ -505,6 +793,9 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
         let sl = &mut st.slots[slot];
         sl.conn = None;
         sl.pid = None;
+        sl.reader = ReaderRole::Nobody;
+        sl.inbox = None;
+        sl.wake = None;
         let retiring = std::mem::replace(&mut sl.retiring, false);
         (
             sl.child.take(),
