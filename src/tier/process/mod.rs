@@ -6,7 +6,7 @@
 //! | `pool.rs` | the shared state: queue, in-flight tasks, dispatch |
 //! | `slot.rs` | one thread per worker slot: start, handshake, read answers, reap, replace |
 //! | `child.rs` | the worker's side, run by [`init`](crate::init) |
-//! | `sys.rs` | `ppoll`: waiting on a descriptor without spurious wake-ups, with a µs timeout |
+//! | `sys.rs` | the system calls std lacks: pipes, `ppoll`, `timerfd`, `SIGPIPE` blocking |
 //! | `README.md` | the wire protocol and the life of a worker |
 //!
 //! Workers are the current executable started again; [`init`](crate::init) at the top of
@@ -29,7 +29,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_channel::TrySendError;
-use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -60,7 +59,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// one failure can be bad luck, three in a row is the program.
 pub const DEFAULT_MAX_START_FAILURES: u32 = 3;
 
-/// Tasks sent ahead to each worker: one running and one waiting in its socket, so that a
+/// Tasks sent ahead to each worker: one running and one waiting in its request pipe, so that a
 /// worker never idles for a round trip between two tasks. A worker that dies loses only the
 /// running one; the waiting one runs elsewhere.
 pub const DEFAULT_PIPELINE: usize = 2;
@@ -78,7 +77,7 @@ pub const MAP_MAX_CHUNK: usize = 4096;
 pub const DEFAULT_RESULT_SPIN: Duration = Duration::ZERO;
 
 /// How long the first poll of a handle may block reading its own answer from the worker's
-/// socket (in `ppoll`: no CPU burned), when the pool's recent tasks run shorter than this.
+/// answer pipe (in `ppoll`: no CPU burned), when the pool's recent tasks run shorter than this.
 ///
 /// Reading it there saves the hand-off that costs most: another thread reading the answer and
 /// waking the waiter (a context switch, ~25 µs across cores on small VMs). A trivial task's
@@ -88,7 +87,7 @@ pub const DEFAULT_RESULT_SPIN: Duration = Duration::ZERO;
 /// it off.
 pub const DEFAULT_RESULT_WAIT: Duration = Duration::from_micros(100);
 
-/// After a worker closed its socket, how long it may take to exit before it is killed.
+/// After a worker closed its answer pipe, how long it may take to exit before it is killed.
 pub(crate) const REAP_GRACE: Duration = Duration::from_secs(2);
 
 /// The fix for a worker that never reaches [`init`](crate::init).
@@ -339,6 +338,7 @@ impl ProcessPoolBuilder {
             rx,
             next_id: AtomicU64::new(1),
             counters: pool::Counters::default(),
+            guard_sigpipe: sys::sigpipe_kills(),
         });
         let mut threads = Vec::with_capacity(workers + 1);
         let s = shared.clone();
@@ -420,7 +420,7 @@ impl Owner {
                 for sl in st.slots.iter_mut() {
                     if let Some(conn) = sl.conn.clone() {
                         sl.retiring = true;
-                        slot_send_exit(s, &conn);
+                        s.send_exit(&conn);
                     }
                 }
             }
@@ -431,14 +431,6 @@ impl Owner {
         }
         *stopped = true;
         tracing::debug!("process tier stopped; every worker reaped");
-    }
-}
-
-fn slot_send_exit(shared: &Shared, conn: &std::os::unix::net::UnixStream) {
-    let mut out = bytes::BytesMut::new();
-    if wire::encode_frame(&Request::Exit, &[], shared.cfg.max_frame, &mut out).is_ok() {
-        let mut w = conn;
-        let _ = std::io::Write::write_all(&mut w, &out);
     }
 }
 
@@ -600,12 +592,9 @@ impl ProcessPool {
             .with_task(name)
             .with_tier(TierKind::Processes));
         }
-        {
-            let st = s.lock();
-            if st.closing || st.broken.is_some() {
-                drop(st);
-                return Err(self.refusal(name));
-            }
+        // Shutdown and the crash-loop guard close the queue first: no lock needed to see them.
+        if s.tx.is_closed() {
+            return Err(self.refusal(name));
         }
         let id = s.next_id.fetch_add(1, Ordering::Relaxed);
         let header = if batch {
@@ -626,7 +615,7 @@ impl ProcessPool {
         );
         let req = Req {
             id,
-            frame: Bytes::from(frame),
+            frame,
             task: Box::new(make(completer)),
             timeout: timeout.or(s.cfg.task_timeout),
             started: false,

@@ -3,14 +3,15 @@
 //!
 //! One mutex guards the state. Dispatch ([`Shared::pump`]) runs under it, from a submitter
 //! (when a worker has room) or from whoever reads a worker's answers (when a result frees
-//! room), and writes the frames straight to the worker's socket: no dispatcher thread, so no
-//! extra wake-up between a submit and the worker.
+//! room), and writes the frames straight to the worker's request pipe: no dispatcher thread,
+//! so no extra wake-up between a submit and the worker.
 //!
 //! A worker's answers are read by its slot thread or by a caller waiting for its own task
 //! ([`ReaderRole`]); the rules that make sure an awaited answer is always read are on
 //! [`Shared::pump`] and [`Shared::want_reader`].
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::Child;
@@ -19,7 +20,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::Config;
@@ -143,7 +143,7 @@ impl<R: DeserializeOwned + Send + 'static> Pending for Batch<R> {
 /// A queued task: its frame, ready to write, and its completer.
 pub(crate) struct Req {
     pub(crate) id: u64,
-    pub(crate) frame: Bytes,
+    pub(crate) frame: Vec<u8>,
     pub(crate) task: Box<dyn Pending>,
     pub(crate) timeout: Option<Duration>,
     /// Claimed already (a task put back after its worker died before starting it).
@@ -161,7 +161,7 @@ pub(crate) enum KillReason {
 pub(crate) struct InFlight {
     pub(crate) id: u64,
     pub(crate) task: Box<dyn Pending>,
-    pub(crate) frame: Bytes,
+    pub(crate) frame: Vec<u8>,
     pub(crate) timeout: Option<Duration>,
     /// When the worker started it (when it became the worker's first unanswered task).
     pub(crate) started: Option<Instant>,
@@ -169,7 +169,7 @@ pub(crate) struct InFlight {
     pub(crate) killed: Option<KillReason>,
 }
 
-/// Who reads a worker's answers now. Only the holder touches the socket's read side (the
+/// Who reads a worker's answers now. Only the holder touches the answer pipe (through the
 /// [`Inbox`](super::slot::Inbox)), so frames are never split between two readers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum ReaderRole {
@@ -187,7 +187,11 @@ pub(crate) enum ReaderRole {
 /// One worker slot as the pool sees it.
 #[derive(Default)]
 pub(crate) struct SlotState {
-    pub(crate) conn: Option<Arc<UnixStream>>,
+    /// Write end of the worker's request pipe.
+    pub(crate) conn: Option<Arc<File>>,
+    /// Frames up to this size may wait in the request pipe behind a running task (see
+    /// [`PIPELINE_FRAME_LIMIT`]).
+    pub(crate) pipeline_limit: usize,
     pub(crate) child: Option<Child>,
     pub(crate) pid: Option<u32>,
     pub(crate) inflight: VecDeque<InFlight>,
@@ -197,7 +201,7 @@ pub(crate) struct SlotState {
     pub(crate) retiring: bool,
     /// Who reads the worker's answers.
     pub(crate) reader: ReaderRole,
-    /// The read side of the worker's socket; taken out by the reader while it reads.
+    /// The answer pipe and its undecoded bytes; taken out by the reader while it reads.
     pub(crate) inbox: Option<Box<super::slot::Inbox>>,
     /// Write end of the slot thread's wake-up socket (nonblocking).
     pub(crate) wake: Option<UnixStream>,
@@ -260,6 +264,8 @@ pub(crate) struct Shared {
     pub(crate) rx: Receiver<Req>,
     pub(crate) next_id: AtomicU64,
     pub(crate) counters: Counters,
+    /// `SIGPIPE` would kill this process: writes to workers block it meanwhile.
+    pub(crate) guard_sigpipe: bool,
 }
 
 /// A task's handle's link to its pool: kills the task, reads its answer, asks for a reader.
@@ -296,11 +302,23 @@ impl RemoteLink for Link {
     }
 }
 
-/// Frames up to this size may queue behind a running task in a worker's socket (they fit its
-/// buffer, so writing them never blocks); larger ones go only to an idle worker.
+/// Frames up to this size may queue behind a running task in a worker's request pipe, whose
+/// buffer is sized for `pipeline_depth` of them (so writing one never blocks on a busy
+/// worker); larger ones go only to an idle worker. 64 KiB: a default pipe buffer, ample for
+/// the arguments of one call or a `map` chunk of small items. When the kernel refuses the
+/// larger buffer, a slot's limit is its pipe's size divided by the depth.
 pub(crate) const PIPELINE_FRAME_LIMIT: usize = 64 * 1024;
 
 impl Shared {
+    /// Tells a worker to exit (best effort: a dead worker needs no telling).
+    pub(crate) fn send_exit(&self, conn: &File) {
+        let mut out = bytes::BytesMut::new();
+        let exit = crate::remote::wire::Request::Exit;
+        if crate::remote::wire::encode_frame(&exit, &[], self.cfg.max_frame, &mut out).is_ok() {
+            let _ = super::sys::write_all(conn, &out, self.guard_sigpipe);
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while the lock was held leaves the state consistent at every await point we
         // have (we never panic between two related updates), so a poisoned lock is usable.
@@ -377,7 +395,7 @@ impl Shared {
                 continue;
             }
             let slot = &mut st.slots[w];
-            if !slot.inflight.is_empty() && req.frame.len() > PIPELINE_FRAME_LIMIT {
+            if !slot.inflight.is_empty() && req.frame.len() > slot.pipeline_limit {
                 // Big frames wait for an idle worker (the chosen one has the fewest tasks, so
                 // none is idle), so that writing never blocks on a busy one.
                 let mut req = req;
@@ -385,10 +403,11 @@ impl Shared {
                 st.retry.push_front(req);
                 return;
             }
-            let Some(conn) = slot.conn.clone() else {
-                return;
+            let written = match &slot.conn {
+                Some(conn) => super::sys::write_all(conn, &req.frame, self.guard_sigpipe),
+                None => return,
             };
-            if (&*conn).write_all(&req.frame).is_err() {
+            if written.is_err() {
                 // The worker is going away; its reader will notice. Try the task elsewhere.
                 let mut req = req;
                 req.started = true;

@@ -5,10 +5,11 @@
 //! for its own answer ([`read_own_answer`], bounded), or this thread, blocked in `read`. While
 //! nobody holds it the thread waits in `poll` for the worker's end of file or a wake-up only,
 //! so an answer the caller reads itself wakes no thread of the pool: the round trip is the
-//! caller's write, the worker's wake-up, the worker's write, the caller's wake-up, as over a
-//! plain pipe. Deadlines are kept by the pool's watchdog thread ([`watchdog`]). See
+//! caller's write, the worker's wake-up, the worker's write, the caller's wake-up, as in a
+//! plain pipe ping-pong. Deadlines are kept by the pool's watchdog thread ([`watchdog`]). See
 //! `README.md` in this folder.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -23,8 +24,9 @@ use bytes::BytesMut;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use super::child::WORKER_ENV;
+use super::pool::PIPELINE_FRAME_LIMIT;
 use super::pool::{InFlight, KillReason, ReaderRole, Req, Shared};
-use super::sys::{Deadline, pollfd, wait_fds, wait_readable};
+use super::sys::{self, Deadline, pollfd, wait_fds};
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::remote::Registry;
 use crate::remote::wire::{self, Request, Response};
@@ -32,19 +34,21 @@ use crate::tier::{RunInfo, TierKind};
 
 /// A started worker, between handshake and death.
 struct Started {
-    conn: Arc<UnixStream>,
+    /// Read end of the worker's answer pipe.
+    answers: Arc<File>,
     pid: u32,
     stderr: Option<JoinHandle<()>>,
     /// Bytes read after the `Ready` frame (none, unless the worker misbehaves).
     buf: BytesMut,
-    /// Read end of the wake-up socket (nonblocking); the write end is in the slot's state.
+    /// Read end of the wake-up socket pair (nonblocking); the write end is in the slot's state.
     wake: UnixStream,
 }
 
-/// The bytes read from a worker's socket and not decoded yet, with the read buffer: the read
-/// side of the socket. Only the holder of the slot's [`ReaderRole`] has it.
+/// The read side of a worker's answer pipe: the bytes read and not decoded yet, the read
+/// buffer, the timer of a caller's wait. Only the holder of the slot's [`ReaderRole`] has it.
 pub(crate) struct Inbox {
-    conn: Arc<UnixStream>,
+    /// Read end of the worker's answer pipe.
+    answers: Arc<File>,
     codec: LengthDelimitedCodec,
     buf: BytesMut,
     scratch: Vec<u8>,
@@ -61,14 +65,14 @@ pub(crate) struct Inbox {
 /// soon after, and costs nothing but on a worker's death.
 const CALLER_RECHECK: Duration = Duration::from_millis(1);
 
-/// How many bytes one `read` of a worker's socket takes at most (the socket's buffer size is
-/// of the same order, so one read usually empties it).
+/// How many bytes one `read` of a worker's answer pipe takes at most (a pipe's default buffer,
+/// so one read usually empties it).
 const READ_CHUNK: usize = 64 * 1024;
 
 impl Inbox {
-    fn new(conn: Arc<UnixStream>, max_frame: usize, buf: BytesMut) -> Self {
+    fn new(answers: Arc<File>, max_frame: usize, buf: BytesMut) -> Self {
         Inbox {
-            conn,
+            answers,
             codec: wire::codec(max_frame),
             buf,
             scratch: vec![0; READ_CHUNK],
@@ -78,15 +82,10 @@ impl Inbox {
     }
 
     /// Reads once (blocking until something arrives) and handles every whole frame. Returns
-    /// false at end of file (or a broken connection), an error for a bad frame. `wait`: wait
-    /// in `ppoll` first (the caller knows the socket is readable when false).
-    fn read_once(&mut self, shared: &Arc<Shared>, slot: usize, wait: bool) -> Result<bool, Error> {
-        if wait {
-            // Waiting in ppoll rather than in read skips the wake-ups for nothing (`sys.rs`).
-            wait_readable(self.conn.as_raw_fd());
-        }
+    /// false at end of file (or a broken pipe), an error for a bad frame.
+    fn read_once(&mut self, shared: &Arc<Shared>, slot: usize) -> Result<bool, Error> {
         let n = loop {
-            match (&*self.conn).read(&mut self.scratch) {
+            match (&*self.answers).read(&mut self.scratch) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return Ok(false),
@@ -98,7 +97,7 @@ impl Inbox {
         self.buf.extend_from_slice(&self.scratch[..n]);
         loop {
             match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => on_frame(shared, slot, &self.conn, &frame)?,
+                Ok(Some(frame)) => on_frame(shared, slot, &frame)?,
                 Ok(None) => return Ok(true),
                 Err(e) => {
                     return Err(Error::new(
@@ -155,7 +154,7 @@ pub(crate) fn read_own_answer(shared: &Arc<Shared>, id: u64, done: &dyn Fn() -> 
     let Some(inbox) = held.inbox.as_mut() else {
         return;
     };
-    let fd = inbox.conn.as_raw_fd();
+    let fd = inbox.answers.as_raw_fd();
     // The wait is bounded by the slot's timer (cheap: see `sys.rs`), or by ppoll's timeout
     // when the timer cannot be armed.
     let timer = inbox
@@ -189,7 +188,7 @@ pub(crate) fn read_own_answer(shared: &Arc<Shared>, id: u64, done: &dyn Fn() -> 
                 break;
             }
         }
-        match inbox.read_once(shared, slot, false) {
+        match inbox.read_once(shared, slot) {
             Ok(true) => {}
             Ok(false) => {
                 // The worker went away: the slot thread reads the end of file and reports it.
@@ -233,7 +232,7 @@ impl Drop for CallerRead<'_> {
 
 /// Why serving a worker ended.
 enum End {
-    /// End of file: the worker exited (or closed its socket).
+    /// End of file: the worker exited (or closed its answer pipe).
     Eof,
     /// The worker sent something we cannot read; it was killed.
     Protocol(Error),
@@ -297,7 +296,7 @@ fn exit_info(pid: u32, status: Option<ExitStatus>) -> ExitInfo {
     }
 }
 
-/// Waits for `child` to exit; kills it if it lingers after closing its socket.
+/// Waits for `child` to exit; kills it if it lingers after closing its answer pipe.
 fn reap(mut child: Child) -> ExitInfo {
     let pid = child.id();
     let t0 = Instant::now();
@@ -316,15 +315,17 @@ fn reap(mut child: Child) -> ExitInfo {
     }
 }
 
-/// Makes the child end of the socket survive `exec` and applies the memory cap. Runs in the
-/// forked child before `exec`: only async-signal-safe calls.
-fn child_setup(fd: i32, memory_limit: Option<u64>) -> std::io::Result<()> {
-    #[allow(unsafe_code)]
-    // SAFETY: fcntl on a descriptor we own in this (forked) process; F_SETFD with 0 only clears
-    // close-on-exec. It is async-signal-safe.
-    let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-    if r == -1 {
-        return Err(std::io::Error::last_os_error());
+/// Makes the worker's ends of the pipes survive `exec` and applies the memory cap. Runs in
+/// the forked child before `exec`: only async-signal-safe calls.
+fn child_setup(fds: [i32; 2], memory_limit: Option<u64>) -> std::io::Result<()> {
+    for fd in fds {
+        #[allow(unsafe_code)]
+        // SAFETY: fcntl on a descriptor we own in this (forked) process; F_SETFD with 0 only
+        // clears close-on-exec. It is async-signal-safe.
+        let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        if r == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     if let Some(bytes) = memory_limit {
         let lim = libc::rlimit {
@@ -385,8 +386,9 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
     let Some(registry) = Registry::global() else {
         return Err(start_error(slot, super::FORGOT_INIT.to_string(), None));
     };
-    let (ours, theirs) = UnixStream::pair()
-        .map_err(|e| start_error(slot, format!("could not create a socket pair: {e}"), None))?;
+    let pipes = sys::pipe().and_then(|(req_r, req_w)| Ok((req_r, req_w, sys::pipe()?)));
+    let (req_r, req_w, (ans_r, ans_w)) =
+        pipes.map_err(|e| start_error(slot, format!("could not create a pipe: {e}"), None))?;
     let wake_pair = UnixStream::pair().and_then(|(tx, rx)| {
         tx.set_nonblocking(true)?;
         rx.set_nonblocking(true)?;
@@ -394,23 +396,30 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
     });
     let (wake_tx, wake_rx) = wake_pair
         .map_err(|e| start_error(slot, format!("could not create a socket pair: {e}"), None))?;
-    let fd = theirs.as_raw_fd();
+    // Room in the request pipe for the frames that may wait behind a running task.
+    let depth = cfg.pipeline.max(1);
+    let capacity = sys::pipe_capacity(&req_w, PIPELINE_FRAME_LIMIT.saturating_mul(depth));
+    let pipeline_limit = PIPELINE_FRAME_LIMIT.min(capacity / depth);
+    let (out_fd, in_fd) = (ans_w.as_raw_fd(), req_r.as_raw_fd());
     let mut cmd = Command::new(&cfg.program);
     if let Some(arg0) = &cfg.arg0 {
         cmd.arg0(arg0);
     }
     cmd.args(&cfg.args)
         .envs(cfg.env.iter().map(|(k, v)| (k, v)))
-        .env(WORKER_ENV, format!("{fd},{slot},{}", cfg.max_frame))
+        .env(
+            WORKER_ENV,
+            format!("{out_fd},{in_fd},{slot},{}", cfg.max_frame),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped());
     let memory_limit = cfg.memory_limit;
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the forked child before exec and only calls `child_setup`,
-    // which makes two async-signal-safe calls (fcntl, setrlimit) and allocates nothing.
+    // which makes async-signal-safe calls (fcntl, setrlimit) and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || child_setup(fd, memory_limit));
+        cmd.pre_exec(move || child_setup([out_fd, in_fd], memory_limit));
     }
     let mut child = cmd.spawn().map_err(|e| {
         start_error(
@@ -419,13 +428,15 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
             None,
         )
     })?;
-    drop(theirs);
+    // The worker's ends: closed here, so that its exit is the end of file of the answers.
+    drop((req_r, ans_w));
     let pid = child.id();
     let stderr = child
         .stderr
         .take()
         .and_then(|e| forward_stderr(e, slot, pid));
-    let conn = Arc::new(ours);
+    let conn = Arc::new(req_w);
+    let answers = Arc::new(ans_r);
     let fail = |mut child: Child, detail: String, stderr: Option<JoinHandle<()>>| {
         let _ = child.kill();
         let exit = reap(child);
@@ -434,6 +445,14 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
         }
         Err(start_error(slot, detail, Some(exit)))
     };
+    let silent = |pid: u32| {
+        format!(
+            "the worker (pid {pid}) did not answer the handshake within {:?}: {}",
+            cfg.handshake_timeout,
+            super::FORGOT_INIT
+        )
+    };
+    let deadline = Instant::now() + cfg.handshake_timeout;
 
     // Setup frame.
     let header = Request::Setup {
@@ -456,22 +475,23 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
             stderr,
         );
     }
-    if let Err(e) = (&*conn).write_all(&out) {
-        // The worker died before reading: usually it exited at once.
-        let _ = e;
-        let exit = reap(child);
-        if let Some(t) = stderr {
-            let _ = t.join();
+    match sys::write_all_by(&conn, &out, deadline, shared.guard_sigpipe) {
+        Ok(true) => {}
+        Ok(false) => return fail(child, silent(pid), stderr),
+        Err(_) => {
+            // The worker died before reading: usually it exited at once.
+            let exit = reap(child);
+            if let Some(t) = stderr {
+                let _ = t.join();
+            }
+            return Err(start_error(slot, exited_early(exit), Some(exit)));
         }
-        return Err(start_error(slot, exited_early(exit), Some(exit)));
     }
 
     // Ready, Refused, end of file, or silence.
-    let _ = conn.set_read_timeout(Some(cfg.handshake_timeout));
     let mut codec = wire::codec(cfg.max_frame);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut scratch = [0u8; 4096];
-    let deadline = Instant::now() + cfg.handshake_timeout;
     loop {
         match codec.decode(&mut buf) {
             Ok(Some(frame)) => {
@@ -479,15 +499,14 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
                     Ok((Response::Ready { build_id, .. }, _))
                         if build_id == registry.build_id() =>
                     {
-                        let _ = conn.set_read_timeout(None);
                         let started = Started {
-                            conn,
+                            answers,
                             pid,
                             stderr,
                             buf,
                             wake: wake_rx,
                         };
-                        register(shared, slot, child, &started, wake_tx);
+                        register(shared, slot, child, &started, conn, wake_tx, pipeline_limit);
                         Ok(started)
                     }
                     Ok((Response::Refused { reason }, _)) => {
@@ -504,28 +523,21 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
             Ok(None) => {}
             Err(e) => return fail(child, format!("a bad handshake frame: {e}"), stderr),
         }
-        match (&*conn).read(&mut scratch) {
-            // A worker that exits without reading its setup frame resets the connection.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [pollfd(answers.as_raw_fd(), libc::POLLIN)];
+        match wait_fds(&mut fds, Some(left)) {
+            Ok(0) if left.is_zero() => return fail(child, silent(pid), stderr),
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(e) => return fail(child, format!("waiting for the handshake: {e}"), stderr),
+        }
+        match (&*answers).read(&mut scratch) {
+            // A worker that exits (without reading its setup frame, or refusing) is the end of
+            // the answers.
             Ok(0) => return eof_during_handshake(child, stderr, slot),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return eof_during_handshake(child, stderr, slot);
-            }
             Ok(n) => buf.extend_from_slice(&scratch[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) && Instant::now() < deadline => {}
-            Err(_) => {
-                let detail = format!(
-                    "the worker (pid {pid}) did not answer the handshake within {:?}: \
-                     {}",
-                    cfg.handshake_timeout,
-                    super::FORGOT_INIT
-                );
-                return fail(child, detail, stderr);
-            }
+            Err(_) => return eof_during_handshake(child, stderr, slot),
         }
     }
 }
@@ -550,44 +562,45 @@ fn exited_early(exit: ExitInfo) -> String {
 }
 
 /// Publishes a started worker to the pool and gives it work.
-fn register(shared: &Arc<Shared>, slot: usize, child: Child, s: &Started, wake: UnixStream) {
+fn register(
+    shared: &Arc<Shared>,
+    slot: usize,
+    child: Child,
+    s: &Started,
+    conn: Arc<File>,
+    wake: UnixStream,
+    pipeline_limit: usize,
+) {
     let mut st = shared.lock();
     st.start_failures = 0;
     let stopping = st.stopping;
     let sl = &mut st.slots[slot];
-    sl.conn = Some(s.conn.clone());
+    sl.conn = Some(conn.clone());
+    sl.pipeline_limit = pipeline_limit;
     sl.child = Some(child);
     sl.pid = Some(s.pid);
     sl.sent = 0;
     sl.retiring = false;
     sl.reader = ReaderRole::Nobody;
     sl.inbox = Some(Box::new(Inbox::new(
-        s.conn.clone(),
+        s.answers.clone(),
         shared.cfg.max_frame,
         s.buf.clone(),
     )));
     sl.wake = Some(wake);
     if stopping {
         sl.retiring = true;
-        send_exit(shared, &s.conn);
+        shared.send_exit(&conn);
     } else {
         shared.pump(&mut st);
     }
     tracing::debug!(slot, pid = s.pid, "worker ready");
 }
 
-fn send_exit(shared: &Shared, conn: &UnixStream) {
-    let mut out = BytesMut::new();
-    if wire::encode_frame(&Request::Exit, &[], shared.cfg.max_frame, &mut out).is_ok() {
-        let mut w = conn;
-        let _ = w.write_all(&out);
-    }
-}
-
 /// Serves the worker until it goes away: reads its answers while this thread holds the
 /// reader role, otherwise waits for a wake-up (the role changed) or the worker's end of file.
 fn serve(shared: &Arc<Shared>, slot: usize, s: &Started) -> End {
-    let conn = s.conn.as_raw_fd();
+    let answers = s.answers.as_raw_fd();
     let wake = s.wake.as_raw_fd();
     loop {
         let (role, inbox) = {
@@ -609,22 +622,22 @@ fn serve(shared: &Arc<Shared>, slot: usize, s: &Started) -> End {
                 // Unreachable: the inbox is in the slot whenever nobody reads. Do not spin.
                 tracing::error!(
                     slot,
-                    "the reader role without the socket; waiting for a wake-up"
+                    "the reader role without the answer pipe; waiting for a wake-up"
                 );
                 let _ = wait_fds(&mut [pollfd(wake, libc::POLLIN)], None);
                 drain_wakeups(&s.wake);
             }
             (_, _) => {
-                // Nobody reads, or a caller does. Not POLLIN: an answer arriving must not wake
-                // this thread. POLLRDHUP (and POLLHUP, always reported) come when the worker
-                // closes its end; a wake-up when the role changed.
-                let mut fds = [pollfd(conn, libc::POLLRDHUP), pollfd(wake, libc::POLLIN)];
+                // Nobody reads, or a caller does. No POLLIN: an answer arriving must not wake
+                // this thread; POLLHUP (always reported) comes when the worker's end closes, a
+                // wake-up when the role changed.
+                let mut fds = [pollfd(answers, 0), pollfd(wake, libc::POLLIN)];
                 let _ = wait_fds(&mut fds, None);
                 drain_wakeups(&s.wake);
                 if fds[0].revents == 0 {
                     continue;
                 }
-                // The worker went away (or the socket failed): read what is left, then the
+                // The worker went away (or the pipe failed): read what is left, then the
                 // end of file, without giving the role back.
                 let inbox = {
                     let mut st = shared.lock();
@@ -678,7 +691,7 @@ fn read_answers(
                 return None;
             }
         }
-        match inbox.read_once(shared, slot, true) {
+        match inbox.read_once(shared, slot) {
             Ok(true) => {}
             Ok(false) => return Some(End::Eof),
             Err(e) => {
@@ -697,12 +710,7 @@ fn kill(shared: &Shared, slot: usize) {
 }
 
 /// Handles one frame from a running worker (on the thread that holds the reader role).
-fn on_frame(
-    shared: &Arc<Shared>,
-    slot: usize,
-    conn: &UnixStream,
-    frame: &[u8],
-) -> Result<(), Error> {
+fn on_frame(shared: &Arc<Shared>, slot: usize, frame: &[u8]) -> Result<(), Error> {
     let (resp, body) = wire::decode_payload::<Response<'_>>(frame)?;
     let Response::Done {
         id,
@@ -742,7 +750,9 @@ fn on_frame(
         } else if max_tasks.is_some_and(|m| sl.sent >= m) && !sl.retiring {
             // Served its quota: let it go; the slot thread starts a fresh one.
             sl.retiring = true;
-            send_exit(shared, conn);
+            if let Some(conn) = &sl.conn {
+                shared.send_exit(conn);
+            }
         }
         shared.pump(&mut st);
         // Only shutdown waits for the pool to become idle (and sets `closing` first).
