@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
@@ -81,29 +81,61 @@ impl Inbox {
         }
     }
 
-    /// Reads once (blocking until something arrives) and handles every whole frame. Returns
-    /// false at end of file (or a broken pipe), an error for a bad frame.
-    fn read_once(&mut self, shared: &Arc<Shared>, slot: usize) -> Result<bool, Error> {
+    /// Reads what the answer pipe holds now (it is nonblocking) and handles every whole
+    /// frame; an error for a bad frame.
+    fn read_now(&mut self, shared: &Arc<Shared>, slot: usize) -> Result<Got, Error> {
         let n = loop {
             match (&*self.answers).read(&mut self.scratch) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Got::Nothing),
+                Err(_) => return Ok(Got::End),
             }
         };
         if n == 0 {
-            return Ok(false);
+            return Ok(Got::End);
         }
         self.buf.extend_from_slice(&self.scratch[..n]);
         loop {
             match self.codec.decode(&mut self.buf) {
                 Ok(Some(frame)) => on_frame(shared, slot, &frame)?,
-                Ok(None) => return Ok(true),
+                Ok(None) => return Ok(Got::Frames),
                 Err(e) => {
                     return Err(Error::new(
                         ErrorKind::Encoding,
                         format!("the worker sent a bad frame: {e}"),
                     ));
+                }
+            }
+        }
+    }
+}
+
+/// What one read of a worker's answer pipe found.
+enum Got {
+    /// Bytes (whole frames were handled).
+    Frames,
+    /// Nothing yet.
+    Nothing,
+    /// End of file (or a broken pipe): the worker went away.
+    End,
+}
+
+impl Inbox {
+    /// Reads the next bytes, waiting in `ppoll` while there are none. Returns false at end of
+    /// file, an error for a bad frame.
+    fn read_blocking(&mut self, shared: &Arc<Shared>, slot: usize) -> Result<bool, Error> {
+        loop {
+            match self.read_now(shared, slot)? {
+                Got::Frames => return Ok(true),
+                Got::End => return Ok(false),
+                Got::Nothing => {
+                    let mut fds = [pollfd(self.answers.as_raw_fd(), libc::POLLIN)];
+                    if wait_fds(&mut fds, None).is_err() {
+                        // Cannot wait (not seen in practice): treat the worker as gone rather
+                        // than spin; serving ends and the worker is reaped (or killed).
+                        return Ok(false);
+                    }
                 }
             }
         }
@@ -155,42 +187,15 @@ pub(crate) fn read_own_answer(shared: &Arc<Shared>, id: u64, done: &dyn Fn() -> 
         return;
     };
     let fd = inbox.answers.as_raw_fd();
-    // The wait is bounded by the slot's timer (cheap: see `sys.rs`), or by ppoll's timeout
-    // when the timer cannot be armed.
-    let timer = inbox
-        .deadline
-        .as_mut()
-        .and_then(|d| d.arm_within(budget).then(|| d.fd()));
+    // Armed at the first wait only: when the worker shares this CPU it usually ran and
+    // answered while this thread was still returning from its write, and a plain read finds
+    // the answer (the pipe ping-pong's two system calls, nothing more).
+    let mut timer: Option<Option<RawFd>> = None;
     while !done() {
-        let ready = match timer {
-            Some(t) => {
-                let mut fds = [pollfd(fd, libc::POLLIN), pollfd(t, libc::POLLIN)];
-                let r = wait_fds(&mut fds, None);
-                if fds[0].revents == 0 && fds[1].revents != 0 {
-                    break; // The budget is spent.
-                }
-                r.map(|_| fds[0].revents != 0)
-            }
-            None => {
-                let left = budget.saturating_sub(t0.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                let mut fds = [pollfd(fd, libc::POLLIN)];
-                wait_fds(&mut fds, Some(left)).map(|_| fds[0].revents != 0)
-            }
-        };
-        match ready {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(_) => {
-                held.hand_over = true;
-                break;
-            }
-        }
-        match inbox.read_once(shared, slot) {
-            Ok(true) => {}
-            Ok(false) => {
+        match inbox.read_now(shared, slot) {
+            Ok(Got::Frames) => continue,
+            Ok(Got::Nothing) => {}
+            Ok(Got::End) => {
                 // The worker went away: the slot thread reads the end of file and reports it.
                 held.hand_over = true;
                 break;
@@ -201,6 +206,35 @@ pub(crate) fn read_own_answer(shared: &Arc<Shared>, id: u64, done: &dyn Fn() -> 
                 held.hand_over = true;
                 break;
             }
+        }
+        // Nothing yet: wait for the answer, bounded by the slot's timer (cheap: see `sys.rs`),
+        // or by ppoll's timeout when the timer cannot be armed.
+        let timer = *timer.get_or_insert_with(|| {
+            inbox
+                .deadline
+                .as_mut()
+                .and_then(|d| d.arm_within(budget).then(|| d.fd()))
+        });
+        let waited = match timer {
+            Some(t) => {
+                let mut fds = [pollfd(fd, libc::POLLIN), pollfd(t, libc::POLLIN)];
+                let r = wait_fds(&mut fds, None);
+                if fds[0].revents == 0 && fds[1].revents != 0 {
+                    break; // The budget is spent.
+                }
+                r
+            }
+            None => {
+                let left = budget.saturating_sub(t0.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                wait_fds(&mut [pollfd(fd, libc::POLLIN)], Some(left))
+            }
+        };
+        if waited.is_err() {
+            held.hand_over = true;
+            break;
         }
     }
 }
@@ -387,6 +421,11 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
         return Err(start_error(slot, super::FORGOT_INIT.to_string(), None));
     };
     let pipes = sys::pipe().and_then(|(req_r, req_w)| Ok((req_r, req_w, sys::pipe()?)));
+    let pipes = pipes.and_then(|(req_r, req_w, (ans_r, ans_w))| {
+        // Nonblocking: a caller tries a read before it waits (see `read_own_answer`).
+        sys::set_nonblocking(&ans_r, true)?;
+        Ok((req_r, req_w, (ans_r, ans_w)))
+    });
     let (req_r, req_w, (ans_r, ans_w)) =
         pipes.map_err(|e| start_error(slot, format!("could not create a pipe: {e}"), None))?;
     let wake_pair = UnixStream::pair().and_then(|(tx, rx)| {
@@ -536,7 +575,11 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
             // the answers.
             Ok(0) => return eof_during_handshake(child, stderr, slot),
             Ok(n) => buf.extend_from_slice(&scratch[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) => {}
             Err(_) => return eof_during_handshake(child, stderr, slot),
         }
     }
@@ -691,7 +734,7 @@ fn read_answers(
                 return None;
             }
         }
-        match inbox.read_once(shared, slot) {
+        match inbox.read_blocking(shared, slot) {
             Ok(true) => {}
             Ok(false) => return Some(End::Eof),
             Err(e) => {

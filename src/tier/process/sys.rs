@@ -175,7 +175,8 @@ pub(crate) fn write_all_by(
     r
 }
 
-fn set_nonblocking(f: &File, on: bool) -> std::io::Result<()> {
+/// Sets or clears `O_NONBLOCK` on a descriptor we own.
+pub(crate) fn set_nonblocking(f: &File, on: bool) -> std::io::Result<()> {
     let fd = f.as_raw_fd();
     #[allow(unsafe_code)]
     // SAFETY: fcntl on a descriptor we own, with integer arguments only.
