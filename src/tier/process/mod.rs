@@ -611,6 +611,7 @@ impl ProcessPool {
             Some(Arc::new(Link {
                 pool: Arc::downgrade(s),
                 id,
+                read_own: !batch,
             })),
         );
         let req = Req {

@@ -272,6 +272,11 @@ pub(crate) struct Shared {
 pub(crate) struct Link {
     pub(crate) pool: Weak<Shared>,
     pub(crate) id: u64,
+    /// Whether the first poll may read the answer itself: single calls only. A `map` keeps
+    /// several chunks in flight and awaits them in order from one task; a chunk's handle
+    /// blocking that thread on one worker would stall the stream and leave the other
+    /// workers' answers unread (measured: `map` of 20k trivial items 20% slower).
+    pub(crate) read_own: bool,
 }
 
 impl RemoteLink for Link {
@@ -282,6 +287,9 @@ impl RemoteLink for Link {
     }
 
     fn wait_briefly(&self, done: &dyn Fn() -> bool) {
+        if !self.read_own {
+            return;
+        }
         if let Some(p) = self.pool.upgrade() {
             super::slot::read_own_answer(&p, self.id, done);
         }
