@@ -8,7 +8,7 @@
 //!
 //! A worker's answers are read by its slot thread or by a caller waiting for its own task
 //! ([`ReaderRole`]); the rules that make sure an awaited answer is always read are on
-//! [`Shared::pump`] and [`Shared::want_reader`].
+//! [`Shared::pump`] and [`Shared::want_readers`].
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -217,7 +217,7 @@ impl SlotState {
     }
 
     /// Makes the slot thread the reader when unanswered tasks have none; see
-    /// [`Shared::want_reader`].
+    /// [`Shared::want_readers`].
     pub(crate) fn want_reader(&mut self) {
         if self.reader == ReaderRole::Nobody && !self.inflight.is_empty() {
             self.reader = ReaderRole::Thread;

@@ -69,6 +69,16 @@ const CALLER_RECHECK: Duration = Duration::from_millis(1);
 /// so one read usually empties it).
 const READ_CHUNK: usize = 64 * 1024;
 
+/// What one read of a worker's answer pipe found.
+enum Got {
+    /// Bytes (whole frames were handled).
+    Frames,
+    /// Nothing yet.
+    Nothing,
+    /// End of file (or a broken pipe): the worker went away.
+    End,
+}
+
 impl Inbox {
     fn new(answers: Arc<File>, max_frame: usize, buf: BytesMut) -> Self {
         Inbox {
@@ -109,19 +119,7 @@ impl Inbox {
             }
         }
     }
-}
 
-/// What one read of a worker's answer pipe found.
-enum Got {
-    /// Bytes (whole frames were handled).
-    Frames,
-    /// Nothing yet.
-    Nothing,
-    /// End of file (or a broken pipe): the worker went away.
-    End,
-}
-
-impl Inbox {
     /// Reads the next bytes, waiting in `ppoll` while there are none. Returns false at end of
     /// file, an error for a bad frame.
     fn read_blocking(&mut self, shared: &Arc<Shared>, slot: usize) -> Result<bool, Error> {
