@@ -3,7 +3,12 @@
 //!
 //! `roundtrip/processes` is one task through a one-worker `ProcessPool`;
 //! `roundtrip/pipe_pingpong` is its raw floor: this binary started again as a child that
-//! echoes 8-byte messages over its stdin/stdout pipes.
+//! echoes 8-byte messages over its stdin/stdout pipes. The pool's round trip has the same
+//! shape (two pipes; the awaiting caller reads its own answer: see
+//! `src/tier/process/README.md`), so compare the two within one run. On a 2-core machine
+//! both depend on whether parent and child share a CPU (another busy core makes them share:
+//! same-CPU switches, the ping-pong ~7 µs here) or not (cross-CPU wake-ups, ~13 µs);
+//! `taskset -c 1 cargo bench ...` forces the first case.
 //!
 //! `cargo bench --bench overhead`
 

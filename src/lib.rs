@@ -101,14 +101,17 @@
 //! ## Platform support
 //!
 //! Linux (the library is developed and tested there); other Unixes should work for the
-//! in-process tiers. The process tier needs Unix sockets, `/proc/self/exe` (or
-//! `current_exe`) and `RLIMIT_AS`.
+//! in-process tiers. The process tier needs pipes, `poll`, `/proc/self/exe` (or
+//! `current_exe`) and `RLIMIT_AS`; its fast round trip uses Linux's `ppoll` and `timerfd`
+//! (elsewhere a caller's bounded wait uses `poll`'s own timeout).
 //!
 //! ## Unsafe code
 //!
-//! Denied crate-wide; allowed in three places of the process tier, each with a `SAFETY`
-//! comment: `pre_exec` (clear close-on-exec on the worker's socket, `setrlimit`) and adopting
-//! the inherited socket descriptor in the worker.
+//! Denied crate-wide; allowed at a few sites of the process tier, each with a `SAFETY`
+//! comment: `pre_exec` (clear close-on-exec on the worker's pipe ends, `setrlimit`), adopting
+//! the inherited pipe descriptors in the worker, and the system calls std lacks, in
+//! `tier/process/sys.rs` (pipes and their size, `ppoll`, `timerfd`, blocking `SIGPIPE` for a
+//! host that left it at its default).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

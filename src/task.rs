@@ -11,7 +11,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -34,6 +34,9 @@ struct Cell<T> {
 /// Where a task's outcome lands; shared by its job and its handle.
 pub(crate) struct Slot<T> {
     state: AtomicU8,
+    /// Set once the handle waits (a stored waker, a blocking waiter, an `is_finished` probe):
+    /// from then on a remote tier must read the task's answer without the handle's help.
+    waited: AtomicBool,
     cell: Mutex<Cell<T>>,
     cond: Condvar,
 }
@@ -42,6 +45,7 @@ impl<T> Slot<T> {
     fn new() -> Self {
         Slot {
             state: AtomicU8::new(QUEUED),
+            waited: AtomicBool::new(false),
             cell: Mutex::new(Cell {
                 outcome: None,
                 info: None,
@@ -135,6 +139,12 @@ impl<T> Completer<T> {
     /// When the task was submitted.
     pub(crate) fn submitted(&self) -> Instant {
         self.submitted
+    }
+
+    /// Whether the handle waits for the outcome (see [`RemoteLink`]): a remote tier must then
+    /// read the task's answer itself rather than leave it to the handle.
+    pub(crate) fn is_waited(&self) -> bool {
+        self.slot.waited.load(Ordering::SeqCst)
     }
 
     /// Drops the completer without touching the slot (its outcome is already there).
@@ -270,22 +280,40 @@ where
         spin,
         polled: false,
         detached: false,
-        kill: None,
+        link: None,
     };
     (job, handle)
 }
 
-/// Stops a running task from outside (kills the worker process that runs it); returns whether
-/// it did. Given to the handles of killable tiers.
-pub(crate) type KillHook = Arc<dyn Fn() -> bool + Send + Sync>;
+/// What the handle of a remote task can ask of the pool that runs it.
+///
+/// The process tier lets the caller read its own answer (no hand-off between threads on the
+/// way back), so a handle tells its pool when it will wait, and the pool then makes sure some
+/// thread reads the answer.
+pub(crate) trait RemoteLink: Send + Sync {
+    /// Stops the running task from outside (kills the worker process that runs it); returns
+    /// whether it did.
+    fn kill(&self) -> bool;
+
+    /// On the first poll: may block a bounded time reading the task's answer on this thread;
+    /// returns once `done()` or when the pool's budget is spent (at once if it has none).
+    fn wait_briefly(&self, done: &dyn Fn() -> bool) {
+        let _ = done;
+    }
+
+    /// The handle is about to wait (parks, blocks, or probes `is_finished`): make sure the
+    /// task's answer is read without it.
+    fn ensure_reader(&self) {}
+}
 
 /// Builds the handle of a task that something other than a [`Job`] completes (a remote tier's
-/// reader), with the completer that fills it and an optional hook that stops it while it runs.
+/// reader), with the completer that fills it and an optional link to the pool that runs it
+/// (to stop it while it runs, and to read its answer on the waiting thread).
 pub(crate) fn remote_task<T>(
     name: Option<Arc<str>>,
     tier: TierKind,
     spin: Duration,
-    kill: Option<KillHook>,
+    link: Option<Arc<dyn RemoteLink>>,
 ) -> (Completer<T>, TaskHandle<T>) {
     let slot = Arc::new(Slot::new());
     let completer = Completer {
@@ -303,7 +331,7 @@ pub(crate) fn remote_task<T>(
         spin,
         polled: false,
         detached: false,
-        kill,
+        link,
     };
     (completer, handle)
 }
@@ -344,7 +372,7 @@ pub struct TaskHandle<T> {
     spin: Duration,
     polled: bool,
     detached: bool,
-    kill: Option<KillHook>,
+    link: Option<Arc<dyn RemoteLink>>,
 }
 
 impl<T> fmt::Debug for TaskHandle<T> {
@@ -383,7 +411,21 @@ impl<T> TaskHandle<T> {
 
     /// Whether the task has an outcome (value or error) waiting to be taken.
     pub fn is_finished(&self) -> bool {
+        if self.slot.is_done() {
+            return true;
+        }
+        // Whoever probes will probe again: a remote tier must not leave the answer unread.
+        self.mark_waited();
         self.slot.is_done()
+    }
+
+    /// Records that this handle waits, and tells a remote tier (once) to read the answer.
+    fn mark_waited(&self) {
+        if !self.slot.waited.swap(true, Ordering::SeqCst) {
+            if let Some(link) = &self.link {
+                link.ensure_reader();
+            }
+        }
     }
 
     /// Whether a running task of this handle can be stopped. False on the inline and thread
@@ -402,8 +444,8 @@ impl<T> TaskHandle<T> {
         if self.slot.cancel() {
             return true;
         }
-        match &self.kill {
-            Some(kill) if !self.slot.is_done() => kill(),
+        match &self.link {
+            Some(link) if !self.slot.is_done() => link.kill(),
             _ => false,
         }
     }
@@ -441,6 +483,8 @@ impl<T> TaskHandle<T> {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => cell.waker = Some(cx.waker().clone()),
         }
+        drop(cell);
+        self.mark_waited();
         Poll::Pending
     }
 
@@ -458,6 +502,7 @@ impl<T> TaskHandle<T> {
     /// Do not call it on an async runtime's thread: use `.await` there.
     pub fn blocking_wait(mut self) -> Result<T, Error> {
         self.run_lazy();
+        self.mark_waited();
         let mut cell = self.slot.lock();
         cell.blocking_waiters += 1;
         while !self.slot.is_done() {
@@ -472,6 +517,7 @@ impl<T> TaskHandle<T> {
     /// handle stays valid and the task goes on).
     pub fn blocking_wait_timeout(&mut self, timeout: Duration) -> Option<Result<T, Error>> {
         self.run_lazy();
+        self.mark_waited();
         let deadline = Instant::now() + timeout;
         let mut cell = self.slot.lock();
         cell.blocking_waiters += 1;
@@ -502,6 +548,14 @@ impl<T> Future for TaskHandle<T> {
         if !this.polled {
             this.polled = true;
             this.run_lazy();
+            // A remote tier may read the answer on this thread for a bounded time: cheaper than
+            // having another thread read it and wake this one.
+            if let Some(link) = &this.link {
+                if !this.slot.is_done() {
+                    let slot = &this.slot;
+                    link.wait_briefly(&|| slot.is_done());
+                }
+            }
             // A tier whose tasks finish faster than a thread wake-up says so through `spin`:
             // waiting a few microseconds here beats parking the runtime and being woken.
             if !this.spin.is_zero() && !this.slot.is_done() {

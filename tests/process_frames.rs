@@ -11,12 +11,13 @@ use process_support::{ECHO, check, rt};
 static BIG_RESULT: RemoteFn<usize, Vec<u8>> = RemoteFn::new("big_result", |n| vec![7u8; n]);
 static LEN: RemoteFn<Vec<u8>, usize> = RemoteFn::new("len", |v| v.len());
 static GARBAGE: RemoteFn<(), ()> = RemoteFn::new("garbage", |()| {
-    // Write garbage onto the protocol socket, as a buggy task or memory corruption could.
+    // Write garbage onto the protocol's answer pipe (the first descriptor), as a buggy task
+    // or memory corruption could.
     let fd: i32 = std::env::var("OFFLOAD_WORKER")
         .ok()
         .and_then(|v| v.split(',').next().and_then(|f| f.parse().ok()))
         .expect("a worker knows its descriptor");
-    // SAFETY: the test deliberately borrows the worker's socket; ManuallyDrop keeps it open.
+    // SAFETY: the test deliberately borrows the worker's pipe; ManuallyDrop keeps it open.
     let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
     let _ = f.write_all(&[0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef]);
     let _ = f.flush();

@@ -83,7 +83,7 @@ fn drain_runs_queued_work_and_cancel_fails_it() -> Result<(), String> {
                 _ => {}
             }
         }
-        // One may already sit in the worker's socket (pipelined) and run.
+        // One may already sit in the worker's request pipe (pipelined) and run.
         check(cancelled >= 3, || {
             format!("{cancelled} of 4 queued tasks failed with shut down")
         })?;

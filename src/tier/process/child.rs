@@ -1,12 +1,12 @@
 //! The worker's side: what [`init`](crate::init) runs in a process the pool started.
 //!
-//! Blocking I/O on one Unix socket inherited as a dedicated file descriptor (never stdin or
-//! stdout), one frame at a time: setup, then calls until `Exit` or end of file. See
-//! `README.md` in this folder for the protocol.
+//! Blocking I/O on two pipes inherited as dedicated file descriptors (never stdin or stdout):
+//! requests in, answers out, one frame at a time: setup, then calls until `Exit` or end of
+//! file. See `README.md` in this folder for the protocol.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
-use std::os::unix::net::UnixStream;
 
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
@@ -14,7 +14,8 @@ use tokio_util::codec::Decoder;
 use crate::remote::wire::{self, Request, Response};
 use crate::remote::{Registry, install_panic_hook, set_shared_bytes};
 
-/// The environment variable that marks a process as a pool's worker: `FD,SLOT,MAX_FRAME`.
+/// The environment variable that marks a process as a pool's worker:
+/// `OUT_FD,IN_FD,SLOT,MAX_FRAME` (the answer pipe's write end, the request pipe's read end).
 pub(crate) const WORKER_ENV: &str = "OFFLOAD_WORKER";
 
 /// Exit code of a worker that refused the handshake (another build, a failed initializer).
@@ -26,7 +27,8 @@ pub(crate) const EXIT_PROTOCOL: i32 = 4;
 /// What the pool told a worker through [`WORKER_ENV`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WorkerSpec {
-    fd: i32,
+    out_fd: i32,
+    in_fd: i32,
     slot: u32,
     max_frame: usize,
 }
@@ -35,27 +37,34 @@ pub(crate) struct WorkerSpec {
 pub(crate) fn worker_spec() -> Option<WorkerSpec> {
     let v = std::env::var(WORKER_ENV).ok()?;
     let mut parts = v.split(',').map(str::parse::<u64>);
-    let (Some(Ok(fd)), Some(Ok(slot)), Some(Ok(max))) = (parts.next(), parts.next(), parts.next())
+    let (Some(Ok(out_fd)), Some(Ok(in_fd)), Some(Ok(slot)), Some(Ok(max))) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         eprintln!("offload: ignoring a malformed {WORKER_ENV}={v:?}");
         return None;
     };
     Some(WorkerSpec {
-        fd: i32::try_from(fd).ok()?,
+        out_fd: i32::try_from(out_fd).ok()?,
+        in_fd: i32::try_from(in_fd).ok()?,
         slot: u32::try_from(slot).ok()?,
         max_frame: usize::try_from(max).ok()?,
     })
 }
 
-/// Serves the pool on the inherited socket, then exits the process.
+/// Serves the pool on the inherited pipes, then exits the process.
 pub(crate) fn serve_as_worker(spec: WorkerSpec) -> ! {
     install_panic_hook();
     #[allow(unsafe_code)]
-    // SAFETY: the pool passed this descriptor to us, open, through WORKER_ENV (it cleared its
-    // close-on-exec flag in `pre_exec` for exactly this exec); nothing else in this process
-    // knows or owns it, so the stream is its only owner.
-    let stream = unsafe { UnixStream::from_raw_fd(spec.fd) };
-    let code = match Worker::new(stream, spec).run() {
+    // SAFETY: the pool passed these two descriptors to us, open, through WORKER_ENV (it
+    // cleared their close-on-exec flags in `pre_exec` for exactly this exec); nothing else in
+    // this process knows or owns them, so each File is the only owner of one.
+    let (output, input) = unsafe {
+        (
+            File::from_raw_fd(spec.out_fd),
+            File::from_raw_fd(spec.in_fd),
+        )
+    };
+    let code = match Worker::new(input, output, spec).run() {
         Ok(()) => 0,
         Err(code) => code,
     };
@@ -64,24 +73,28 @@ pub(crate) fn serve_as_worker(spec: WorkerSpec) -> ! {
 }
 
 struct Worker {
-    stream: UnixStream,
+    /// The request pipe (read end).
+    input: File,
+    /// The answer pipe (write end).
+    output: File,
     spec: WorkerSpec,
     codec: tokio_util::codec::LengthDelimitedCodec,
     inbuf: BytesMut,
     scratch: Vec<u8>,
-    outbuf: BytesMut,
+    outbuf: Vec<u8>,
     result: Vec<u8>,
 }
 
 impl Worker {
-    fn new(stream: UnixStream, spec: WorkerSpec) -> Self {
+    fn new(input: File, output: File, spec: WorkerSpec) -> Self {
         Worker {
-            stream,
+            input,
+            output,
             spec,
             codec: wire::codec(spec.max_frame),
             inbuf: BytesMut::with_capacity(64 * 1024),
             scratch: vec![0; 64 * 1024],
-            outbuf: BytesMut::with_capacity(64 * 1024),
+            outbuf: Vec::with_capacity(64 * 1024),
             result: Vec::with_capacity(4096),
         }
     }
@@ -100,7 +113,7 @@ impl Worker {
                     return Err(EXIT_PROTOCOL);
                 }
             }
-            match self.stream.read(&mut self.scratch) {
+            match self.input.read(&mut self.scratch) {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.inbuf.extend_from_slice(&self.scratch[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -109,15 +122,36 @@ impl Worker {
         }
     }
 
+    /// Sends one frame (the layout of [`wire::codec`]) built in one reused buffer, with one
+    /// `write`.
     fn send(&mut self, header: &Response<'_>, body: &[u8]) -> Result<(), i32> {
-        self.outbuf.clear();
-        if let Err(e) = wire::encode_frame(header, body, self.spec.max_frame, &mut self.outbuf) {
+        let mut out = std::mem::take(&mut self.outbuf);
+        out.clear();
+        out.extend_from_slice(&[0, 0, 0, 0, wire::WIRE_VERSION]);
+        let mut out = match postcard::to_extend(header, out) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!(
+                    "offload worker {}: could not encode a header: {e}",
+                    self.spec.slot
+                );
+                return Err(EXIT_PROTOCOL);
+            }
+        };
+        out.extend_from_slice(body);
+        let len = out.len() - 4;
+        let Some(prefix) = u32::try_from(len)
+            .ok()
+            .filter(|_| len <= self.spec.max_frame)
+        else {
+            let e = wire::frame_too_large(len, self.spec.max_frame);
             eprintln!("offload worker {}: {e}", self.spec.slot);
             return Err(EXIT_PROTOCOL);
-        }
-        self.stream
-            .write_all(&self.outbuf)
-            .map_err(|_| EXIT_PROTOCOL)
+        };
+        out[..4].copy_from_slice(&prefix.to_be_bytes());
+        let sent = self.output.write_all(&out);
+        self.outbuf = out;
+        sent.map_err(|_| EXIT_PROTOCOL)
     }
 
     fn refuse(&mut self, reason: &str) -> Result<(), i32> {

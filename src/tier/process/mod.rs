@@ -6,6 +6,7 @@
 //! | `pool.rs` | the shared state: queue, in-flight tasks, dispatch |
 //! | `slot.rs` | one thread per worker slot: start, handshake, read answers, reap, replace |
 //! | `child.rs` | the worker's side, run by [`init`](crate::init) |
+//! | `sys.rs` | the system calls std lacks: pipes, `ppoll`, `timerfd`, `SIGPIPE` blocking |
 //! | `README.md` | the wire protocol and the life of a worker |
 //!
 //! Workers are the current executable started again; [`init`](crate::init) at the top of
@@ -28,7 +29,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_channel::TrySendError;
-use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -42,9 +42,10 @@ use crate::tier::{DEFAULT_QUEUE_PER_WORKER, ShutdownMode, TierKind, TierStats, d
 mod child;
 mod pool;
 mod slot;
+mod sys;
 
 pub(crate) use child::{serve_as_worker, worker_spec};
-use pool::{Req, Shared, SlotState, State, kill_hook};
+use pool::{Link, Req, Shared, SlotState, State};
 // The typed completers and `map` chunk sizing are shared with the cluster tier.
 #[cfg(feature = "mpi")]
 pub(crate) use pool::Pending;
@@ -58,7 +59,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// one failure can be bad luck, three in a row is the program.
 pub const DEFAULT_MAX_START_FAILURES: u32 = 3;
 
-/// Tasks sent ahead to each worker: one running and one waiting in its socket, so that a
+/// Tasks sent ahead to each worker: one running and one waiting in its request pipe, so that a
 /// worker never idles for a round trip between two tasks. A worker that dies loses only the
 /// running one; the waiting one runs elsewhere.
 pub const DEFAULT_PIPELINE: usize = 2;
@@ -70,12 +71,23 @@ pub const MAP_CHUNK_TARGET: Duration = Duration::from_millis(2);
 /// The largest `map` chunk, in items (bounds the frame and the memory per chunk).
 pub const MAP_MAX_CHUNK: usize = 4096;
 
-/// How long a waiter for a process task spins before it parks, by default: zero. A result
-/// comes back over a socket, so a parked waiter costs one more wake-up (~25 µs here); set
-/// [`ProcessPoolBuilder::result_spin`] to trade CPU for that latency.
+/// How long a waiter for a process task spins before it parks, by default: zero. The waiter
+/// reads its own answer first ([`DEFAULT_RESULT_WAIT`]) without burning CPU; spinning on top
+/// would only take a core from the worker on a small machine.
 pub const DEFAULT_RESULT_SPIN: Duration = Duration::ZERO;
 
-/// After a worker closed its socket, how long it may take to exit before it is killed.
+/// How long the first poll of a handle may block reading its own answer from the worker's
+/// answer pipe (in `ppoll`: no CPU burned), when the pool's recent tasks run shorter than this.
+///
+/// Reading it there saves the hand-off that costs most: another thread reading the answer and
+/// waking the waiter (a context switch, ~25 µs across cores on small VMs). A trivial task's
+/// round trip is 10–40 µs on a loaded 2-core machine; 100 µs covers it with room, and bounds
+/// how long a runtime thread is held when the answer is late (the waiter then parks as
+/// before, and the slot thread reads). Set [`ProcessPoolBuilder::result_wait`]; zero turns
+/// it off.
+pub const DEFAULT_RESULT_WAIT: Duration = Duration::from_micros(100);
+
+/// After a worker closed its answer pipe, how long it may take to exit before it is killed.
 pub(crate) const REAP_GRACE: Duration = Duration::from_secs(2);
 
 /// The fix for a worker that never reaches [`init`](crate::init).
@@ -101,6 +113,7 @@ pub(crate) struct Config {
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) result_spin: Duration,
+    pub(crate) result_wait: Duration,
 }
 
 /// Settings for a [`ProcessPool`]: `&mut self` setters, then [`build`](Self::build).
@@ -153,6 +166,7 @@ impl Default for ProcessPoolBuilder {
                 args: args.collect(),
                 env: Vec::new(),
                 result_spin: DEFAULT_RESULT_SPIN,
+                result_wait: DEFAULT_RESULT_WAIT,
             },
             queue_capacity: None,
             problem: None,
@@ -260,6 +274,15 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// How long the first poll (`.await`) of a handle may block its thread reading the
+    /// task's answer itself, while recent tasks are shorter than that (default
+    /// [`DEFAULT_RESULT_WAIT`]; zero: never, the waiter parks at once and the pool's thread
+    /// reads the answer and wakes it).
+    pub fn result_wait(&mut self, d: Duration) -> &mut Self {
+        self.cfg.result_wait = d;
+        self
+    }
+
     /// Starts the pool. The workers start in the background; a worker that cannot start is
     /// retried, and the crash-loop guard turns repeated failures into a pool error that
     /// every task then reports.
@@ -315,6 +338,7 @@ impl ProcessPoolBuilder {
             rx,
             next_id: AtomicU64::new(1),
             counters: pool::Counters::default(),
+            guard_sigpipe: sys::sigpipe_kills(),
         });
         let mut threads = Vec::with_capacity(workers + 1);
         let s = shared.clone();
@@ -373,6 +397,8 @@ impl Owner {
         {
             let mut st = s.lock();
             st.closing = true;
+            // Running tasks are waited for (or killed) now: their answers must be read.
+            s.want_readers(&mut st);
             if mode == ShutdownMode::Cancel {
                 s.fail_queued(&mut st, Error::shut_down);
             }
@@ -394,7 +420,7 @@ impl Owner {
                 for sl in st.slots.iter_mut() {
                     if let Some(conn) = sl.conn.clone() {
                         sl.retiring = true;
-                        slot_send_exit(s, &conn);
+                        s.send_exit(&conn);
                     }
                 }
             }
@@ -405,14 +431,6 @@ impl Owner {
         }
         *stopped = true;
         tracing::debug!("process tier stopped; every worker reaped");
-    }
-}
-
-fn slot_send_exit(shared: &Shared, conn: &std::os::unix::net::UnixStream) {
-    let mut out = bytes::BytesMut::new();
-    if wire::encode_frame(&Request::Exit, &[], shared.cfg.max_frame, &mut out).is_ok() {
-        let mut w = conn;
-        let _ = std::io::Write::write_all(&mut w, &out);
     }
 }
 
@@ -574,12 +592,9 @@ impl ProcessPool {
             .with_task(name)
             .with_tier(TierKind::Processes));
         }
-        {
-            let st = s.lock();
-            if st.closing || st.broken.is_some() {
-                drop(st);
-                return Err(self.refusal(name));
-            }
+        // Shutdown and the crash-loop guard close the queue first: no lock needed to see them.
+        if s.tx.is_closed() {
+            return Err(self.refusal(name));
         }
         let id = s.next_id.fetch_add(1, Ordering::Relaxed);
         let header = if batch {
@@ -593,11 +608,15 @@ impl ProcessPool {
             Some(Arc::from(name)),
             TierKind::Processes,
             s.cfg.result_spin,
-            Some(kill_hook(Arc::downgrade(s), id)),
+            Some(Arc::new(Link {
+                pool: Arc::downgrade(s),
+                id,
+                read_own: !batch,
+            })),
         );
         let req = Req {
             id,
-            frame: Bytes::from(frame),
+            frame,
             task: Box::new(make(completer)),
             timeout: timeout.or(s.cfg.task_timeout),
             started: false,

@@ -1,11 +1,17 @@
-//! The pool's shared state: the queue, the workers' in-flight tasks, and dispatch.
+//! The pool's shared state: the queue, the workers' in-flight tasks, dispatch, and who reads
+//! each worker's answers.
 //!
 //! One mutex guards the state. Dispatch ([`Shared::pump`]) runs under it, from a submitter
-//! (when a worker has room) or from a worker's reader thread (when a result frees room), and
-//! writes the frames straight to the worker's socket: no dispatcher thread, so no extra
-//! wake-up between a submit and the worker.
+//! (when a worker has room) or from whoever reads a worker's answers (when a result frees
+//! room), and writes the frames straight to the worker's request pipe: no dispatcher thread,
+//! so no extra wake-up between a submit and the worker.
+//!
+//! A worker's answers are read by its slot thread or by a caller waiting for its own task
+//! ([`ReaderRole`]); the rules that make sure an awaited answer is always read are on
+//! [`Shared::pump`] and [`Shared::want_readers`].
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::Child;
@@ -14,13 +20,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::Config;
 use crate::error::{Error, ErrorKind};
 use crate::remote::wire::ItemOutcome;
-use crate::task::Completer;
+use crate::task::{Completer, RemoteLink};
 use crate::tier::{RunInfo, TierKind};
 
 /// A task's completer with its result type erased: the reader hands it the body bytes.
@@ -29,6 +34,9 @@ pub(crate) trait Pending: Send {
     fn start(&self) -> bool;
     /// When the task was submitted.
     fn submitted(&self) -> Instant;
+    /// Whether its handle waits for it (parked, blocked, probing): then the pool reads its
+    /// answer without waiting for the handle to do it.
+    fn is_waited(&self) -> bool;
     /// Decodes the result from `body` and completes the task.
     fn succeed(self: Box<Self>, body: &[u8], info: RunInfo);
     /// Completes the task with `e`.
@@ -48,6 +56,9 @@ impl<R: DeserializeOwned + Send + 'static> Pending for One<R> {
     }
     fn submitted(&self) -> Instant {
         self.completer.submitted()
+    }
+    fn is_waited(&self) -> bool {
+        self.completer.is_waited()
     }
     fn succeed(self: Box<Self>, body: &[u8], info: RunInfo) {
         let outcome = postcard::from_bytes::<R>(body).map_err(|e| {
@@ -102,6 +113,9 @@ impl<R: DeserializeOwned + Send + 'static> Pending for Batch<R> {
     fn submitted(&self) -> Instant {
         self.completer.submitted()
     }
+    fn is_waited(&self) -> bool {
+        self.completer.is_waited()
+    }
     fn succeed(self: Box<Self>, body: &[u8], info: RunInfo) {
         let run_ns = u64::try_from(info.run_time.as_nanos()).unwrap_or(u64::MAX);
         self.stats.record(self.items, run_ns);
@@ -129,7 +143,7 @@ impl<R: DeserializeOwned + Send + 'static> Pending for Batch<R> {
 /// A queued task: its frame, ready to write, and its completer.
 pub(crate) struct Req {
     pub(crate) id: u64,
-    pub(crate) frame: Bytes,
+    pub(crate) frame: Vec<u8>,
     pub(crate) task: Box<dyn Pending>,
     pub(crate) timeout: Option<Duration>,
     /// Claimed already (a task put back after its worker died before starting it).
@@ -147,7 +161,7 @@ pub(crate) enum KillReason {
 pub(crate) struct InFlight {
     pub(crate) id: u64,
     pub(crate) task: Box<dyn Pending>,
-    pub(crate) frame: Bytes,
+    pub(crate) frame: Vec<u8>,
     pub(crate) timeout: Option<Duration>,
     /// When the worker started it (when it became the worker's first unanswered task).
     pub(crate) started: Option<Instant>,
@@ -155,10 +169,29 @@ pub(crate) struct InFlight {
     pub(crate) killed: Option<KillReason>,
 }
 
+/// Who reads a worker's answers now. Only the holder touches the answer pipe (through the
+/// [`Inbox`](super::slot::Inbox)), so frames are never split between two readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ReaderRole {
+    /// Nobody: the slot thread waits only for the worker's death or a wake-up, so an answer
+    /// arriving wakes no thread of the pool; the caller waiting for it reads it itself.
+    #[default]
+    Nobody,
+    /// The slot thread, blocked in `read`, until the worker has no unanswered task.
+    Thread,
+    /// A caller in the first poll of its handle, for a bounded time
+    /// ([`DEFAULT_RESULT_WAIT`](super::DEFAULT_RESULT_WAIT)).
+    Caller,
+}
+
 /// One worker slot as the pool sees it.
 #[derive(Default)]
 pub(crate) struct SlotState {
-    pub(crate) conn: Option<Arc<UnixStream>>,
+    /// Write end of the worker's request pipe.
+    pub(crate) conn: Option<Arc<File>>,
+    /// Frames up to this size may wait in the request pipe behind a running task (see
+    /// [`PIPELINE_FRAME_LIMIT`]).
+    pub(crate) pipeline_limit: usize,
     pub(crate) child: Option<Child>,
     pub(crate) pid: Option<u32>,
     pub(crate) inflight: VecDeque<InFlight>,
@@ -166,6 +199,31 @@ pub(crate) struct SlotState {
     pub(crate) sent: u64,
     /// Told to exit (max tasks reached, or shutdown).
     pub(crate) retiring: bool,
+    /// Who reads the worker's answers.
+    pub(crate) reader: ReaderRole,
+    /// The answer pipe and its undecoded bytes; taken out by the reader while it reads.
+    pub(crate) inbox: Option<Box<super::slot::Inbox>>,
+    /// Write end of the slot thread's wake-up socket (nonblocking).
+    pub(crate) wake: Option<UnixStream>,
+}
+
+impl SlotState {
+    /// Wakes the slot thread (it re-reads its role). A full wake-up socket already holds a
+    /// wake-up, so a failed write loses nothing.
+    pub(crate) fn wake_thread(&self) {
+        if let Some(w) = &self.wake {
+            let _ = (&*w).write(&[1]);
+        }
+    }
+
+    /// Makes the slot thread the reader when unanswered tasks have none; see
+    /// [`Shared::want_readers`].
+    pub(crate) fn want_reader(&mut self) {
+        if self.reader == ReaderRole::Nobody && !self.inflight.is_empty() {
+            self.reader = ReaderRole::Thread;
+            self.wake_thread();
+        }
+    }
 }
 
 /// The mutable state under the pool's lock.
@@ -206,21 +264,114 @@ pub(crate) struct Shared {
     pub(crate) rx: Receiver<Req>,
     pub(crate) next_id: AtomicU64,
     pub(crate) counters: Counters,
+    /// `SIGPIPE` would kill this process: writes to workers block it meanwhile.
+    pub(crate) guard_sigpipe: bool,
 }
 
-/// Frames up to this size may queue behind a running task in a worker's socket (they fit its
-/// buffer, so writing them never blocks); larger ones go only to an idle worker.
+/// A task's handle's link to its pool: kills the task, reads its answer, asks for a reader.
+pub(crate) struct Link {
+    pub(crate) pool: Weak<Shared>,
+    pub(crate) id: u64,
+    /// Whether the first poll may read the answer itself: single calls only. A `map` keeps
+    /// several chunks in flight and awaits them in order from one task; a chunk's handle
+    /// blocking that thread on one worker would stall the stream and leave the other
+    /// workers' answers unread (measured: `map` of 20k trivial items 20% slower).
+    pub(crate) read_own: bool,
+}
+
+impl RemoteLink for Link {
+    fn kill(&self) -> bool {
+        self.pool
+            .upgrade()
+            .is_some_and(|p| p.cancel_running(self.id))
+    }
+
+    fn wait_briefly(&self, done: &dyn Fn() -> bool) {
+        if !self.read_own {
+            return;
+        }
+        if let Some(p) = self.pool.upgrade() {
+            super::slot::read_own_answer(&p, self.id, done);
+        }
+    }
+
+    fn ensure_reader(&self) {
+        if let Some(p) = self.pool.upgrade() {
+            let mut st = p.lock();
+            if let Some(sl) = st
+                .slots
+                .iter_mut()
+                .find(|s| s.inflight.iter().any(|t| t.id == self.id))
+            {
+                sl.want_reader();
+            }
+            // A queued task: the rule at the end of `pump` keeps every busy worker read.
+        }
+    }
+}
+
+/// Frames up to this size may queue behind a running task in a worker's request pipe, whose
+/// buffer is sized for `pipeline_depth` of them (so writing one never blocks on a busy
+/// worker); larger ones go only to an idle worker. 64 KiB: a default pipe buffer, ample for
+/// the arguments of one call or a `map` chunk of small items. When the kernel refuses the
+/// larger buffer, a slot's limit is its pipe's size divided by the depth.
 pub(crate) const PIPELINE_FRAME_LIMIT: usize = 64 * 1024;
 
 impl Shared {
+    /// Tells a worker to exit (best effort: a dead worker needs no telling).
+    pub(crate) fn send_exit(&self, conn: &File) {
+        let mut out = bytes::BytesMut::new();
+        let exit = crate::remote::wire::Request::Exit;
+        if crate::remote::wire::encode_frame(&exit, &[], self.cfg.max_frame, &mut out).is_ok() {
+            let _ = super::sys::write_all(conn, &out, self.guard_sigpipe);
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while the lock was held leaves the state consistent at every await point we
         // have (we never panic between two related updates), so a poisoned lock is usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long the first poll of a handle may read its own answer: the configured budget
+    /// while recent tasks run shorter than it, else zero (the caller parks at once).
+    pub(crate) fn result_wait(&self) -> Duration {
+        let budget = self.cfg.result_wait;
+        let ewma = Duration::from_nanos(self.counters.ewma_run_ns.load(Ordering::Relaxed));
+        if ewma < budget {
+            budget
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Makes the slot thread the reader of every worker that has unanswered tasks and no
+    /// reader. Call with the lock held.
+    ///
+    /// An answer is left unread (no thread woken) only while its handle has not waited yet:
+    /// the handle then reads it itself or asks for a reader. Everything else that waits on
+    /// answers asks for readers: a queue that is not empty ([`pump`](Self::pump)), a handle
+    /// that waits ([`Link`]), a task with a deadline, shutdown, a cancel.
+    pub(crate) fn want_readers(&self, st: &mut State) {
+        for sl in st.slots.iter_mut() {
+            sl.want_reader();
+        }
+    }
+
     /// Sends queued tasks to workers with room. Call with the lock held.
+    ///
+    /// A task sent to a worker nobody reads gets the slot thread as reader when its handle
+    /// already waits, when it has a deadline (the watchdog must not see an answered task as
+    /// running), or during shutdown. Tasks left queued afterwards depend on answers being
+    /// read, so then every busy worker gets a reader.
     pub(crate) fn pump(&self, st: &mut State) {
+        self.pump_queue(st);
+        if !(st.retry.is_empty() && self.rx.is_empty()) {
+            self.want_readers(st);
+        }
+    }
+
+    fn pump_queue(&self, st: &mut State) {
         if st.broken.is_some() {
             return;
         }
@@ -252,7 +403,7 @@ impl Shared {
                 continue;
             }
             let slot = &mut st.slots[w];
-            if !slot.inflight.is_empty() && req.frame.len() > PIPELINE_FRAME_LIMIT {
+            if !slot.inflight.is_empty() && req.frame.len() > slot.pipeline_limit {
                 // Big frames wait for an idle worker (the chosen one has the fewest tasks, so
                 // none is idle), so that writing never blocks on a busy one.
                 let mut req = req;
@@ -260,10 +411,11 @@ impl Shared {
                 st.retry.push_front(req);
                 return;
             }
-            let Some(conn) = slot.conn.clone() else {
-                return;
+            let written = match &slot.conn {
+                Some(conn) => super::sys::write_all(conn, &req.frame, self.guard_sigpipe),
+                None => return,
             };
-            if (&*conn).write_all(&req.frame).is_err() {
+            if written.is_err() {
                 // The worker is going away; its reader will notice. Try the task elsewhere.
                 let mut req = req;
                 req.started = true;
@@ -276,6 +428,7 @@ impl Shared {
             if started.is_some() && req.timeout.is_some() {
                 self.deadlines.notify_one();
             }
+            let needs_reader = req.timeout.is_some() || st.closing || req.task.is_waited();
             slot.inflight.push_back(InFlight {
                 id: req.id,
                 task: req.task,
@@ -286,6 +439,9 @@ impl Shared {
                 killed: None,
             });
             slot.sent += 1;
+            if needs_reader {
+                slot.want_reader();
+            }
         }
     }
 
@@ -330,8 +486,9 @@ impl Shared {
                 } else {
                     // Sent but not started: the worker will run it unless we stop it, and a
                     // frame cannot be taken back. Mark it; the reader fails it as cancelled
-                    // when its result arrives.
+                    // (and kills the worker) when the task before it is answered.
                     slot.inflight[pos].killed = Some(KillReason::Cancel);
+                    slot.want_reader();
                 }
                 return true;
             }
@@ -351,9 +508,4 @@ impl Shared {
         }
         false
     }
-}
-
-/// The kill hook of a handle: cancel task `id` in the pool, if the pool is still there.
-pub(crate) fn kill_hook(pool: Weak<Shared>, id: u64) -> crate::task::KillHook {
-    Arc::new(move || pool.upgrade().is_some_and(|p| p.cancel_running(id)))
 }

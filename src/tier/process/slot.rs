@@ -1,12 +1,17 @@
-//! One worker slot: a thread that starts a worker process, reads its answers, notices its
-//! death, fails or re-queues its tasks, and starts the next one.
+//! One worker slot: a thread that starts a worker process, reads its answers when no caller
+//! does, notices its death, fails or re-queues its tasks, and starts the next one.
 //!
-//! The thread blocks in `read` on the worker's socket, so a result costs one wake-up of this
-//! thread. Deadlines are kept by the pool's watchdog thread ([`watchdog`]). See `README.md`
-//! in this folder.
+//! A worker's answers are read by whoever holds the slot's [`ReaderRole`]: the caller waiting
+//! for its own answer ([`read_own_answer`], bounded), or this thread, blocked in `read`. While
+//! nobody holds it the thread waits in `poll` for the worker's end of file or a wake-up only,
+//! so an answer the caller reads itself wakes no thread of the pool: the round trip is the
+//! caller's write, the worker's wake-up, the worker's write, the caller's wake-up, as in a
+//! plain pipe ping-pong. Deadlines are kept by the pool's watchdog thread ([`watchdog`]). See
+//! `README.md` in this folder.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
@@ -16,10 +21,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio_util::codec::Decoder;
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use super::child::WORKER_ENV;
-use super::pool::{InFlight, KillReason, Req, Shared};
+use super::pool::PIPELINE_FRAME_LIMIT;
+use super::pool::{InFlight, KillReason, ReaderRole, Req, Shared};
+use super::sys::{self, Deadline, pollfd, wait_fds};
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::remote::Registry;
 use crate::remote::wire::{self, Request, Response};
@@ -27,15 +34,237 @@ use crate::tier::{RunInfo, TierKind};
 
 /// A started worker, between handshake and death.
 struct Started {
-    conn: Arc<UnixStream>,
+    /// Read end of the worker's answer pipe.
+    answers: Arc<File>,
     pid: u32,
     stderr: Option<JoinHandle<()>>,
+    /// Bytes read after the `Ready` frame (none, unless the worker misbehaves).
     buf: BytesMut,
+    /// Read end of the wake-up socket pair (nonblocking); the write end is in the slot's state.
+    wake: UnixStream,
+}
+
+/// The read side of a worker's answer pipe: the bytes read and not decoded yet, the read
+/// buffer, the timer of a caller's wait. Only the holder of the slot's [`ReaderRole`] has it.
+pub(crate) struct Inbox {
+    /// Read end of the worker's answer pipe.
+    answers: Arc<File>,
+    codec: LengthDelimitedCodec,
+    buf: BytesMut,
+    scratch: Vec<u8>,
+    /// A bad frame a caller read: it killed the worker; the slot thread reports the error.
+    broken: Option<Error>,
+    /// Bounds a caller's wait (`None` without timer files: `ppoll`'s own timeout then).
+    deadline: Option<Deadline>,
+}
+
+/// When the worker hung up while a caller holds the reader role: how often the slot thread
+/// looks whether the caller gave it back. A caller holds it for its bounded wait
+/// ([`DEFAULT_RESULT_WAIT`](super::DEFAULT_RESULT_WAIT), 100 µs), and gives it back without a
+/// wake-up when its answer came before the hang-up; looking every millisecond notices that
+/// soon after, and costs nothing but on a worker's death.
+const CALLER_RECHECK: Duration = Duration::from_millis(1);
+
+/// How many bytes one `read` of a worker's answer pipe takes at most (a pipe's default buffer,
+/// so one read usually empties it).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What one read of a worker's answer pipe found.
+enum Got {
+    /// Bytes (whole frames were handled).
+    Frames,
+    /// Nothing yet.
+    Nothing,
+    /// End of file (or a broken pipe): the worker went away.
+    End,
+}
+
+impl Inbox {
+    fn new(answers: Arc<File>, max_frame: usize, buf: BytesMut) -> Self {
+        Inbox {
+            answers,
+            codec: wire::codec(max_frame),
+            buf,
+            scratch: vec![0; READ_CHUNK],
+            broken: None,
+            deadline: Deadline::new(),
+        }
+    }
+
+    /// Reads what the answer pipe holds now (it is nonblocking) and handles every whole
+    /// frame; an error for a bad frame.
+    fn read_now(&mut self, shared: &Arc<Shared>, slot: usize) -> Result<Got, Error> {
+        let n = loop {
+            match (&*self.answers).read(&mut self.scratch) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Got::Nothing),
+                Err(_) => return Ok(Got::End),
+            }
+        };
+        if n == 0 {
+            return Ok(Got::End);
+        }
+        self.buf.extend_from_slice(&self.scratch[..n]);
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => on_frame(shared, slot, &frame)?,
+                Ok(None) => return Ok(Got::Frames),
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::Encoding,
+                        format!("the worker sent a bad frame: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads the next bytes, waiting in `ppoll` while there are none. Returns false at end of
+    /// file, an error for a bad frame.
+    fn read_blocking(&mut self, shared: &Arc<Shared>, slot: usize) -> Result<bool, Error> {
+        loop {
+            match self.read_now(shared, slot)? {
+                Got::Frames => return Ok(true),
+                Got::End => return Ok(false),
+                Got::Nothing => {
+                    let mut fds = [pollfd(self.answers.as_raw_fd(), libc::POLLIN)];
+                    if wait_fds(&mut fds, None).is_err() {
+                        // Cannot wait (not seen in practice): treat the worker as gone rather
+                        // than spin; serving ends and the worker is reaped (or killed).
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Empties the wake-up socket (nonblocking).
+fn drain_wakeups(wake: &UnixStream) {
+    let mut b = [0u8; 64];
+    while matches!((&*wake).read(&mut b), Ok(n) if n > 0) {}
+}
+
+/// The first poll of a handle: when nobody reads the worker running task `id`, reads its
+/// answers on this thread (blocking in `ppoll`, not spinning) until `done()` or the pool's
+/// [`result_wait`](Shared::result_wait) budget is spent, then gives the role back (to the slot
+/// thread when tasks are still unanswered, or the worker went away).
+pub(crate) fn read_own_answer(shared: &Arc<Shared>, id: u64, done: &dyn Fn() -> bool) {
+    let budget = shared.result_wait();
+    if budget.is_zero() {
+        return;
+    }
+    let t0 = Instant::now();
+    let (slot, inbox) = {
+        let mut st = shared.lock();
+        let Some(w) = st
+            .slots
+            .iter()
+            .position(|s| s.inflight.iter().any(|t| t.id == id))
+        else {
+            return;
+        };
+        let sl = &mut st.slots[w];
+        if sl.reader != ReaderRole::Nobody {
+            return;
+        }
+        let Some(inbox) = sl.inbox.take() else {
+            return;
+        };
+        sl.reader = ReaderRole::Caller;
+        (w, inbox)
+    };
+    let mut held = CallerRead {
+        shared,
+        slot,
+        inbox: Some(inbox),
+        hand_over: false,
+    };
+    let Some(inbox) = held.inbox.as_mut() else {
+        return;
+    };
+    let fd = inbox.answers.as_raw_fd();
+    // Armed at the first wait only: when the worker shares this CPU it usually ran and
+    // answered while this thread was still returning from its write, and a plain read finds
+    // the answer (the pipe ping-pong's two system calls, nothing more).
+    let mut timer: Option<Option<RawFd>> = None;
+    while !done() {
+        match inbox.read_now(shared, slot) {
+            Ok(Got::Frames) => continue,
+            Ok(Got::Nothing) => {}
+            Ok(Got::End) => {
+                // The worker went away: the slot thread reads the end of file and reports it.
+                held.hand_over = true;
+                break;
+            }
+            Err(e) => {
+                kill(shared, slot);
+                inbox.broken = Some(e);
+                held.hand_over = true;
+                break;
+            }
+        }
+        // Nothing yet: wait for the answer, bounded by the slot's timer (cheap: see `sys.rs`),
+        // or by ppoll's timeout when the timer cannot be armed.
+        let timer = *timer.get_or_insert_with(|| {
+            inbox
+                .deadline
+                .as_mut()
+                .and_then(|d| d.arm_within(budget).then(|| d.fd()))
+        });
+        let waited = match timer {
+            Some(t) => {
+                let mut fds = [pollfd(fd, libc::POLLIN), pollfd(t, libc::POLLIN)];
+                let r = wait_fds(&mut fds, None);
+                if fds[0].revents == 0 && fds[1].revents != 0 {
+                    break; // The budget is spent.
+                }
+                r
+            }
+            None => {
+                let left = budget.saturating_sub(t0.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                wait_fds(&mut [pollfd(fd, libc::POLLIN)], Some(left))
+            }
+        };
+        if waited.is_err() {
+            held.hand_over = true;
+            break;
+        }
+    }
+}
+
+/// The reader role held by a caller; dropping it (also when a panic unwinds through a
+/// result's decoding) gives the role back.
+struct CallerRead<'a> {
+    shared: &'a Shared,
+    slot: usize,
+    inbox: Option<Box<Inbox>>,
+    hand_over: bool,
+}
+
+impl Drop for CallerRead<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        let sl = &mut st.slots[self.slot];
+        sl.inbox = self.inbox.take();
+        if self.hand_over || std::thread::panicking() {
+            sl.reader = ReaderRole::Thread;
+            sl.wake_thread();
+        } else {
+            // Tasks still unanswered: their handles may wait already, so the thread reads.
+            sl.reader = ReaderRole::Nobody;
+            sl.want_reader();
+        }
+    }
 }
 
 /// Why serving a worker ended.
 enum End {
-    /// End of file: the worker exited (or closed its socket).
+    /// End of file: the worker exited (or closed its answer pipe).
     Eof,
     /// The worker sent something we cannot read; it was killed.
     Protocol(Error),
@@ -99,7 +328,7 @@ fn exit_info(pid: u32, status: Option<ExitStatus>) -> ExitInfo {
     }
 }
 
-/// Waits for `child` to exit; kills it if it lingers after closing its socket.
+/// Waits for `child` to exit; kills it if it lingers after closing its answer pipe.
 fn reap(mut child: Child) -> ExitInfo {
     let pid = child.id();
     let t0 = Instant::now();
@@ -118,15 +347,17 @@ fn reap(mut child: Child) -> ExitInfo {
     }
 }
 
-/// Makes the child end of the socket survive `exec` and applies the memory cap. Runs in the
-/// forked child before `exec`: only async-signal-safe calls.
-fn child_setup(fd: i32, memory_limit: Option<u64>) -> std::io::Result<()> {
-    #[allow(unsafe_code)]
-    // SAFETY: fcntl on a descriptor we own in this (forked) process; F_SETFD with 0 only clears
-    // close-on-exec. It is async-signal-safe.
-    let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-    if r == -1 {
-        return Err(std::io::Error::last_os_error());
+/// Makes the worker's ends of the pipes survive `exec` and applies the memory cap. Runs in
+/// the forked child before `exec`: only async-signal-safe calls.
+fn child_setup(fds: [i32; 2], memory_limit: Option<u64>) -> std::io::Result<()> {
+    for fd in fds {
+        #[allow(unsafe_code)]
+        // SAFETY: fcntl on a descriptor we own in this (forked) process; F_SETFD with 0 only
+        // clears close-on-exec. It is async-signal-safe.
+        let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        if r == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     if let Some(bytes) = memory_limit {
         let lim = libc::rlimit {
@@ -187,25 +418,45 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
     let Some(registry) = Registry::global() else {
         return Err(start_error(slot, super::FORGOT_INIT.to_string(), None));
     };
-    let (ours, theirs) = UnixStream::pair()
+    let pipes = sys::pipe().and_then(|(req_r, req_w)| Ok((req_r, req_w, sys::pipe()?)));
+    let pipes = pipes.and_then(|(req_r, req_w, (ans_r, ans_w))| {
+        // Nonblocking: a caller tries a read before it waits (see `read_own_answer`).
+        sys::set_nonblocking(&ans_r, true)?;
+        Ok((req_r, req_w, (ans_r, ans_w)))
+    });
+    let (req_r, req_w, (ans_r, ans_w)) =
+        pipes.map_err(|e| start_error(slot, format!("could not create a pipe: {e}"), None))?;
+    let wake_pair = UnixStream::pair().and_then(|(tx, rx)| {
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok((tx, rx))
+    });
+    let (wake_tx, wake_rx) = wake_pair
         .map_err(|e| start_error(slot, format!("could not create a socket pair: {e}"), None))?;
-    let fd = theirs.as_raw_fd();
+    // Room in the request pipe for the frames that may wait behind a running task.
+    let depth = cfg.pipeline.max(1);
+    let capacity = sys::pipe_capacity(&req_w, PIPELINE_FRAME_LIMIT.saturating_mul(depth));
+    let pipeline_limit = PIPELINE_FRAME_LIMIT.min(capacity / depth);
+    let (out_fd, in_fd) = (ans_w.as_raw_fd(), req_r.as_raw_fd());
     let mut cmd = Command::new(&cfg.program);
     if let Some(arg0) = &cfg.arg0 {
         cmd.arg0(arg0);
     }
     cmd.args(&cfg.args)
         .envs(cfg.env.iter().map(|(k, v)| (k, v)))
-        .env(WORKER_ENV, format!("{fd},{slot},{}", cfg.max_frame))
+        .env(
+            WORKER_ENV,
+            format!("{out_fd},{in_fd},{slot},{}", cfg.max_frame),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped());
     let memory_limit = cfg.memory_limit;
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the forked child before exec and only calls `child_setup`,
-    // which makes two async-signal-safe calls (fcntl, setrlimit) and allocates nothing.
+    // which makes async-signal-safe calls (fcntl, setrlimit) and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || child_setup(fd, memory_limit));
+        cmd.pre_exec(move || child_setup([out_fd, in_fd], memory_limit));
     }
     let mut child = cmd.spawn().map_err(|e| {
         start_error(
@@ -214,13 +465,15 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
             None,
         )
     })?;
-    drop(theirs);
+    // The worker's ends: closed here, so that its exit is the end of file of the answers.
+    drop((req_r, ans_w));
     let pid = child.id();
     let stderr = child
         .stderr
         .take()
         .and_then(|e| forward_stderr(e, slot, pid));
-    let conn = Arc::new(ours);
+    let conn = Arc::new(req_w);
+    let answers = Arc::new(ans_r);
     let fail = |mut child: Child, detail: String, stderr: Option<JoinHandle<()>>| {
         let _ = child.kill();
         let exit = reap(child);
@@ -229,6 +482,14 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
         }
         Err(start_error(slot, detail, Some(exit)))
     };
+    let silent = |pid: u32| {
+        format!(
+            "the worker (pid {pid}) did not answer the handshake within {:?}: {}",
+            cfg.handshake_timeout,
+            super::FORGOT_INIT
+        )
+    };
+    let deadline = Instant::now() + cfg.handshake_timeout;
 
     // Setup frame.
     let header = Request::Setup {
@@ -251,22 +512,23 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
             stderr,
         );
     }
-    if let Err(e) = (&*conn).write_all(&out) {
-        // The worker died before reading: usually it exited at once.
-        let _ = e;
-        let exit = reap(child);
-        if let Some(t) = stderr {
-            let _ = t.join();
+    match sys::write_all_by(&conn, &out, deadline, shared.guard_sigpipe) {
+        Ok(true) => {}
+        Ok(false) => return fail(child, silent(pid), stderr),
+        Err(_) => {
+            // The worker died before reading: usually it exited at once.
+            let exit = reap(child);
+            if let Some(t) = stderr {
+                let _ = t.join();
+            }
+            return Err(start_error(slot, exited_early(exit), Some(exit)));
         }
-        return Err(start_error(slot, exited_early(exit), Some(exit)));
     }
 
     // Ready, Refused, end of file, or silence.
-    let _ = conn.set_read_timeout(Some(cfg.handshake_timeout));
     let mut codec = wire::codec(cfg.max_frame);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut scratch = [0u8; 4096];
-    let deadline = Instant::now() + cfg.handshake_timeout;
     loop {
         match codec.decode(&mut buf) {
             Ok(Some(frame)) => {
@@ -274,14 +536,14 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
                     Ok((Response::Ready { build_id, .. }, _))
                         if build_id == registry.build_id() =>
                     {
-                        let _ = conn.set_read_timeout(None);
                         let started = Started {
-                            conn,
+                            answers,
                             pid,
                             stderr,
                             buf,
+                            wake: wake_rx,
                         };
-                        register(shared, slot, child, &started);
+                        register(shared, slot, child, &started, conn, wake_tx, pipeline_limit);
                         Ok(started)
                     }
                     Ok((Response::Refused { reason }, _)) => {
@@ -298,28 +560,25 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
             Ok(None) => {}
             Err(e) => return fail(child, format!("a bad handshake frame: {e}"), stderr),
         }
-        match (&*conn).read(&mut scratch) {
-            // A worker that exits without reading its setup frame resets the connection.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [pollfd(answers.as_raw_fd(), libc::POLLIN)];
+        match wait_fds(&mut fds, Some(left)) {
+            Ok(0) if left.is_zero() => return fail(child, silent(pid), stderr),
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(e) => return fail(child, format!("waiting for the handshake: {e}"), stderr),
+        }
+        match (&*answers).read(&mut scratch) {
+            // A worker that exits (without reading its setup frame, or refusing) is the end of
+            // the answers.
             Ok(0) => return eof_during_handshake(child, stderr, slot),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return eof_during_handshake(child, stderr, slot);
-            }
             Ok(n) => buf.extend_from_slice(&scratch[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) && Instant::now() < deadline => {}
-            Err(_) => {
-                let detail = format!(
-                    "the worker (pid {pid}) did not answer the handshake within {:?}: \
-                     {}",
-                    cfg.handshake_timeout,
-                    super::FORGOT_INIT
-                );
-                return fail(child, detail, stderr);
-            }
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) => {}
+            Err(_) => return eof_during_handshake(child, stderr, slot),
         }
     }
 }
@@ -344,65 +603,142 @@ fn exited_early(exit: ExitInfo) -> String {
 }
 
 /// Publishes a started worker to the pool and gives it work.
-fn register(shared: &Arc<Shared>, slot: usize, child: Child, s: &Started) {
+fn register(
+    shared: &Arc<Shared>,
+    slot: usize,
+    child: Child,
+    s: &Started,
+    conn: Arc<File>,
+    wake: UnixStream,
+    pipeline_limit: usize,
+) {
     let mut st = shared.lock();
     st.start_failures = 0;
     let stopping = st.stopping;
     let sl = &mut st.slots[slot];
-    sl.conn = Some(s.conn.clone());
+    sl.conn = Some(conn.clone());
+    sl.pipeline_limit = pipeline_limit;
     sl.child = Some(child);
     sl.pid = Some(s.pid);
     sl.sent = 0;
     sl.retiring = false;
+    sl.reader = ReaderRole::Nobody;
+    sl.inbox = Some(Box::new(Inbox::new(
+        s.answers.clone(),
+        shared.cfg.max_frame,
+        s.buf.clone(),
+    )));
+    sl.wake = Some(wake);
     if stopping {
         sl.retiring = true;
-        send_exit(shared, &s.conn);
+        shared.send_exit(&conn);
     } else {
         shared.pump(&mut st);
     }
     tracing::debug!(slot, pid = s.pid, "worker ready");
 }
 
-fn send_exit(shared: &Shared, conn: &UnixStream) {
-    let mut out = BytesMut::new();
-    if wire::encode_frame(&Request::Exit, &[], shared.cfg.max_frame, &mut out).is_ok() {
-        let mut w = conn;
-        let _ = w.write_all(&out);
-    }
-}
-
-/// Reads the worker's answers until it goes away.
+/// Serves the worker until it goes away: reads its answers while this thread holds the
+/// reader role, otherwise waits for a wake-up (the role changed) or the worker's end of file.
 fn serve(shared: &Arc<Shared>, slot: usize, s: &Started) -> End {
-    let mut codec = wire::codec(shared.cfg.max_frame);
-    let mut buf = s.buf.clone();
-    let mut scratch = vec![0u8; 64 * 1024];
+    let answers = s.answers.as_raw_fd();
+    let wake = s.wake.as_raw_fd();
     loop {
-        match (&*s.conn).read(&mut scratch) {
-            Ok(0) => return End::Eof,
-            Ok(n) => {
-                buf.extend_from_slice(&scratch[..n]);
-                loop {
-                    match codec.decode(&mut buf) {
-                        Ok(Some(frame)) => {
-                            if let Err(e) = on_frame(shared, slot, s, &frame) {
-                                kill(shared, slot);
-                                return End::Protocol(e);
-                            }
+        let (role, inbox) = {
+            let mut st = shared.lock();
+            let sl = &mut st.slots[slot];
+            let inbox = match sl.reader {
+                ReaderRole::Thread => sl.inbox.take(),
+                _ => None,
+            };
+            (sl.reader, inbox)
+        };
+        match (role, inbox) {
+            (ReaderRole::Thread, Some(inbox)) => {
+                if let Some(end) = read_answers(shared, slot, inbox, true) {
+                    return end;
+                }
+            }
+            (ReaderRole::Thread, None) => {
+                // Unreachable: the inbox is in the slot whenever nobody reads. Do not spin.
+                tracing::error!(
+                    slot,
+                    "the reader role without the answer pipe; waiting for a wake-up"
+                );
+                let _ = wait_fds(&mut [pollfd(wake, libc::POLLIN)], None);
+                drain_wakeups(&s.wake);
+            }
+            (_, _) => {
+                // Nobody reads, or a caller does. No POLLIN: an answer arriving must not wake
+                // this thread; POLLHUP (always reported) comes when the worker's end closes, a
+                // wake-up when the role changed.
+                let mut fds = [pollfd(answers, 0), pollfd(wake, libc::POLLIN)];
+                let _ = wait_fds(&mut fds, None);
+                drain_wakeups(&s.wake);
+                if fds[0].revents == 0 {
+                    continue;
+                }
+                // The worker went away (or the pipe failed): read what is left, then the
+                // end of file, without giving the role back.
+                let inbox = {
+                    let mut st = shared.lock();
+                    let sl = &mut st.slots[slot];
+                    if sl.reader == ReaderRole::Nobody {
+                        sl.reader = ReaderRole::Thread;
+                        sl.inbox.take()
+                    } else {
+                        None
+                    }
+                };
+                match inbox {
+                    Some(inbox) => {
+                        if let Some(end) = read_answers(shared, slot, inbox, false) {
+                            return end;
                         }
-                        Ok(None) => break,
-                        Err(e) => {
-                            kill(shared, slot);
-                            let e = Error::new(
-                                ErrorKind::Encoding,
-                                format!("the worker sent a bad frame: {e}"),
-                            );
-                            return End::Protocol(e);
-                        }
+                    }
+                    None => {
+                        // A caller holds the role (for its bounded wait); it may give it
+                        // back without a wake-up. Look again shortly rather than spin on the
+                        // hang-up, which stays reported.
+                        let _ = wait_fds(&mut [pollfd(wake, libc::POLLIN)], Some(CALLER_RECHECK));
+                        drain_wakeups(&s.wake);
                     }
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return End::Eof,
+        }
+    }
+}
+
+/// Reads answers until the end of file, or (with `release`) only while the worker has
+/// unanswered tasks and then gives the role back. Returns how serving ended, or `None` when
+/// the role was given back.
+fn read_answers(
+    shared: &Arc<Shared>,
+    slot: usize,
+    mut inbox: Box<Inbox>,
+    release: bool,
+) -> Option<End> {
+    if let Some(e) = inbox.broken.take() {
+        // A caller read a bad frame and killed the worker.
+        return Some(End::Protocol(e));
+    }
+    loop {
+        {
+            let mut st = shared.lock();
+            let sl = &mut st.slots[slot];
+            if release && sl.inflight.is_empty() && sl.conn.is_some() {
+                sl.reader = ReaderRole::Nobody;
+                sl.inbox = Some(inbox);
+                return None;
+            }
+        }
+        match inbox.read_blocking(shared, slot) {
+            Ok(true) => {}
+            Ok(false) => return Some(End::Eof),
+            Err(e) => {
+                kill(shared, slot);
+                return Some(End::Protocol(e));
+            }
         }
     }
 }
@@ -414,8 +750,8 @@ fn kill(shared: &Shared, slot: usize) {
     }
 }
 
-/// Handles one frame from a running worker.
-fn on_frame(shared: &Arc<Shared>, slot: usize, s: &Started, frame: &[u8]) -> Result<(), Error> {
+/// Handles one frame from a running worker (on the thread that holds the reader role).
+fn on_frame(shared: &Arc<Shared>, slot: usize, frame: &[u8]) -> Result<(), Error> {
     let (resp, body) = wire::decode_payload::<Response<'_>>(frame)?;
     let Response::Done {
         id,
@@ -455,10 +791,13 @@ fn on_frame(shared: &Arc<Shared>, slot: usize, s: &Started, frame: &[u8]) -> Res
         } else if max_tasks.is_some_and(|m| sl.sent >= m) && !sl.retiring {
             // Served its quota: let it go; the slot thread starts a fresh one.
             sl.retiring = true;
-            send_exit(shared, &s.conn);
+            if let Some(conn) = &sl.conn {
+                shared.send_exit(conn);
+            }
         }
         shared.pump(&mut st);
-        (task, shared.is_idle(&st))
+        // Only shutdown waits for the pool to become idle (and sets `closing` first).
+        (task, st.closing && shared.is_idle(&st))
     };
     if idle {
         shared.changed.notify_all();
@@ -505,6 +844,9 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
         let sl = &mut st.slots[slot];
         sl.conn = None;
         sl.pid = None;
+        sl.reader = ReaderRole::Nobody;
+        sl.inbox = None;
+        sl.wake = None;
         let retiring = std::mem::replace(&mut sl.retiring, false);
         (
             sl.child.take(),
