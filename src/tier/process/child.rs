@@ -40,30 +40,51 @@ pub(crate) fn worker_spec() -> Option<WorkerSpec> {
     let (Some(Ok(out_fd)), Some(Ok(in_fd)), Some(Ok(slot)), Some(Ok(max))) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        eprintln!("offload: ignoring a malformed {WORKER_ENV}={v:?}");
+        tracing::warn!(value = %v, "offload: ignoring a malformed {WORKER_ENV}");
         return None;
     };
-    Some(WorkerSpec {
+    let spec = WorkerSpec {
         out_fd: i32::try_from(out_fd).ok()?,
         in_fd: i32::try_from(in_fd).ok()?,
         slot: u32::try_from(slot).ok()?,
         max_frame: usize::try_from(max).ok()?,
-    })
+    };
+    // A program that a task of a worker started inherits the environment but not the pipes
+    // (the worker made them close-on-exec): it is not a worker, and must run as itself.
+    for fd in [spec.out_fd, spec.in_fd] {
+        if super::sys::is_open_pipe(fd) == Some(false) {
+            tracing::debug!(
+                fd,
+                "{WORKER_ENV} is set but descriptor {fd} is no open pipe: not a pool's worker \
+                 (a program a worker's task started), running normally"
+            );
+            return None;
+        }
+    }
+    Some(spec)
 }
 
 /// Serves the pool on the inherited pipes, then exits the process.
 pub(crate) fn serve_as_worker(spec: WorkerSpec) -> ! {
     install_panic_hook();
     #[allow(unsafe_code)]
-    // SAFETY: the pool passed these two descriptors to us, open, through WORKER_ENV (it
-    // cleared their close-on-exec flags in `pre_exec` for exactly this exec); nothing else in
-    // this process knows or owns them, so each File is the only owner of one.
+    // SAFETY: the pool passed these two descriptors to us through WORKER_ENV (it cleared
+    // their close-on-exec flags in `pre_exec` for exactly this exec), and `worker_spec`
+    // checked that both are open pipes; nothing else in this process knows or owns them, so
+    // each File is the only owner of one.
     let (output, input) = unsafe {
         (
             File::from_raw_fd(spec.out_fd),
             File::from_raw_fd(spec.in_fd),
         )
     };
+    // Programs that tasks start must not inherit the pipes: one holding the answer pipe open
+    // would hide this worker's death (its end of file) from the pool.
+    for f in [&output, &input] {
+        if let Err(e) = super::sys::set_cloexec(f) {
+            eprintln!("offload worker: could not make the pool's pipes close-on-exec: {e}");
+        }
+    }
     let code = match Worker::new(input, output, spec).run() {
         Ok(()) => 0,
         Err(code) => code,

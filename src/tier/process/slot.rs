@@ -478,7 +478,7 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
         let _ = child.kill();
         let exit = reap(child);
         if let Some(t) = stderr {
-            let _ = t.join();
+            join_stderr(t);
         }
         Err(start_error(slot, detail, Some(exit)))
     };
@@ -519,7 +519,7 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
             // The worker died before reading: usually it exited at once.
             let exit = reap(child);
             if let Some(t) = stderr {
-                let _ = t.join();
+                join_stderr(t);
             }
             return Err(start_error(slot, exited_early(exit), Some(exit)));
         }
@@ -583,6 +583,26 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
     }
 }
 
+/// How long a dead worker's stderr forwarder may take to pass on its last lines (a panic's
+/// backtrace) before the pool goes on without it. The pipe's end of file comes when the last
+/// process holding it exits, which may be a program a task started and left running: waiting
+/// for that would hold the worker's outcome hostage.
+const STDERR_DRAIN: Duration = Duration::from_millis(200);
+
+/// Waits up to [`STDERR_DRAIN`] for a stderr forwarder to finish, then lets it run on alone
+/// (it ends by itself at the pipe's end of file).
+fn join_stderr(t: JoinHandle<()>) {
+    let until = Instant::now() + STDERR_DRAIN;
+    while !t.is_finished() {
+        if Instant::now() >= until {
+            tracing::debug!("a dead worker's stderr is still open (a program its task started?)");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = t.join();
+}
+
 fn eof_during_handshake(
     child: Child,
     stderr: Option<JoinHandle<()>>,
@@ -590,7 +610,7 @@ fn eof_during_handshake(
 ) -> Result<Started, StartError> {
     let exit = reap(child);
     if let Some(t) = stderr {
-        let _ = t.join();
+        join_stderr(t);
     }
     Err(start_error(slot, exited_early(exit), Some(exit)))
 }
@@ -864,7 +884,7 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
         },
     };
     if let Some(t) = s.stderr {
-        let _ = t.join();
+        join_stderr(t);
     }
     let mut front_error = match end {
         End::Protocol(e) => Some(e.with_exit(exit)),

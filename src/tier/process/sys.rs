@@ -54,6 +54,27 @@ pub(crate) fn pipe() -> std::io::Result<(File, File)> {
     Ok(ends)
 }
 
+/// Sets close-on-exec on `fd`, so that programs a task starts do not inherit it.
+pub(crate) fn set_cloexec(fd: &File) -> std::io::Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: fcntl on a descriptor the File owns, with integer arguments only.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    if r == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `fd` is open in this process and is a pipe (read from `/proc/self/fd`, no
+/// descriptor is touched). `None` where `/proc` cannot say.
+pub(crate) fn is_open_pipe(fd: i32) -> Option<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    if !std::path::Path::new("/proc/self/fd").exists() {
+        return None;
+    }
+    Some(std::fs::metadata(format!("/proc/self/fd/{fd}")).is_ok_and(|m| m.file_type().is_fifo()))
+}
+
 /// The buffer size assumed of a pipe where it cannot be asked: POSIX guarantees none, and
 /// 16 KiB is the smallest default among the Unixes we know of (macOS).
 #[cfg(not(target_os = "linux"))]
