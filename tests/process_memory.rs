@@ -49,12 +49,53 @@ fn memory_cap_breach_is_worker_died() -> Result<(), String> {
     })
 }
 
-const FUNCTIONS: &[&'static dyn AnyRemoteFn] = &[&HOG, &ECHO];
+static LEN: RemoteFn<Vec<u8>, usize> = RemoteFn::new("len", |v| v.len());
+
+fn arguments_over_the_cap_fail_their_task_not_the_pool() -> Result<(), String> {
+    rt().block_on(async {
+        let pool = ProcessPool::builder()
+            .workers(1)
+            .memory_limit(160 << 20)
+            .max_frame_size(256 << 20)
+            .build()
+            .map_err(|e| e.to_string())?;
+        // Reading these arguments kills every worker that tries: the task must fail after a
+        // bounded number of tries, not restart workers for ever.
+        let h = pool
+            .submit(&LEN, vec![7u8; 192 << 20])
+            .await
+            .map_err(|e| e.to_string())?;
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), h)
+            .await
+            .map_err(|_| format!("no outcome; {} respawns so far", pool.respawns()))?;
+        let e = out.expect_err("the arguments do not fit under the cap");
+        check(e.is_worker_died(), || format!("worker died expected: {e}"))?;
+        check(pool.respawns() <= 4, || {
+            format!("{} respawns for one task", pool.respawns())
+        })?;
+        let v = pool
+            .submit(&LEN, vec![1u8; 1000])
+            .await
+            .map_err(|e| e.to_string())?
+            .await;
+        check(v.ok() == Some(1000), || "the pool serves on".into())?;
+        pool.shutdown(ShutdownMode::Drain).await;
+        Ok(())
+    })
+}
+
+const FUNCTIONS: &[&'static dyn AnyRemoteFn] = &[&HOG, &ECHO, &LEN];
 
 fn main() {
     offload::init(FUNCTIONS);
-    process_support::run(&[(
-        "memory_cap_breach_is_worker_died",
-        memory_cap_breach_is_worker_died,
-    )]);
+    process_support::run(&[
+        (
+            "memory_cap_breach_is_worker_died",
+            memory_cap_breach_is_worker_died,
+        ),
+        (
+            "arguments_over_the_cap_fail_their_task_not_the_pool",
+            arguments_over_the_cap_fail_their_task_not_the_pool,
+        ),
+    ]);
 }

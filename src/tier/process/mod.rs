@@ -620,6 +620,7 @@ impl ProcessPool {
             task: Box::new(make(completer)),
             timeout: timeout.or(s.cfg.task_timeout),
             started: false,
+            failed_writes: 0,
         };
         Ok((req, handle))
     }

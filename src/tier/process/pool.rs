@@ -148,7 +148,15 @@ pub(crate) struct Req {
     pub(crate) timeout: Option<Duration>,
     /// Claimed already (a task put back after its worker died before starting it).
     pub(crate) started: bool,
+    /// Writes of this task's frame that failed because its worker went away mid-write.
+    pub(crate) failed_writes: u32,
 }
+
+/// A task whose frame could not be written to this many workers in a row fails with "worker
+/// died" instead of trying another: a frame that kills the worker reading it (an argument
+/// over the memory cap) would otherwise restart workers for ever. Two, so that one worker that
+/// dies for its own reasons during the write does not fail an innocent task.
+pub(crate) const MAX_FAILED_WRITES: u32 = 2;
 
 /// Why the pool killed a worker while it ran a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,12 +423,36 @@ impl Shared {
                 Some(conn) => super::sys::write_all(conn, &req.frame, self.guard_sigpipe),
                 None => return,
             };
-            if written.is_err() {
-                // The worker is going away; its reader will notice. Try the task elsewhere.
+            if let Err(e) = written {
+                // The worker is going away; its reader will notice. Try the task elsewhere,
+                // unless its frame already killed a worker before.
+                slot.conn = None;
                 let mut req = req;
+                req.failed_writes += 1;
+                if req.failed_writes >= MAX_FAILED_WRITES {
+                    let info = RunInfo {
+                        tier: TierKind::Processes,
+                        worker: Some(w),
+                        run_time: Duration::ZERO,
+                        queued: req.task.submitted().elapsed(),
+                    };
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    req.task.fail(
+                        Error::new(
+                            ErrorKind::WorkerDied,
+                            format!(
+                                "{MAX_FAILED_WRITES} workers in a row went away while this \
+                                 task's arguments ({} bytes) were sent to them (the last: {e}); \
+                                 an argument over the memory cap kills the worker reading it",
+                                req.frame.len()
+                            ),
+                        ),
+                        info,
+                    );
+                    continue;
+                }
                 req.started = true;
                 st.retry.push_front(req);
-                slot.conn = None;
                 continue;
             }
             let now = Instant::now();

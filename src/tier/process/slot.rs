@@ -932,6 +932,7 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
                 task,
                 timeout,
                 started: true,
+                failed_writes: 0,
             }),
         }
     }
