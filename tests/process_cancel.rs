@@ -1,5 +1,6 @@
 //! Cancelling a running process task kills its worker; the outcome is "cancelled" and the
-//! worker is replaced. Cancelling a queued task withdraws it.
+//! worker is replaced. Cancelling a queued task withdraws it. Cancelling a task that already
+//! finished (its answer not read yet) kills nothing.
 
 mod process_support;
 
@@ -58,10 +59,60 @@ fn cancel_kills_the_running_task() -> Result<(), String> {
     })
 }
 
+/// Nobody reads an answer until its handle waits; a cancel must not take such a finished task
+/// for a running one and kill its worker, which by then runs the next task.
+fn cancel_of_a_finished_unread_task_kills_nothing() -> Result<(), String> {
+    rt().block_on(async {
+        let pool = ProcessPool::builder()
+            .workers(1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let pid = pool
+            .submit(&PID, ())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        // Finishes at once; its handle is not awaited yet, so its answer stays in the pipe.
+        let finished = pool.submit(&ECHO, 7).await.map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Sent behind it to the same worker, which runs it now.
+        let next = pool
+            .submit(&SLEEP_MS, 300)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        check(!finished.cancel(), || {
+            "cancel of a task that already finished returns false".into()
+        })?;
+        let v = finished
+            .await
+            .map_err(|e| format!("the finished task: {e}"))?;
+        check(v == 7, || format!("echo gave {v}"))?;
+        let ran_on = next
+            .await
+            .map_err(|e| format!("the task behind the finished one: {e}"))?;
+        check(ran_on == pid && pool.respawns() == 0, || {
+            format!(
+                "no worker may be killed: ran on {ran_on}, first worker {pid}, respawns {}",
+                pool.respawns()
+            )
+        })?;
+        pool.shutdown(ShutdownMode::Drain).await;
+        Ok(())
+    })
+}
+
 fn main() {
     offload::init(process_support::FUNCTIONS);
-    process_support::run(&[(
-        "cancel_kills_the_running_task",
-        cancel_kills_the_running_task,
-    )]);
+    process_support::run(&[
+        (
+            "cancel_kills_the_running_task",
+            cancel_kills_the_running_task,
+        ),
+        (
+            "cancel_of_a_finished_unread_task_kills_nothing",
+            cancel_of_a_finished_unread_task_kills_nothing,
+        ),
+    ]);
 }

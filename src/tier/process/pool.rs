@@ -289,9 +289,10 @@ pub(crate) struct Link {
 
 impl RemoteLink for Link {
     fn kill(&self) -> bool {
-        self.pool
-            .upgrade()
-            .is_some_and(|p| p.cancel_running(self.id))
+        self.pool.upgrade().is_some_and(|p| {
+            super::slot::read_waiting_answers(&p, self.id);
+            p.cancel_running(self.id)
+        })
     }
 
     fn wait_briefly(&self, done: &dyn Fn() -> bool) {

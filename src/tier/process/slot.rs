@@ -156,31 +156,10 @@ pub(crate) fn read_own_answer(shared: &Arc<Shared>, id: u64, done: &dyn Fn() -> 
         return;
     }
     let t0 = Instant::now();
-    let (slot, inbox) = {
-        let mut st = shared.lock();
-        let Some(w) = st
-            .slots
-            .iter()
-            .position(|s| s.inflight.iter().any(|t| t.id == id))
-        else {
-            return;
-        };
-        let sl = &mut st.slots[w];
-        if sl.reader != ReaderRole::Nobody {
-            return;
-        }
-        let Some(inbox) = sl.inbox.take() else {
-            return;
-        };
-        sl.reader = ReaderRole::Caller;
-        (w, inbox)
+    let Some(mut held) = take_reader_for(shared, id) else {
+        return;
     };
-    let mut held = CallerRead {
-        shared,
-        slot,
-        inbox: Some(inbox),
-        hand_over: false,
-    };
+    let slot = held.slot;
     let Some(inbox) = held.inbox.as_mut() else {
         return;
     };
@@ -233,6 +212,57 @@ pub(crate) fn read_own_answer(shared: &Arc<Shared>, id: u64, done: &dyn Fn() -> 
         if waited.is_err() {
             held.hand_over = true;
             break;
+        }
+    }
+}
+
+/// Takes the reader role of the worker running task `id`, when nobody holds it.
+fn take_reader_for(shared: &Arc<Shared>, id: u64) -> Option<CallerRead<'_>> {
+    let mut st = shared.lock();
+    let w = st
+        .slots
+        .iter()
+        .position(|s| s.inflight.iter().any(|t| t.id == id))?;
+    let sl = &mut st.slots[w];
+    if sl.reader != ReaderRole::Nobody {
+        return None;
+    }
+    let inbox = sl.inbox.take()?;
+    sl.reader = ReaderRole::Caller;
+    Some(CallerRead {
+        shared,
+        slot: w,
+        inbox: Some(inbox),
+        hand_over: false,
+    })
+}
+
+/// Handles the answers already waiting in the answer pipe of the worker running task `id`,
+/// when nobody reads it (without waiting). A cancel calls this before it kills the worker of a
+/// running task: an answer may sit unread while no handle waits, and killing the worker of a
+/// task that in fact finished would kill whatever that worker runs now.
+pub(crate) fn read_waiting_answers(shared: &Arc<Shared>, id: u64) {
+    let Some(mut held) = take_reader_for(shared, id) else {
+        return;
+    };
+    let slot = held.slot;
+    let Some(inbox) = held.inbox.as_mut() else {
+        return;
+    };
+    loop {
+        match inbox.read_now(shared, slot) {
+            Ok(Got::Frames) => {}
+            Ok(Got::Nothing) => break,
+            Ok(Got::End) => {
+                held.hand_over = true;
+                break;
+            }
+            Err(e) => {
+                kill(shared, slot);
+                inbox.broken = Some(e);
+                held.hand_over = true;
+                break;
+            }
         }
     }
 }
