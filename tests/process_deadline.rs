@@ -53,6 +53,34 @@ fn deadline_kills_the_worker() -> Result<(), String> {
     })
 }
 
+/// Tasks that end right at their deadline, each followed by a task without one: the kill
+/// that lands just after a deadline task finished must never fail (or re-run) the next task.
+fn a_kill_at_the_deadline_never_hits_another_task() -> Result<(), String> {
+    rt().block_on(async {
+        let pool = ProcessPool::builder()
+            .workers(1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        for i in 0..60u64 {
+            let edge = pool
+                .submit_timeout(&SLEEP_MS, 5, Duration::from_millis(5))
+                .await
+                .map_err(|e| e.to_string())?;
+            let next = pool.submit(&ECHO, i).await.map_err(|e| e.to_string())?;
+            let (edge, next) = (edge.await, next.await);
+            check(
+                edge.is_ok() || edge.as_ref().is_err_and(|e| e.is_timeout()),
+                || format!("the edge task: {edge:?}"),
+            )?;
+            check(next.as_ref().is_ok_and(|&v| v == i), || {
+                format!("round {i}: the task after a deadline task got {next:?}")
+            })?;
+        }
+        pool.shutdown(ShutdownMode::Drain).await;
+        Ok(())
+    })
+}
+
 fn pool_wide_task_timeout() -> Result<(), String> {
     rt().block_on(async {
         let pool = ProcessPool::builder()
@@ -84,5 +112,9 @@ fn main() {
     process_support::run(&[
         ("deadline_kills_the_worker", deadline_kills_the_worker),
         ("pool_wide_task_timeout", pool_wide_task_timeout),
+        (
+            "a_kill_at_the_deadline_never_hits_another_task",
+            a_kill_at_the_deadline_never_hits_another_task,
+        ),
     ]);
 }

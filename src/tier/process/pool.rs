@@ -195,7 +195,9 @@ pub(crate) enum ReaderRole {
 /// One worker slot as the pool sees it.
 #[derive(Default)]
 pub(crate) struct SlotState {
-    /// Write end of the worker's request pipe.
+    /// Write end of the worker's request pipe; `None` while no worker can take a task: none
+    /// started yet, it went away, or the pool is killing it (a deadline, a cancel, a bad
+    /// frame), so that no task is written to a worker about to die.
     pub(crate) conn: Option<Arc<File>>,
     /// Frames up to this size may wait in the request pipe behind a running task (see
     /// [`PIPELINE_FRAME_LIMIT`]).
@@ -394,6 +396,9 @@ impl Shared {
                         && !s.retiring
                         && s.inflight.len() < depth
                         && self.cfg.max_tasks.is_none_or(|m| s.sent < m)
+                        // Nothing is queued behind a task with a deadline: the watchdog's kill
+                        // may land just after that task finished, and must not hit another.
+                        && !s.inflight.iter().any(|t| t.timeout.is_some())
                 })
                 .min_by_key(|&i| st.slots[i].inflight.len())
             else {
@@ -412,9 +417,12 @@ impl Shared {
                 continue;
             }
             let slot = &mut st.slots[w];
-            if !slot.inflight.is_empty() && req.frame.len() > slot.pipeline_limit {
+            if !slot.inflight.is_empty()
+                && (req.frame.len() > slot.pipeline_limit || req.timeout.is_some())
+            {
                 // Big frames wait for an idle worker (the chosen one has the fewest tasks, so
-                // none is idle), so that writing never blocks on a busy one.
+                // none is idle), so that writing never blocks on a busy one; so do tasks with a
+                // deadline, so that their kill can only ever hit them.
                 let mut req = req;
                 req.started = true;
                 st.retry.push_front(req);
@@ -515,6 +523,8 @@ impl Shared {
                     if let Some(child) = slot.child.as_mut() {
                         let _ = child.kill();
                     }
+                    // Nothing more goes to a worker being killed (see `SlotState::conn`).
+                    slot.conn = None;
                     tracing::debug!(task = id, pid = ?slot.pid, "cancel: killed the worker running the task");
                 } else {
                     // Sent but not started: the worker will run it unless we stop it, and a

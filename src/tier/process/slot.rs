@@ -795,9 +795,11 @@ fn read_answers(
 
 fn kill(shared: &Shared, slot: usize) {
     let mut st = shared.lock();
-    if let Some(c) = st.slots[slot].child.as_mut() {
+    let sl = &mut st.slots[slot];
+    if let Some(c) = sl.child.as_mut() {
         let _ = c.kill();
     }
+    sl.conn = None;
 }
 
 /// Handles one frame from a running worker (on the thread that holds the reader role).
@@ -1000,6 +1002,9 @@ pub(crate) fn watchdog(shared: Arc<Shared>) {
                 if let Some(c) = sl.child.as_mut() {
                     let _ = c.kill();
                 }
+                // Nothing more goes to a worker being killed: a task written now would die
+                // with it (the kill may land after the timed-out task finished).
+                sl.conn = None;
             } else {
                 next = Some(next.map_or(due, |n| n.min(due)));
             }
