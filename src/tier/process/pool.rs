@@ -152,6 +152,16 @@ pub(crate) struct Req {
     pub(crate) failed_writes: u32,
 }
 
+/// The run info of a task that never ran: failed before or while it was sent to `worker`.
+fn not_run(worker: Option<usize>, task: &dyn Pending) -> RunInfo {
+    RunInfo {
+        tier: TierKind::Processes,
+        worker,
+        run_time: Duration::ZERO,
+        queued: task.submitted().elapsed(),
+    }
+}
+
 /// A task whose frame could not be written to this many workers in a row fails with "worker
 /// died" instead of trying another: a frame that kills the worker reading it (an argument
 /// over the memory cap) would otherwise restart workers for ever. Two, so that one worker that
@@ -439,12 +449,7 @@ impl Shared {
                 let mut req = req;
                 req.failed_writes += 1;
                 if req.failed_writes >= MAX_FAILED_WRITES {
-                    let info = RunInfo {
-                        tier: TierKind::Processes,
-                        worker: Some(w),
-                        run_time: Duration::ZERO,
-                        queued: req.task.submitted().elapsed(),
-                    };
+                    let info = not_run(Some(w), req.task.as_ref());
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
                     req.task.fail(
                         Error::new(
@@ -502,12 +507,7 @@ impl Shared {
                 r.task.discard();
                 continue;
             }
-            let info = RunInfo {
-                tier: TierKind::Processes,
-                worker: None,
-                run_time: Duration::ZERO,
-                queued: r.task.submitted().elapsed(),
-            };
+            let info = not_run(None, r.task.as_ref());
             r.task.fail(make(), info);
         }
     }
@@ -539,12 +539,7 @@ impl Shared {
         if let Some(pos) = st.retry.iter().position(|r| r.id == id) {
             if let Some(r) = st.retry.remove(pos) {
                 drop(st);
-                let info = RunInfo {
-                    tier: TierKind::Processes,
-                    worker: None,
-                    run_time: Duration::ZERO,
-                    queued: r.task.submitted().elapsed(),
-                };
+                let info = not_run(None, r.task.as_ref());
                 r.task.fail(Error::cancelled(), info);
                 return true;
             }
