@@ -133,7 +133,7 @@ pub use placement::{
     BucketStats, Call, CallSite, KeyStats, Placement, PlacementConfig, PlacementStats,
     PlacementTier, Stage, TierCost,
 };
-pub use remote::{AnyRemoteFn, CallFailure, Registry, RemoteFn, init, shared, wire};
+pub use remote::{AnyRemoteFn, CallFailure, Registry, RemoteFn, init, shared, shared_bytes, wire};
 pub use scheduler::{
     Cooperate, DEFAULT_IO_THREADS, DEFAULT_SLOW_POLL, DEFAULT_YIELD_EVERY, Scheduler,
     SchedulerBuilder, SchedulerStats, TaskExit, TaskGroup, yield_now,

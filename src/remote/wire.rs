@@ -22,7 +22,7 @@ use crate::remote::registry::{CallFailure, Registry};
 
 /// The protocol version, the first byte of every payload. Bumped on any change to the
 /// headers below; a peer with another version is refused with a clear error.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Default maximum frame size: 64 MiB. Large enough for any reasonable argument batch, small
 /// enough that a corrupt length prefix cannot make the reader allocate gigabytes.
@@ -55,7 +55,8 @@ impl FailKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request<'a> {
     /// First frame: who the worker is, and what to do before its first task. Body:
-    /// `init_args_len` bytes of initializer arguments, then the shared read-only data.
+    /// `init_args_len` bytes of initializer arguments, then the shared read-only data when
+    /// it travels [`SharedData::Inline`].
     Setup {
         /// The parent's build id; the worker refuses a different one.
         build_id: u64,
@@ -65,6 +66,8 @@ pub enum Request<'a> {
         init: Option<&'a str>,
         /// How many body bytes are the initializer's arguments.
         init_args_len: u64,
+        /// Where the shared read-only data is.
+        shared: SharedData,
     },
     /// Run `func` once. Body: the encoded argument.
     Call {
@@ -82,6 +85,21 @@ pub enum Request<'a> {
     },
     /// Exit cleanly (shutdown, or the worker served its maximum number of tasks).
     Exit,
+}
+
+/// Where a worker finds the read-only data its pool shares with every worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SharedData {
+    /// In the setup frame's body, after the initializer's arguments (possibly empty).
+    Inline,
+    /// In a sealed memory file the worker inherited as descriptor `fd`, `len` bytes long,
+    /// which it maps read-only (see [`shared_bytes`](crate::shared_bytes)).
+    Mapped {
+        /// The inherited descriptor's number in the worker.
+        fd: i32,
+        /// The data's length in bytes.
+        len: u64,
+    },
 }
 
 /// A header sent by a worker.

@@ -28,7 +28,8 @@ pub use auto::RemotePool;
 pub use inline::Inline;
 pub use process::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_START_FAILURES, DEFAULT_PIPELINE, DEFAULT_RESULT_SPIN,
-    DEFAULT_RESULT_WAIT, MAP_CHUNK_TARGET, MAP_MAX_CHUNK, ProcessPool, ProcessPoolBuilder,
+    DEFAULT_RESULT_WAIT, DEFAULT_SHARED_MAP_THRESHOLD, MAP_CHUNK_TARGET, MAP_MAX_CHUNK,
+    ProcessPool, ProcessPoolBuilder,
 };
 pub use threads::{
     DEFAULT_QUEUE_PER_WORKER, RESULT_SPIN, SPIN_BEFORE_PARK, Threads, ThreadsBuilder,

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{BuildError, Error, ErrorKind, TrySubmitError};
 use crate::remote::RemoteFn;
-use crate::remote::wire::{DEFAULT_MAX_FRAME, Request, encode_payload};
+use crate::remote::wire::{DEFAULT_MAX_FRAME, Request, SharedData, encode_payload};
 use crate::task::{Job, TaskHandle, closure_task, remote_task};
 use crate::tier::process::{Batch, ChunkStats, One, Pending, next_chunk};
 use crate::tier::{ShutdownMode, TierKind, TierStats};
@@ -340,6 +340,26 @@ impl ClusterBuilder {
         self
     }
 
+    /// Raw read-only bytes every worker rank gets once, read with
+    /// [`crate::shared_bytes`] (the cluster's side of
+    /// [`ProcessPoolBuilder::shared_bytes`](crate::tier::ProcessPoolBuilder::shared_bytes)).
+    /// Ranks may sit on other hosts, so the bytes are broadcast, never mapped; errors at
+    /// [`build`](Self::build) when over [`DEFAULT_MAX_FRAME`].
+    pub fn shared_bytes(&mut self, bytes: impl Into<Vec<u8>>) -> &mut Self {
+        self.shared = Ok(bytes.into());
+        self
+    }
+
+    /// The contents of the file at `path`, read on rank 0 and broadcast to every worker rank
+    /// as with [`shared_bytes`](Self::shared_bytes). A file that cannot be read fails
+    /// [`build`](Self::build) with its path.
+    pub fn shared_file(&mut self, path: impl AsRef<std::path::Path>) -> &mut Self {
+        let path = path.as_ref();
+        self.shared = std::fs::read(path)
+            .map_err(|e| format!("could not read the shared file {}: {e}", path.display()));
+        self
+    }
+
     /// The longest a task (or a [`Cluster::map`] chunk: one message) may run on a worker
     /// rank, from when it is sent (default: no limit). Past it the task fails with
     /// [`Error::is_timeout`] and its rank is *retired*: never given work again, since a
@@ -428,6 +448,7 @@ impl ClusterBuilder {
             worker: 0,
             init: None,
             init_args_len: 0,
+            shared: SharedData::Inline,
         };
         let payload = encode_payload(&setup, shared)
             .map_err(|e| BuildError::invalid(format!("cannot encode the setup: {e}")))?;

@@ -11,8 +11,9 @@ use std::os::fd::FromRawFd;
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
+use crate::remote::wire::SharedData;
 use crate::remote::wire::{self, Request, Response};
-use crate::remote::{Registry, install_panic_hook, set_shared_bytes};
+use crate::remote::{Registry, install_panic_hook, map_inherited, set_shared_bytes};
 
 /// The environment variable that marks a process as a pool's worker:
 /// `OUT_FD,IN_FD,SLOT,MAX_FRAME` (the answer pipe's write end, the request pipe's read end).
@@ -194,6 +195,7 @@ impl Worker {
                     build_id,
                     init,
                     init_args_len,
+                    shared,
                     ..
                 },
                 body,
@@ -209,8 +211,15 @@ impl Worker {
                 let split = usize::try_from(init_args_len)
                     .unwrap_or(usize::MAX)
                     .min(body.len());
-                let (init_args, shared) = body.split_at(split);
-                set_shared_bytes(shared.to_vec());
+                let (init_args, inline) = body.split_at(split);
+                match shared {
+                    SharedData::Inline => set_shared_bytes(inline.to_vec()),
+                    SharedData::Mapped { fd, len } => {
+                        if let Err(reason) = map_inherited(fd, len) {
+                            return self.refuse(&reason);
+                        }
+                    }
+                }
                 if let Some(init) = init {
                     let (r, _) = wire::run_call(
                         registry,

@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{BuildError, Error, ErrorKind, TrySubmitError};
 use crate::remote::wire::{self, DEFAULT_MAX_FRAME, Request};
-use crate::remote::{Registry, RemoteFn};
+use crate::remote::{Registry, RemoteFn, SealedFile};
 use crate::task::{TaskHandle, remote_task};
 use crate::tier::{DEFAULT_QUEUE_PER_WORKER, ShutdownMode, TierKind, TierStats, default_workers};
 
@@ -63,6 +63,12 @@ pub const DEFAULT_MAX_START_FAILURES: u32 = 3;
 /// worker never idles for a round trip between two tasks. A worker that dies loses only the
 /// running one; the waiting one runs elsewhere.
 pub const DEFAULT_PIPELINE: usize = 2;
+
+/// Shared data of at least this many bytes goes to the workers as one sealed memory file that
+/// they all map, instead of inside each worker's setup frame: 64 KiB is a pipe's default
+/// capacity, past which an inline copy costs the pool's start thread blocking writes and each
+/// worker its own heap copy, while the file costs a few system calls once per pool.
+pub const DEFAULT_SHARED_MAP_THRESHOLD: usize = 64 << 10;
 
 /// `map` sizes its chunks so that one runs about this long: long enough that the trip
 /// (tens of microseconds) is a few percent of it, short enough to balance the workers.
@@ -104,7 +110,8 @@ pub(crate) struct Config {
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_tasks: Option<u64>,
     pub(crate) init: Option<(&'static str, Vec<u8>)>,
-    pub(crate) shared: Vec<u8>,
+    pub(crate) shared: SharedPayload,
+    pub(crate) shared_map_threshold: usize,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) pipeline: usize,
     pub(crate) max_start_failures: u32,
@@ -114,6 +121,53 @@ pub(crate) struct Config {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) result_spin: Duration,
     pub(crate) result_wait: Duration,
+}
+
+/// The read-only data every worker gets: as the builder was given it, then (after
+/// [`ProcessPoolBuilder::build`]) as it travels.
+#[derive(Clone, Debug)]
+pub(crate) enum SharedPayload {
+    /// Bytes in the setup frame (the builder's form of any bytes; after `build`, only data
+    /// under the map threshold).
+    Inline(Vec<u8>),
+    /// The builder's form of [`ProcessPoolBuilder::shared_file`]: copied at `build`.
+    File(PathBuf),
+    /// A sealed memory file every worker inherits and maps (after `build` only).
+    Mapped(Arc<SealedFile>),
+}
+
+impl SharedPayload {
+    /// The data's length in bytes, when known without reading a file.
+    fn len(&self) -> Option<u64> {
+        match self {
+            SharedPayload::Inline(b) => Some(b.len() as u64),
+            SharedPayload::File(_) => None,
+            SharedPayload::Mapped(f) => Some(f.len()),
+        }
+    }
+
+    /// The form the workers receive: data at or over `threshold` bytes, and any file, goes
+    /// into a sealed memory file.
+    fn resolve(&self, threshold: usize) -> Result<SharedPayload, String> {
+        let sealed = match self {
+            SharedPayload::Inline(b) if b.len() < threshold || b.is_empty() => {
+                return Ok(self.clone());
+            }
+            SharedPayload::Mapped(_) => return Ok(self.clone()),
+            SharedPayload::Inline(b) => SealedFile::from_bytes(b).map_err(|e| {
+                format!(
+                    "could not put the shared data ({} bytes) in a memory file: {e}",
+                    b.len()
+                )
+            })?,
+            SharedPayload::File(path) => SealedFile::from_path(path)
+                .map_err(|e| format!("could not read the shared file {}: {e}", path.display()))?,
+        };
+        if sealed.len() == 0 {
+            return Ok(SharedPayload::Inline(Vec::new()));
+        }
+        Ok(SharedPayload::Mapped(Arc::new(sealed)))
+    }
 }
 
 /// Settings for a [`ProcessPool`]: `&mut self` setters, then [`build`](Self::build).
@@ -133,6 +187,7 @@ impl fmt::Debug for ProcessPoolBuilder {
             .field("max_tasks", &self.cfg.max_tasks)
             .field("initializer", &self.cfg.init.as_ref().map(|(n, _)| *n))
             .field("shared_bytes", &self.cfg.shared.len())
+            .field("shared_map_threshold", &self.cfg.shared_map_threshold)
             .field("task_timeout", &self.cfg.task_timeout)
             .finish()
     }
@@ -157,7 +212,8 @@ impl Default for ProcessPoolBuilder {
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 max_tasks: None,
                 init: None,
-                shared: Vec::new(),
+                shared: SharedPayload::Inline(Vec::new()),
+                shared_map_threshold: DEFAULT_SHARED_MAP_THRESHOLD,
                 task_timeout: None,
                 pipeline: DEFAULT_PIPELINE,
                 max_start_failures: DEFAULT_MAX_START_FAILURES,
@@ -230,13 +286,48 @@ impl ProcessPoolBuilder {
     }
 
     /// Read-only data given once to every worker at start (Listing 2's precomputed data);
-    /// workers read it with [`offload::shared`](crate::shared). It travels in the setup frame,
-    /// so it must fit [`max_frame_size`](Self::max_frame_size).
-    pub fn shared_data<T: Serialize>(&mut self, data: &T) -> &mut Self {
+    /// workers read it with [`offload::shared`](crate::shared), which decodes it once per
+    /// worker and may borrow from it.
+    ///
+    /// Data of [`shared_map_threshold`](Self::shared_map_threshold) bytes or more (encoded)
+    /// is written once into a sealed memory file that every worker, replacements included,
+    /// maps read-only: one copy in memory for the whole pool, and no size limit but memory.
+    /// Smaller data travels in each worker's setup frame. Replaces any earlier shared data.
+    pub fn shared_data<T: Serialize + ?Sized>(&mut self, data: &T) -> &mut Self {
         match postcard::to_allocvec(data) {
-            Ok(bytes) => self.cfg.shared = bytes,
+            Ok(bytes) => self.cfg.shared = SharedPayload::Inline(bytes),
             Err(e) => self.problem = Some(format!("could not encode the shared data: {e}")),
         }
+        self
+    }
+
+    /// Raw read-only bytes given once to every worker, read there with
+    /// [`offload::shared_bytes`](crate::shared_bytes) as a `&'static [u8]`, without any
+    /// decoding. Travels as [`shared_data`](Self::shared_data) does. Replaces any earlier
+    /// shared data.
+    pub fn shared_bytes(&mut self, bytes: impl Into<Vec<u8>>) -> &mut Self {
+        self.cfg.shared = SharedPayload::Inline(bytes.into());
+        self
+    }
+
+    /// The contents of the file at `path`, given to every worker as read-only bytes
+    /// ([`offload::shared_bytes`](crate::shared_bytes)).
+    ///
+    /// [`build`](Self::build) copies the file once into a sealed memory file (inside the
+    /// kernel, not through this process's heap) that every worker maps: later changes to the
+    /// file on disk do not reach the workers, and no worker can see a half-written file.
+    /// The copy costs the file's size in memory once for the whole pool. A file that cannot
+    /// be read fails `build` with its path. Replaces any earlier shared data.
+    pub fn shared_file(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.cfg.shared = SharedPayload::File(path.into());
+        self
+    }
+
+    /// The size from which shared data is mapped from one memory file instead of copied into
+    /// every worker's setup frame (default [`DEFAULT_SHARED_MAP_THRESHOLD`]; 0 maps any
+    /// non-empty data).
+    pub fn shared_map_threshold(&mut self, bytes: usize) -> &mut Self {
+        self.cfg.shared_map_threshold = bytes;
         self
     }
 
@@ -311,7 +402,15 @@ impl ProcessPoolBuilder {
                 )));
             }
         }
-        let setup_len = cfg.shared.len() + cfg.init.as_ref().map_or(0, |(_, a)| a.len()) + 64;
+        cfg.shared = cfg
+            .shared
+            .resolve(cfg.shared_map_threshold)
+            .map_err(BuildError::invalid)?;
+        let inline = match &cfg.shared {
+            SharedPayload::Inline(b) => b.len(),
+            _ => 0,
+        };
+        let setup_len = inline + cfg.init.as_ref().map_or(0, |(_, a)| a.len()) + 64;
         if setup_len > cfg.max_frame {
             return Err(BuildError::invalid(format!(
                 "the shared data and initializer arguments ({setup_len} bytes) exceed the \

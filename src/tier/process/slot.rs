@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
+use super::SharedPayload;
 use super::child::WORKER_ENV;
 use super::pool::PIPELINE_FRAME_LIMIT;
 use super::pool::{InFlight, KillReason, ReaderRole, Req, Shared};
 use super::sys::{self, Deadline, pollfd, wait_fds};
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::remote::Registry;
-use crate::remote::wire::{self, Request, Response};
+use crate::remote::wire::{self, Request, Response, SharedData};
 use crate::tier::{RunInfo, TierKind};
 
 /// A started worker, between handshake and death.
@@ -320,7 +321,16 @@ pub(crate) fn run(shared: Arc<Shared>, slot: usize) {
                     st.start_failures += 1;
                     st.start_failures
                 };
-                tracing::warn!(slot, failures, error = %e, "a worker failed to start");
+                // Not `%e`: its text says "the pool is broken", which is only true at the
+                // last failure.
+                tracing::warn!(
+                    slot,
+                    failures,
+                    max = shared.cfg.max_start_failures,
+                    exit = ?exit,
+                    cause = e.detail().unwrap_or("unknown"),
+                    "a worker failed to start"
+                );
                 if failures >= shared.cfg.max_start_failures {
                     let broken = Error::new(
                         ErrorKind::Pool,
@@ -377,10 +387,11 @@ fn reap(mut child: Child) -> ExitInfo {
     }
 }
 
-/// Makes the worker's ends of the pipes survive `exec` and applies the memory cap. Runs in
-/// the forked child before `exec`: only async-signal-safe calls.
-fn child_setup(fds: [i32; 2], memory_limit: Option<u64>) -> std::io::Result<()> {
-    for fd in fds {
+/// Makes the descriptors the worker inherits (its ends of the pipes, the shared-data file;
+/// -1: none) survive `exec` and applies the memory cap. Runs in the forked child before
+/// `exec`: only async-signal-safe calls.
+fn child_setup(fds: [i32; 3], memory_limit: Option<u64>) -> std::io::Result<()> {
+    for fd in fds.into_iter().filter(|&fd| fd >= 0) {
         #[allow(unsafe_code)]
         // SAFETY: fcntl on a descriptor we own in this (forked) process; F_SETFD with 0 only
         // clears close-on-exec. It is async-signal-safe.
@@ -482,11 +493,16 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped());
     let memory_limit = cfg.memory_limit;
+    // The shared-data file, inherited by this worker only (it is close-on-exec here).
+    let shared_fd = match &cfg.shared {
+        SharedPayload::Mapped(f) => f.raw_fd(),
+        _ => -1,
+    };
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the forked child before exec and only calls `child_setup`,
     // which makes async-signal-safe calls (fcntl, setrlimit) and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || child_setup([out_fd, in_fd], memory_limit));
+        cmd.pre_exec(move || child_setup([out_fd, in_fd, shared_fd], memory_limit));
     }
     let mut child = cmd.spawn().map_err(|e| {
         start_error(
@@ -527,13 +543,23 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
         worker: u32::try_from(slot).unwrap_or(u32::MAX),
         init: cfg.init.as_ref().map(|(name, _)| *name),
         init_args_len: cfg.init.as_ref().map_or(0, |(_, a)| a.len() as u64),
+        shared: match &cfg.shared {
+            SharedPayload::Mapped(f) => SharedData::Mapped {
+                fd: f.raw_fd(),
+                len: f.len(),
+            },
+            _ => SharedData::Inline,
+        },
     };
-    let mut body =
-        Vec::with_capacity(cfg.init.as_ref().map_or(0, |(_, a)| a.len()) + cfg.shared.len());
+    let inline: &[u8] = match &cfg.shared {
+        SharedPayload::Inline(b) => b,
+        _ => &[],
+    };
+    let mut body = Vec::with_capacity(cfg.init.as_ref().map_or(0, |(_, a)| a.len()) + inline.len());
     if let Some((_, args)) = &cfg.init {
         body.extend_from_slice(args);
     }
-    body.extend_from_slice(&cfg.shared);
+    body.extend_from_slice(inline);
     let mut out = BytesMut::new();
     if let Err(e) = wire::encode_frame(&header, &body, cfg.max_frame, &mut out) {
         return fail(
