@@ -5,6 +5,12 @@
 //!   one iteration is all 20,000 (per task: divide by 20,000).
 //! - `throughput/submit_all_20k`: the same tasks submitted one by one, then awaited (Python's
 //!   "submit all, then result()").
+//! - `shared_start/{none,inline_32mib,mapped_32mib}`: one worker recycled after every task
+//!   (`max_tasks_per_worker(1)`), so one iteration is a worker start, its setup with 32 MiB
+//!   of shared data (none; copied through the setup frame; mapped from the pool's sealed
+//!   memory file) and one task that reads a byte of every page of it. The peer is
+//!   `python3 benches/peers/process_pool.py --shared-mib 32` (an initializer argument,
+//!   `max_tasks_per_child=1`).
 //!
 //! `cargo bench --bench process`
 
@@ -18,6 +24,16 @@ use offload::{ProcessPool, RemoteFn, ShutdownMode};
 const N: u64 = 20_000;
 
 static TRIVIAL: RemoteFn<u64, u64> = RemoteFn::new("trivial", |x| x + 1);
+
+/// Reads one byte of every 4 KiB page of the shared data: the least a task that uses the
+/// data pays for it.
+static TOUCH: RemoteFn<(), u64> = RemoteFn::new("touch", |()| {
+    offload::shared_bytes()
+        .map(|b| b.iter().step_by(4096).map(|&x| u64::from(x)).sum())
+        .unwrap_or(0)
+});
+
+const SHARED_MIB: usize = 32;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -66,11 +82,49 @@ fn throughput(c: &mut Criterion) {
     pool.shutdown_blocking(ShutdownMode::Drain);
 }
 
-criterion_group!(benches, throughput);
+fn shared_start(c: &mut Criterion) {
+    let rt = runtime();
+    let data = vec![1u8; SHARED_MIB << 20];
+    let pages = (data.len() / 4096) as u64;
+    let mut g = c.benchmark_group("shared_start");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(8));
+    for (name, bytes, threshold) in [
+        ("none", Vec::new(), usize::MAX),
+        ("inline_32mib", data.clone(), usize::MAX),
+        ("mapped_32mib", data, 0),
+    ] {
+        let expected = if bytes.is_empty() { 0 } else { pages };
+        let pool = ProcessPool::builder()
+            .workers(1)
+            .max_tasks_per_worker(1)
+            .max_frame_size((SHARED_MIB + 1) << 20)
+            .shared_map_threshold(threshold)
+            .shared_bytes(bytes)
+            .build()
+            .expect("a pool starts");
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let sum = pool
+                    .submit(&TOUCH, ())
+                    .await
+                    .expect("open")
+                    .await
+                    .expect("the task runs");
+                assert_eq!(sum, expected);
+                sum
+            })
+        });
+        pool.shutdown_blocking(ShutdownMode::Drain);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, throughput, shared_start);
 
 // criterion_main! cannot call offload::init first: worker processes are this binary.
 fn main() {
-    offload::init(&[&TRIVIAL]);
+    offload::init(&[&TRIVIAL, &TOUCH]);
     benches();
     Criterion::default().configure_from_args().final_summary();
 }
