@@ -12,6 +12,12 @@ use process_support::{ECHO, PANIC, PID, SLEEP_MS, check};
 
 static ABORT: RemoteFn<(), u32> = RemoteFn::new("abort", |()| std::process::abort());
 
+/// Reads the pool's shared table: works in a worker and, the same, in this process.
+static NTH_SQUARE: RemoteFn<u64, Option<u64>> = RemoteFn::new("nth_square", |i| {
+    let table = offload::shared::<Vec<u64>>().ok()?;
+    usize::try_from(i).ok().and_then(|i| table.get(i)).copied()
+});
+
 fn setup() -> Result<(Scheduler, ProcessPool), String> {
     let pool = ProcessPool::builder()
         .workers(1)
@@ -155,8 +161,54 @@ fn remote_calls_are_placed_by_the_model() -> Result<(), String> {
     })
 }
 
+fn shared_data_reads_the_same_in_place_and_in_workers() -> Result<(), String> {
+    // Large enough to be the mapped file, so both ways of travelling are the same bytes.
+    let table: Vec<u64> = (0..100_000u64).map(|i| i * i).collect();
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .shared_data(&table)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let sched = Scheduler::builder()
+        .io_threads(1)
+        .cpu_workers(1)
+        .placement_tier(pool.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let site = sched.site("nth_square");
+    let r = sched.block_on(async {
+        check(NTH_SQUARE.call_local(300) == Some(90_000), || {
+            "call_local in the pool's process".into()
+        })?;
+        let in_worker = pool
+            .submit(&NTH_SQUARE, 99_999)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        check(in_worker == Some(99_999 * 99_999), || {
+            format!("in a worker: {in_worker:?}")
+        })?;
+        // Cheap calls: the first goes off-core, the rest run inline here.
+        for i in 0..100u64 {
+            let v = site
+                .remote(&NTH_SQUARE, i * 1000)
+                .await
+                .map_err(|e| e.to_string())?;
+            check(v == Some(i * i * 1_000_000), || format!("{i}: {v:?}"))?;
+        }
+        Ok::<(), String>(())
+    });
+    let stats = site.stats();
+    teardown(sched, &pool);
+    r?;
+    check(stats.inline >= 90, || {
+        format!("most calls inline, reading the data here: {stats:?}")
+    })
+}
+
 fn main() {
-    offload::init(&[&ECHO, &PID, &SLEEP_MS, &PANIC, &ABORT]);
+    offload::init(&[&ECHO, &PID, &SLEEP_MS, &PANIC, &ABORT, &NTH_SQUARE]);
     process_support::run(&[
         (
             "killable_calls_run_only_in_worker_processes",
@@ -170,6 +222,10 @@ fn main() {
         (
             "remote_calls_are_placed_by_the_model",
             remote_calls_are_placed_by_the_model,
+        ),
+        (
+            "shared_data_reads_the_same_in_place_and_in_workers",
+            shared_data_reads_the_same_in_place_and_in_workers,
         ),
     ]);
 }

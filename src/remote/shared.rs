@@ -124,8 +124,21 @@ pub(crate) fn set_shared_bytes(bytes: Vec<u8>) {
 /// long, and records it; the descriptor is closed (the mapping outlives it). Errors with a
 /// sentence for the pool when the descriptor is not such a file or cannot be mapped.
 pub(crate) fn map_inherited(fd: i32, len: u64) -> Result<(), String> {
-    // Check before taking ownership: a descriptor that is not open, or not a sealed memory
-    // file, is refused without touching it.
+    // Check before taking ownership: a descriptor that is not open is refused untouched.
+    seals_of(fd)?;
+    #[allow(unsafe_code)]
+    // SAFETY: the pool passed this descriptor in the setup frame after clearing its
+    // close-on-exec flag for this exec only, and F_GET_SEALS above showed it is open.
+    // Nothing else in this process knows the number, so the File is its only owner.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let map = map_sealed(&file, len)?;
+    drop(file);
+    let _ = SHARED_BYTES.set(SharedBytes::Mapped(map));
+    Ok(())
+}
+
+/// The seal set of `fd`, or why it is no sealed memory file.
+fn seals_of(fd: RawFd) -> Result<libc::c_int, String> {
     #[allow(unsafe_code)]
     // SAFETY: F_GET_SEALS only reads the seal set of the descriptor; an invalid one fails
     // with EBADF.
@@ -136,19 +149,20 @@ pub(crate) fn map_inherited(fd: i32, len: u64) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    if seals & (libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK)
-        != libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK
-    {
+    Ok(seals)
+}
+
+/// Maps a sealed memory file of `len` bytes read-only, after checking its seals and size.
+fn map_sealed(file: &File, len: u64) -> Result<memmap2::Mmap, String> {
+    let fd = file.as_raw_fd();
+    let seals = seals_of(fd)?;
+    let needed = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK;
+    if seals & needed != needed {
         return Err(format!(
             "the shared data's file (descriptor {fd}) is not sealed against writing and \
              shrinking (seals {seals:#x})"
         ));
     }
-    #[allow(unsafe_code)]
-    // SAFETY: the pool passed this descriptor in the setup frame after clearing its
-    // close-on-exec flag for this exec only, and F_GET_SEALS above showed it is open.
-    // Nothing else in this process knows the number, so the File is its only owner.
-    let file = unsafe { File::from_raw_fd(fd) };
     let size = file
         .metadata()
         .map_err(|e| format!("could not stat the shared data's file: {e}"))?
@@ -159,24 +173,55 @@ pub(crate) fn map_inherited(fd: i32, len: u64) -> Result<(), String> {
         ));
     }
     #[allow(unsafe_code)]
-    // SAFETY: the file is sealed against writing and shrinking (checked above, and the seal
-    // set cannot be loosened), so no process can change or remove the bytes under the
-    // mapping while this process lives: handing them out as `&'static [u8]` is sound.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| {
+    // SAFETY: the file is sealed against writing and shrinking (checked above, and a seal
+    // cannot be removed), so no process can change or remove the bytes under the mapping
+    // while this process lives: handing them out as `&'static [u8]` is sound.
+    unsafe { memmap2::Mmap::map(file) }.map_err(|e| {
         format!(
             "could not map the shared data ({len} bytes): {e} (a memory limit counts the \
              mapping in each worker's address space)"
         )
-    })?;
-    drop(file);
-    let _ = SHARED_BYTES.set(SharedBytes::Mapped(map));
-    Ok(())
+    })
+}
+
+/// Makes a pool's shared data readable in the pool's own process too, so that a remote
+/// function run in place (inline or on threads by placement, or through
+/// [`RemoteFn::call_local`](crate::RemoteFn::call_local)) reads what the workers read. Data
+/// of `len` bytes is `inline`, or else the sealed `file`.
+///
+/// The first pool with data wins: a later pool with other data is logged, since calls in
+/// this process keep reading the first one's.
+pub(crate) fn adopt_locally(inline: Option<&[u8]>, file: Option<&SealedFile>) {
+    let here = match (inline, file) {
+        (Some(b), _) if !b.is_empty() => SharedBytes::Owned(b.to_vec()),
+        (_, Some(f)) if f.len() > 0 => match map_sealed(&f.file, f.len) {
+            Ok(map) => SharedBytes::Mapped(map),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "the pool's shared data is not readable in this process (its workers have it)"
+                );
+                return;
+            }
+        },
+        _ => return,
+    };
+    if let Err(here) = SHARED_BYTES.set(here) {
+        let first = SHARED_BYTES.get().map(|b| &**b);
+        if first != Some(&*here) {
+            tracing::warn!(
+                "a second pool with other shared data: its workers read it, but remote \
+                 functions run in this process keep reading the first pool's"
+            );
+        }
+    }
 }
 
 fn no_shared_data() -> Error {
     Error::new(
         ErrorKind::Unsupported,
-        "no shared data here: only a worker whose pool set shared data has it",
+        "no shared data here: only a pool's workers and the pool's own process have it, \
+         once a pool was built with shared data",
     )
 }
 
@@ -189,8 +234,11 @@ fn no_shared_data() -> Error {
 ///
 /// Large data is a read-only mapping that every worker of the pool shares (no copy, no
 /// decoding), so this is the way to reach a big table or file without paying for it per
-/// worker. Errors with [`ErrorKind::Unsupported`] outside a worker or when the pool gave no
-/// data.
+/// worker.
+///
+/// The pool's own process reads the same data (the first pool built with shared data), so a
+/// remote function that placement runs inline or on threads sees what it sees in a worker.
+/// Errors with [`ErrorKind::Unsupported`] in a process without a pool that gave data.
 ///
 /// ```
 /// use offload::RemoteFn;
@@ -217,9 +265,10 @@ pub fn shared_bytes() -> Result<&'static [u8], Error> {
 /// long as the process, and large data is a mapping shared by all workers, so borrowed
 /// fields cost neither a copy nor memory per worker.
 ///
-/// Call it from inside a remote function. Errors with [`ErrorKind::Unsupported`] outside a
-/// worker or when the pool gave no data, and with [`ErrorKind::Encoding`] when the data is not
-/// a `T` (or a different `T` was asked for before).
+/// Call it from inside a remote function; it works in the pool's own process too, as
+/// [`shared_bytes`] does. Errors with [`ErrorKind::Unsupported`] in a process without a pool
+/// that gave data, and with [`ErrorKind::Encoding`] when the data is not a `T` (or a
+/// different `T` was asked for before).
 pub fn shared<T: Deserialize<'static> + Send + Sync + 'static>() -> Result<&'static T, Error> {
     if let Some(v) = SHARED_VALUE.get() {
         return v.downcast_ref::<T>().ok_or_else(|| {

@@ -462,6 +462,8 @@ impl ClusterBuilder {
             .map_err(|_| BuildError::invalid("the MPI thread stopped during the setup"))?
             .map_err(|e| BuildError::invalid(e.to_string()))?;
         tracing::info!(ranks = ranks.len(), "cluster tier ready");
+        // Remote functions run on rank 0 itself (inline, by placement) read the same data.
+        crate::remote::adopt_locally(Some(shared), None);
         Ok(Cluster {
             inner: Arc::new(Inner {
                 service,

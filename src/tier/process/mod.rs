@@ -422,6 +422,13 @@ impl ProcessPoolBuilder {
             .queue_capacity
             .unwrap_or(DEFAULT_QUEUE_PER_WORKER * cfg.workers)
             .max(1);
+        // Remote functions run in this process (inline or on threads, by placement) read the
+        // same data as the workers.
+        match &cfg.shared {
+            SharedPayload::Inline(b) => crate::remote::adopt_locally(Some(b), None),
+            SharedPayload::Mapped(f) => crate::remote::adopt_locally(None, Some(f)),
+            SharedPayload::File(_) => {}
+        }
         let (tx, rx) = async_channel::bounded(cfg.queue_capacity);
         let workers = cfg.workers;
         let state = State {

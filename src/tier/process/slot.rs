@@ -604,7 +604,13 @@ fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartError> {
                     }
                     Ok((Response::Refused { reason }, _)) => {
                         let detail = format!("the worker refused the handshake: {reason}");
-                        fail(child, detail, stderr)
+                        // It exits by itself right after refusing (code 3): reap, not kill,
+                        // so that the error shows its own exit.
+                        let exit = reap(child);
+                        if let Some(t) = stderr {
+                            join_stderr(t);
+                        }
+                        Err(start_error(slot, detail, Some(exit)))
                     }
                     Ok((other, _)) => {
                         let detail = format!("unexpected handshake answer {other:?}");
