@@ -281,6 +281,7 @@ mod tests {
                     worker: 2,
                     init: None,
                     init_args_len: 0,
+                    shared: crate::remote::wire::SharedData::Inline,
                 },
                 None,
             ),
