@@ -91,11 +91,28 @@ fn main() {
             .is_err_and(|e| e.to_string().contains("shared data could not be encoded")),
         format!("{e:?}"),
     );
+    // A shared file that cannot be read fails the build, naming it.
+    let e = Cluster::builder()
+        .shared_file("/nonexistent/offload-table.bin")
+        .build();
+    check(
+        "an_unreadable_shared_file_fails_the_build",
+        e.as_ref()
+            .is_err_and(|e| e.to_string().contains("/nonexistent/offload-table.bin")),
+        format!("{e:?}"),
+    );
     let table: Vec<u64> = (1..=1000).collect();
     let cluster = Cluster::builder()
         .shared_data(&table)
         .build()
         .expect("the cluster builds");
+    // Rank 0 reads the same shared data, for remote functions placed inline there.
+    let here = SHARED_SUM.call_local(());
+    check(
+        "shared_data_reads_on_rank_0_too",
+        here.1 == table.iter().sum::<u64>(),
+        format!("{here:?}"),
+    );
     check(
         "sees_every_rank",
         Some(cluster.ranks()) == launch.size && cluster.tier() == TierKind::Cluster,
