@@ -51,8 +51,10 @@
 //! Work sent to another process is a [`RemoteFn`]: a named `fn(A) -> R` with serde arguments
 //! and result, checked by type at the call site. Call [`init`] as the first statement of
 //! `main`, listing the binary's remote functions; in a process a [`ProcessPool`] started, it
-//! serves tasks and never returns. The wire protocol is described in
-//! `src/tier/process/README.md`.
+//! serves tasks and never returns. Read-only data given to a pool once (a table, a model, a
+//! file) is read in every worker with [`shared`] or [`shared_bytes`]; from 64 KiB up it is one
+//! sealed memory file that all workers map, so its memory is paid once per pool. The wire
+//! protocol is described in `src/tier/process/README.md`.
 //!
 //! ## Placement: adaptive backgrounding
 //!
