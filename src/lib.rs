@@ -93,6 +93,8 @@
 //! - `compute_server`: CPU requests of varying cost served through adaptive calls.
 //! - `tour`: submit, map, wait, a task group, the watchdog, shutdown.
 //! - `sum_primes`: parallelpython's benchmark, sequential vs threads vs processes.
+//! - `precalc`: a large precomputed table given to every worker process once, mapped, not
+//!   copied.
 //! - `pi`: Monte-Carlo π, a locked shared counter versus local sums reduced.
 //! - `quicksort`: recursive quicksort on the pool.
 //! - `sweep`: a parameter sweep with ordered `map` and a progress bar.

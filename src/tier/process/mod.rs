@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_channel::TrySendError;
+use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -129,7 +130,7 @@ pub(crate) struct Config {
 pub(crate) enum SharedPayload {
     /// Bytes in the setup frame (the builder's form of any bytes; after `build`, only data
     /// under the map threshold).
-    Inline(Vec<u8>),
+    Inline(Bytes),
     /// The builder's form of [`ProcessPoolBuilder::shared_file`]: copied at `build`.
     File(PathBuf),
     /// A sealed memory file every worker inherits and maps (after `build` only).
@@ -164,7 +165,7 @@ impl SharedPayload {
                 .map_err(|e| format!("could not read the shared file {}: {e}", path.display()))?,
         };
         if sealed.len() == 0 {
-            return Ok(SharedPayload::Inline(Vec::new()));
+            return Ok(SharedPayload::Inline(Bytes::new()));
         }
         Ok(SharedPayload::Mapped(Arc::new(sealed)))
     }
@@ -212,7 +213,7 @@ impl Default for ProcessPoolBuilder {
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 max_tasks: None,
                 init: None,
-                shared: SharedPayload::Inline(Vec::new()),
+                shared: SharedPayload::Inline(Bytes::new()),
                 shared_map_threshold: DEFAULT_SHARED_MAP_THRESHOLD,
                 task_timeout: None,
                 pipeline: DEFAULT_PIPELINE,
@@ -295,7 +296,7 @@ impl ProcessPoolBuilder {
     /// Smaller data travels in each worker's setup frame. Replaces any earlier shared data.
     pub fn shared_data<T: Serialize + ?Sized>(&mut self, data: &T) -> &mut Self {
         match postcard::to_allocvec(data) {
-            Ok(bytes) => self.cfg.shared = SharedPayload::Inline(bytes),
+            Ok(bytes) => self.cfg.shared = SharedPayload::Inline(bytes.into()),
             Err(e) => self.problem = Some(format!("could not encode the shared data: {e}")),
         }
         self
@@ -305,7 +306,7 @@ impl ProcessPoolBuilder {
     /// [`offload::shared_bytes`](crate::shared_bytes) as a `&'static [u8]`, without any
     /// decoding. Travels as [`shared_data`](Self::shared_data) does. Replaces any earlier
     /// shared data.
-    pub fn shared_bytes(&mut self, bytes: impl Into<Vec<u8>>) -> &mut Self {
+    pub fn shared_bytes(&mut self, bytes: impl Into<Bytes>) -> &mut Self {
         self.cfg.shared = SharedPayload::Inline(bytes.into());
         self
     }
