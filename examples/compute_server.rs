@@ -33,13 +33,14 @@ use std::time::Duration;
 use offload::{CallSite, Scheduler};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
-#[path = "common/lines.rs"]
-mod lines;
+// Public for the showcase, which runs this server and shares its set-up.
+pub mod common;
 
-pub use lines::ServerStats;
-use lines::{Line, READ_CHUNK, read_line, refuse};
+pub use common::lines::ServerStats;
+use common::lines::{Line, READ_CHUNK, read_line, refuse};
+use common::listener::{Limits, accept_loop};
 
 /// Largest `N` a `primes` request may ask for (about a second of work).
 pub const MAX_PRIMES_N: u64 = 2_000_000;
@@ -259,49 +260,24 @@ pub async fn serve(
     stats: Arc<ServerStats>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(cfg.max_conns));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => r,
-        };
-        let (stream, _peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            ServerStats::bump(&stats.refused_full);
-            let msg = format!("ERR server full: {} connections at most", cfg.max_conns);
-            sched.spawn("compute/refuse", async move {
-                let mut stream = stream;
-                let (mut rd, mut wr) = stream.split();
-                refuse(&mut rd, &mut wr, &msg).await;
-            });
-            continue;
-        };
-        ServerStats::bump(&stats.accepted);
-        let (d, s, stop, idle) = (
-            dispatch.clone(),
-            stats.clone(),
-            stop_rx.clone(),
-            cfg.idle_timeout,
-        );
-        sched.spawn("compute/client", async move {
-            let _permit = permit;
-            client_handler(stream, &d, &s, stop, idle).await;
-        });
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    let all = u32::try_from(cfg.max_conns).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(Duration::from_secs(2), permits.acquire_many(all)).await;
+    let limits = Limits {
+        max_conns: cfg.max_conns,
+        grace: Duration::from_secs(2),
+    };
+    let serve_client = |stream, _peer, stop| {
+        let (d, s, idle) = (dispatch.clone(), stats.clone(), cfg.idle_timeout);
+        async move { client_handler(stream, &d, &s, stop, idle).await }
+    };
+    accept_loop(
+        &sched,
+        listener,
+        "compute",
+        limits,
+        &stats,
+        shutdown,
+        serve_client,
+    )
+    .await;
 }
 
 async fn client_handler(
@@ -430,12 +406,7 @@ struct Args {
 #[allow(dead_code)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    common::init_tracing("info");
     let args = Args::parse();
     let mut builder = Scheduler::builder();
     builder.io_threads(args.io_threads);

@@ -25,13 +25,13 @@ use std::time::Duration;
 use offload::Scheduler;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
-#[path = "common/lines.rs"]
-mod lines;
+mod common;
 
-pub use lines::ServerStats;
-use lines::{Line, READ_CHUNK, read_line, refuse};
+pub use common::lines::ServerStats;
+use common::lines::{Line, READ_CHUNK, read_line, refuse};
+use common::listener::{Limits, accept_loop};
 
 /// Default longest line, in bytes.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
@@ -77,54 +77,31 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let cfg = Arc::new(cfg);
-    let permits = Arc::new(Semaphore::new(cfg.max_conns));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                ServerStats::bump(&stats.accepted);
-                let (cfg, stats, stop) = (cfg.clone(), stats.clone(), stop_rx.clone());
-                sched.spawn("echo/client", async move {
-                    let _permit = permit;
-                    client_handler(stream, peer, &cfg, &stats, stop).await;
-                });
-            }
-            Err(_) => {
-                ServerStats::bump(&stats.refused_full);
-                tracing::info!(%peer, max = cfg.max_conns, "refused: server full");
-                let msg = format!("ERR server full: {} connections at most", cfg.max_conns);
-                sched.spawn("echo/refuse", async move {
-                    let mut stream = stream;
-                    let (mut rd, mut wr) = stream.split();
-                    refuse(&mut rd, &mut wr, &msg).await;
-                });
-            }
-        }
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    let all = u32::try_from(cfg.max_conns).unwrap_or(u32::MAX);
-    match tokio::time::timeout(cfg.shutdown_grace, permits.acquire_many(all)).await {
-        Ok(_) => tracing::info!("all clients closed"),
-        Err(_) => tracing::warn!(
+    let limits = Limits {
+        max_conns: cfg.max_conns,
+        grace: cfg.shutdown_grace,
+    };
+    let serve_client = |stream, peer, stop| {
+        let (cfg, stats) = (cfg.clone(), stats.clone());
+        async move { client_handler(stream, peer, &cfg, &stats, stop).await }
+    };
+    let all_closed = accept_loop(
+        &sched,
+        listener,
+        "echo",
+        limits,
+        &stats,
+        shutdown,
+        serve_client,
+    )
+    .await;
+    if all_closed {
+        tracing::info!("all clients closed");
+    } else {
+        tracing::warn!(
             open = stats.active.load(Ordering::Relaxed),
             "grace period over with clients still open"
-        ),
+        );
     }
 }
 
@@ -287,12 +264,7 @@ struct Args {
 #[allow(dead_code)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    common::init_tracing("info");
     let args = Args::parse();
     let cfg = EchoConfig {
         max_line: args.max_line,

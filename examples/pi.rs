@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use offload::{Executor, ShutdownMode};
 
+mod common;
+
 /// SplitMix64: a tiny, good-enough generator with one `u64` of state per worker.
 #[derive(Debug, Clone)]
 pub struct SplitMix(u64);
@@ -159,12 +161,7 @@ fn timed<T>(t0: Instant, r: T) -> (T, Duration) {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    common::init_tracing("warn");
     let args = Args::parse();
     // At least two: with one worker the lock is never contended and the lesson disappears.
     let workers = args

@@ -21,6 +21,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use offload::{Error, Executor, ShutdownMode};
 
+mod common;
+
 /// Splits `v` around a median-of-three pivot into (less, equal, greater).
 pub fn partition(v: Vec<u64>) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
     let (a, b, c) = (v[0], v[v.len() / 2], v[v.len() - 1]);
@@ -98,12 +100,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    common::init_tracing("warn");
     let args = Args::parse();
     // Two threads as in the textbook's Pool(2), unless told otherwise.
     let workers = args.workers.unwrap_or(2).max(1);

@@ -38,6 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 mod compute_server;
 
 pub use compute_server::Policy;
+use compute_server::common;
 use compute_server::{ComputeConfig, Dispatch, ServerStats, hash_bytes, sum_primes};
 
 /// The longest any client waits for one reply before it counts an error.
@@ -698,14 +699,8 @@ struct Args {
 #[allow(dead_code)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                // The watchdog's slow-poll warnings are counted in the table instead.
-                tracing_subscriber::EnvFilter::new("warn,offload::scheduler=error")
-            }),
-        )
-        .init();
+    // The watchdog's slow-poll warnings are counted in the table instead.
+    common::init_tracing("warn,offload::scheduler=error");
     let args = Args::parse();
     let mut settings = if args.quick {
         Settings::quick()

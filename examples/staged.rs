@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use offload::{CallSite, Scheduler, Stage};
 
+mod common;
+
 /// Words on each side counted as a pair.
 pub const WINDOW: usize = 8;
 
@@ -133,12 +135,7 @@ struct Measured {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,offload=error")),
-        )
-        .init();
+    common::init_tracing("warn,offload=error");
     let args = Args::parse();
     let sched = Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
     let site = sched.site("analyse");

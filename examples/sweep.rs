@@ -15,6 +15,8 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use offload::{Executor, ShutdownMode};
 
+mod common;
+
 /// The Lyapunov exponent of the logistic map at `r`, over `iters` steps after a burn-in.
 pub fn lyapunov(r: f64, iters: u32) -> f64 {
     let mut x = 0.5;
@@ -52,12 +54,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    common::init_tracing("warn");
     let args = Args::parse();
     if args.points < 2 || args.to <= args.from {
         return Err("want at least 2 points and --to above --from".into());

@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use offload::{Executor, ShutdownMode};
 
+mod common;
+
 /// The poison pill: a worker that takes it panics.
 pub const POISON: u64 = u64::MAX;
 
@@ -177,12 +179,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    common::init_tracing("warn");
     let args = Args::parse();
     // One line per panic: the worker's exit status below carries the message to the caller.
     std::panic::set_hook(Box::new(|info| {

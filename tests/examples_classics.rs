@@ -3,6 +3,9 @@
 //! agrees with the legacy function and moves only the long calls, the sweep finds chaos where the
 //! theory puts it, and Monte-Carlo pi lands near pi. Behaviour only, never speed.
 
+// Each example includes `examples/common` (its log set-up); five of them are loaded here.
+#![allow(clippy::duplicate_mod)]
+
 #[allow(dead_code)]
 #[path = "../examples/pi.rs"]
 mod pi;

@@ -7,28 +7,17 @@ mod process_support;
 use std::time::{Duration, Instant};
 
 use offload::{ProcessPool, ShutdownMode};
-use process_support::{ECHO, PID, SLEEP_MS, check, rt};
+use process_support::{ECHO, PID, SLEEP_MS, build, call, check, rt, submit};
 
 fn cancel_kills_the_running_task() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let pid = pool
-            .submit(&PID, ())
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        let h = pool
-            .submit(&SLEEP_MS, 30_000)
-            .await
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1))?;
+        let pid = call(&pool, &PID, ()).await?;
+        let h = submit(&pool, &SLEEP_MS, 30_000).await?;
         check(h.is_killable(), || "a process task is killable".into())?;
         // Queued behind it: a task we withdraw before it starts.
-        let queued = pool.submit(&ECHO, 1).await.map_err(|e| e.to_string())?;
-        let queued2 = pool.submit(&ECHO, 2).await.map_err(|e| e.to_string())?;
+        let queued = submit(&pool, &ECHO, 1).await?;
+        let queued2 = submit(&pool, &ECHO, 2).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let t0 = Instant::now();
         check(queued2.cancel(), || "withdrawing a queued task".into())?;
@@ -47,12 +36,7 @@ fn cancel_kills_the_running_task() -> Result<(), String> {
             .await
             .map_err(|e| format!("the task behind the killed one: {e}"))?;
         check(v == 1, || format!("echo gave {v}"))?;
-        let pid2 = pool
-            .submit(&PID, ())
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        let pid2 = call(&pool, &PID, ()).await?;
         check(pid2 != pid, || "the worker must have been replaced".into())?;
         pool.shutdown(ShutdownMode::Drain).await;
         Ok(())
@@ -63,24 +47,13 @@ fn cancel_kills_the_running_task() -> Result<(), String> {
 /// for a running one and kill its worker, which by then runs the next task.
 fn cancel_of_a_finished_unread_task_kills_nothing() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let pid = pool
-            .submit(&PID, ())
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1))?;
+        let pid = call(&pool, &PID, ()).await?;
         // Finishes at once; its handle is not awaited yet, so its answer stays in the pipe.
-        let finished = pool.submit(&ECHO, 7).await.map_err(|e| e.to_string())?;
+        let finished = submit(&pool, &ECHO, 7).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Sent behind it to the same worker, which runs it now.
-        let next = pool
-            .submit(&SLEEP_MS, 300)
-            .await
-            .map_err(|e| e.to_string())?;
+        let next = submit(&pool, &SLEEP_MS, 300).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         check(!finished.cancel(), || {
             "cancel of a task that already finished returns false".into()

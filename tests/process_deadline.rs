@@ -6,20 +6,12 @@ mod process_support;
 use std::time::{Duration, Instant};
 
 use offload::{ProcessPool, ShutdownMode};
-use process_support::{ECHO, PID, SLEEP_MS, check, rt};
+use process_support::{ECHO, PID, SLEEP_MS, build, call, check, outcome, rt, submit};
 
 fn deadline_kills_the_worker() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let pid = pool
-            .submit(&PID, ())
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1))?;
+        let pid = call(&pool, &PID, ()).await?;
         let t0 = Instant::now();
         let h = pool
             .submit_timeout(&SLEEP_MS, 30_000, Duration::from_millis(300))
@@ -35,18 +27,9 @@ fn deadline_kills_the_worker() -> Result<(), String> {
         check(e.to_string().contains("timed out after 300ms"), || {
             e.to_string()
         })?;
-        let v = pool
-            .submit(&ECHO, 9)
-            .await
-            .map_err(|e| e.to_string())?
-            .await;
+        let v = outcome(&pool, &ECHO, 9).await?;
         check(v.ok() == Some(9), || "echo after the timeout".into())?;
-        let pid2 = pool
-            .submit(&PID, ())
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        let pid2 = call(&pool, &PID, ()).await?;
         check(pid2 != pid, || "the worker must have been replaced".into())?;
         pool.shutdown(ShutdownMode::Drain).await;
         Ok(())
@@ -57,16 +40,13 @@ fn deadline_kills_the_worker() -> Result<(), String> {
 /// that lands just after a deadline task finished must never fail (or re-run) the next task.
 fn a_kill_at_the_deadline_never_hits_another_task() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1))?;
         for i in 0..60u64 {
             let edge = pool
                 .submit_timeout(&SLEEP_MS, 5, Duration::from_millis(5))
                 .await
                 .map_err(|e| e.to_string())?;
-            let next = pool.submit(&ECHO, i).await.map_err(|e| e.to_string())?;
+            let next = submit(&pool, &ECHO, i).await?;
             let (edge, next) = (edge.await, next.await);
             check(
                 edge.is_ok() || edge.as_ref().is_err_and(|e| e.is_timeout()),
@@ -83,22 +63,14 @@ fn a_kill_at_the_deadline_never_hits_another_task() -> Result<(), String> {
 
 fn pool_wide_task_timeout() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .task_timeout(Duration::from_millis(200))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let fast = pool
-            .submit(&SLEEP_MS, 10)
-            .await
-            .map_err(|e| e.to_string())?
-            .await;
+        let pool = build(
+            ProcessPool::builder()
+                .workers(1)
+                .task_timeout(Duration::from_millis(200)),
+        )?;
+        let fast = outcome(&pool, &SLEEP_MS, 10).await?;
         check(fast.is_ok(), || format!("a fast task: {fast:?}"))?;
-        let slow = pool
-            .submit(&SLEEP_MS, 10_000)
-            .await
-            .map_err(|e| e.to_string())?
-            .await;
+        let slow = outcome(&pool, &SLEEP_MS, 10_000).await?;
         check(slow.as_ref().is_err_and(|e| e.is_timeout()), || {
             format!("{slow:?}")
         })?;

@@ -6,22 +6,13 @@ mod process_support;
 use std::time::{Duration, Instant};
 
 use offload::{ProcessPool, ShutdownMode};
-use process_support::{ECHO, check, rt};
+use process_support::{ECHO, build, check, outcome, rt};
 
 fn a_worker_that_never_reaches_init_breaks_the_pool_with_the_fix() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .env("FORGET_INIT", "exit")
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1).env("FORGET_INIT", "exit"))?;
         let t0 = Instant::now();
-        let e = pool
-            .submit(&ECHO, 1)
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .expect_err("no worker");
+        let e = outcome(&pool, &ECHO, 1).await?.expect_err("no worker");
         check(e.kind() == offload::ErrorKind::Pool, || {
             format!("pool error expected: {e}")
         })?;
@@ -36,19 +27,14 @@ fn a_worker_that_never_reaches_init_breaks_the_pool_with_the_fix() -> Result<(),
 
 fn a_silent_worker_hits_the_handshake_timeout() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .env("FORGET_INIT", "hang")
-            .handshake_timeout(Duration::from_millis(300))
-            .max_start_failures(2)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let e = pool
-            .submit(&ECHO, 1)
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .expect_err("no worker");
+        let pool = build(
+            ProcessPool::builder()
+                .workers(1)
+                .env("FORGET_INIT", "hang")
+                .handshake_timeout(Duration::from_millis(300))
+                .max_start_failures(2),
+        )?;
+        let e = outcome(&pool, &ECHO, 1).await?.expect_err("no worker");
         check(e.kind() == offload::ErrorKind::Pool, || {
             format!("pool error expected: {e}")
         })?;

@@ -8,7 +8,7 @@ mod process_support;
 use std::time::Duration;
 
 use offload::{ProcessPool, RemoteFn, ShutdownMode};
-use process_support::{ECHO, check, rt};
+use process_support::{ECHO, build, check, rt};
 
 /// Starts `sleep 30` (its pid goes to the file named by the argument), then sleeps itself.
 static SPAWN_AND_SLEEP: RemoteFn<String, u32> = RemoteFn::new("spawn_and_sleep", |path| {
@@ -37,10 +37,7 @@ fn kill_pid_in(path: &std::path::Path) {
 fn a_killed_worker_is_seen_dead_while_its_task_child_lives() -> Result<(), String> {
     let pid_file = std::env::temp_dir().join(format!("offload-grandchild-{}", std::process::id()));
     let r = rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1))?;
         let h = pool
             .submit_timeout(
                 &SPAWN_AND_SLEEP,

@@ -5,24 +5,14 @@ mod process_support;
 use std::collections::BTreeSet;
 
 use offload::{ProcessPool, ShutdownMode};
-use process_support::{PID, check, rt};
+use process_support::{PID, build, call, check, rt};
 
 fn max_tasks_per_worker_recycles() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .max_tasks_per_worker(3)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1).max_tasks_per_worker(3))?;
         let mut pids = Vec::new();
         for _ in 0..9 {
-            pids.push(
-                pool.submit(&PID, ())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
+            pids.push(call(&pool, &PID, ()).await?);
         }
         let distinct: BTreeSet<u32> = pids.iter().copied().collect();
         check(distinct.len() == 3, || {

@@ -4,23 +4,13 @@
 mod process_support;
 
 use offload::{ProcessPool, ShutdownMode};
-use process_support::{ECHO, PANIC, PID, check, rt};
+use process_support::{ECHO, PANIC, PID, build, check, outcome, rt, submit};
 
 fn panic_message_and_backtrace_arrive() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let pid_before = pool
-            .submit(&PID, ())
-            .await
-            .map_err(|e| e.to_string())?
-            .await;
-        let h = pool
-            .submit(&PANIC, "bad input 42".to_string())
-            .await
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1))?;
+        let pid_before = outcome(&pool, &PID, ()).await?;
+        let h = submit(&pool, &PANIC, "bad input 42".to_string()).await?;
         let e = h.await.expect_err("a panic is an error");
         check(e.is_panic(), || format!("panic expected: {e}"))?;
         let msg = e.panic_message().unwrap_or_default();
@@ -37,19 +27,11 @@ fn panic_message_and_backtrace_arrive() -> Result<(), String> {
             "no backtrace".into()
         })?;
         // The same worker goes on.
-        let pid_after = pool
-            .submit(&PID, ())
-            .await
-            .map_err(|e| e.to_string())?
-            .await;
+        let pid_after = outcome(&pool, &PID, ()).await?;
         check(pid_before.ok() == pid_after.ok(), || {
             "a panic must not kill the worker".into()
         })?;
-        let v = pool
-            .submit(&ECHO, 5)
-            .await
-            .map_err(|e| e.to_string())?
-            .await;
+        let v = outcome(&pool, &ECHO, 5).await?;
         check(v.ok() == Some(5), || "echo after the panic".into())?;
         pool.shutdown(ShutdownMode::Drain).await;
         Ok(())

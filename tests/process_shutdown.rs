@@ -7,17 +7,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use offload::{ProcessPool, ShutdownMode};
-use process_support::{ECHO, PANIC, SLEEP_MS, check, children, rt};
+use process_support::{ECHO, PANIC, SLEEP_MS, build, check, children, rt, submit};
 
 fn no_child_left_after_shutdown() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(2)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(2))?;
         let mut hs = Vec::new();
         for i in 0..10u64 {
-            hs.push(pool.submit(&ECHO, i).await.map_err(|e| e.to_string())?);
+            hs.push(submit(&pool, &ECHO, i).await?);
         }
         for h in hs {
             h.await.map_err(|e| e.to_string())?;
@@ -41,38 +38,21 @@ fn no_child_left_after_shutdown() -> Result<(), String> {
 
 fn drain_runs_queued_work_and_cancel_fails_it() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1))?;
         let mut hs = Vec::new();
         for _ in 0..4 {
-            hs.push(
-                pool.submit(&SLEEP_MS, 50)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
+            hs.push(submit(&pool, &SLEEP_MS, 50).await?);
         }
         pool.shutdown(ShutdownMode::Drain).await;
         for h in hs {
             check(h.await.is_ok(), || "drain runs every queued task".into())?;
         }
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let running = pool
-            .submit(&SLEEP_MS, 300)
-            .await
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1))?;
+        let running = submit(&pool, &SLEEP_MS, 300).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut queued = Vec::new();
         for _ in 0..4 {
-            queued.push(
-                pool.submit(&SLEEP_MS, 300)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
+            queued.push(submit(&pool, &SLEEP_MS, 300).await?);
         }
         pool.shutdown(ShutdownMode::Cancel).await;
         check(running.await.is_ok(), || "the running task finishes".into())?;
@@ -96,14 +76,8 @@ fn drain_runs_queued_work_and_cancel_fails_it() -> Result<(), String> {
 
 fn dropping_the_pool_reaps_its_workers() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(2)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let h = pool
-            .submit(&SLEEP_MS, 10_000)
-            .await
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(2))?;
+        let h = submit(&pool, &SLEEP_MS, 10_000).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(pool);
         let e = h.await.expect_err("killed with the pool");
@@ -117,10 +91,7 @@ fn dropping_the_pool_reaps_its_workers() -> Result<(), String> {
 
 fn map_keeps_order_and_per_item_errors() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(2)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(2))?;
         let out: Vec<u64> = pool
             .map(&ECHO, 0..10_000u64)
             .map(|r| r.expect("echo does not fail"))

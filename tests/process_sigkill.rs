@@ -6,25 +6,14 @@ mod process_support;
 use std::time::Duration;
 
 use offload::{ProcessPool, ShutdownMode};
-use process_support::{ECHO, SLEEP_MS, check, rt, sigkill};
+use process_support::{ECHO, SLEEP_MS, build, call, check, outcome, rt, sigkill, submit};
 
 fn sigkill_mid_task_fails_only_that_task() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1))?;
         // Learn the worker's pid from a task, then kill it while it sleeps in another.
-        let pid = pool
-            .submit(&SLEEP_MS, 0)
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        let long = pool
-            .submit(&SLEEP_MS, 30_000)
-            .await
-            .map_err(|e| e.to_string())?;
+        let pid = call(&pool, &SLEEP_MS, 0).await?;
+        let long = submit(&pool, &SLEEP_MS, 30_000).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         sigkill(pid);
         let e = long.await.expect_err("the killed task must fail");
@@ -33,11 +22,8 @@ fn sigkill_mid_task_fails_only_that_task() -> Result<(), String> {
         check(e.pid() == Some(pid), || format!("pid {pid} expected: {e}"))?;
         check(e.to_string().contains("signal 9"), || e.to_string())?;
         for i in 0..100u64 {
-            let v = pool
-                .submit(&ECHO, i)
-                .await
-                .map_err(|e| e.to_string())?
-                .await
+            let v = outcome(&pool, &ECHO, i)
+                .await?
                 .map_err(|e| format!("task {i} after the kill: {e}"))?;
             check(v == i, || format!("echo {i} gave {v}"))?;
         }

@@ -7,7 +7,7 @@ mod process_support;
 use std::time::Duration;
 
 use offload::{ProcessPool, RemoteFn, ShutdownMode};
-use process_support::{ECHO, check, rt};
+use process_support::{ECHO, build, check, rt, submit};
 
 /// Closes the worker's request pipe (the second descriptor of `OFFLOAD_WORKER`), as a buggy
 /// task could, then stays alive a while: the pool's next write there has no reader.
@@ -32,17 +32,11 @@ fn a_worker_gone_deaf_does_not_kill_a_host_with_default_sigpipe() -> Result<(), 
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(1)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let deaf = pool
-            .submit(&CLOSE_REQUESTS, 300)
-            .await
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(1))?;
+        let deaf = submit(&pool, &CLOSE_REQUESTS, 300).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Pipelined to the same worker: written to a pipe nobody reads.
-        let after = pool.submit(&ECHO, 5).await.map_err(|e| e.to_string())?;
+        let after = submit(&pool, &ECHO, 5).await?;
         deaf.await
             .map_err(|e| format!("the task that closed the pipe still answers: {e}"))?;
         let v = after

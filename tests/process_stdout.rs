@@ -6,7 +6,7 @@ mod process_support;
 use std::io::Write;
 
 use offload::{AnyRemoteFn, ProcessPool, RemoteFn, ShutdownMode};
-use process_support::{check, rt};
+use process_support::{build, check, rt, submit};
 
 static NOISY: RemoteFn<u64, u64> = RemoteFn::new("noisy", |x| {
     let mut out = std::io::stdout().lock();
@@ -20,13 +20,10 @@ static NOISY: RemoteFn<u64, u64> = RemoteFn::new("noisy", |x| {
 
 fn printing_to_stdout_does_not_break_the_pool() -> Result<(), String> {
     rt().block_on(async {
-        let pool = ProcessPool::builder()
-            .workers(2)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool = build(ProcessPool::builder().workers(2))?;
         let mut handles = Vec::new();
         for i in 0..20u64 {
-            handles.push(pool.submit(&NOISY, i).await.map_err(|e| e.to_string())?);
+            handles.push(submit(&pool, &NOISY, i).await?);
         }
         for (i, h) in handles.into_iter().enumerate() {
             let v = h.await.map_err(|e| e.to_string())?;

@@ -4,10 +4,6 @@
 //! never sends the newline. Here the answer is `max_line` bytes: the line buffer grows by
 //! doubling up to that cap and never past it, and a longer line is refused. The buffer's
 //! capacity is reported to [`ServerStats::buffer_high_water`], so a test can check the bound.
-//!
-//! Included with `#[path]` by each server; not an example of its own.
-
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! | `executor.submit(fn)` | [`Executor::submit`] (waits for room), [`Executor::try_submit`] (hands the job back when full), [`Executor::submit_blocking`] (sync callers) |
 //! | `executor.map(fn, it)` | [`Executor::map`]: an ordered `Stream` with a bounded window in flight |
 //! | `as_completed(fs)` | [`as_completed`] and [`Executor::map_unordered`] |
-//! | `wait(fs, return_when)` | [`wait`] with [`WaitMode`] |
+//! | `wait(fs, return_when)` | [`wait()`] with [`WaitMode`] |
 //! | `shutdown(wait, cancel_futures)` | [`Executor::shutdown`] with [`ShutdownMode`] |
 //!
 //! # Drop semantics

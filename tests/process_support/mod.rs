@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use offload::{AnyRemoteFn, RemoteFn};
+use offload::{AnyRemoteFn, ProcessPool, ProcessPoolBuilder, RemoteFn, TaskHandle};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub static ECHO: RemoteFn<u64, u64> = RemoteFn::new("echo", |x| x);
 pub static PID: RemoteFn<(), u32> = RemoteFn::new("pid", |()| std::process::id());
@@ -73,6 +75,47 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a runtime")
+}
+
+/// Builds the pool; an error is the case's failure.
+pub fn build(builder: &mut ProcessPoolBuilder) -> Result<ProcessPool, String> {
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// Submits `f(args)`; an error at submission is the case's failure.
+pub async fn submit<A, R>(
+    pool: &ProcessPool,
+    f: &RemoteFn<A, R>,
+    args: A,
+) -> Result<TaskHandle<R>, String>
+where
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    pool.submit(f, args).await.map_err(|e| e.to_string())
+}
+
+/// Submits `f(args)` and waits for the task's outcome, for the case to check; an error at
+/// submission is the case's failure.
+pub async fn outcome<A, R>(
+    pool: &ProcessPool,
+    f: &RemoteFn<A, R>,
+    args: A,
+) -> Result<Result<R, offload::Error>, String>
+where
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    Ok(submit(pool, f, args).await?.await)
+}
+
+/// Submits `f(args)` and waits for its value; any error is the case's failure.
+pub async fn call<A, R>(pool: &ProcessPool, f: &RemoteFn<A, R>, args: A) -> Result<R, String>
+where
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    outcome(pool, f, args).await?.map_err(|e| e.to_string())
 }
 
 /// `Err(msg)` unless `cond`.

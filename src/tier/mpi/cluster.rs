@@ -11,7 +11,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender, TrySendError};
-use futures::stream::{self, Stream, StreamExt};
+use futures::stream::Stream;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use serde::Serialize;
@@ -21,7 +21,8 @@ use crate::error::{BuildError, Error, ErrorKind, TrySubmitError};
 use crate::remote::RemoteFn;
 use crate::remote::wire::{DEFAULT_MAX_FRAME, Request, SharedData, encode_payload};
 use crate::task::{Job, TaskHandle, closure_task, remote_task};
-use crate::tier::process::{Batch, ChunkStats, One, Pending, next_chunk};
+use crate::tier::map::{ChunkStats, chunked_map};
+use crate::tier::process::{Batch, One, Pending};
 use crate::tier::{ShutdownMode, TierKind, TierStats};
 
 use super::detect::{Detected, detect};
@@ -885,46 +886,23 @@ impl Cluster {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let stats = Arc::new(ChunkStats::default());
-        let window = self.default_window();
         let this = self.clone();
-        let sizer = stats.clone();
-        let chunks = stream::unfold(items.into_iter(), move |mut it| {
-            let size = fixed.unwrap_or_else(|| next_chunk(&sizer));
-            let chunk: Vec<A> = it.by_ref().take(size).collect();
+        chunked_map(items, fixed, self.default_window(), move |chunk, stats| {
+            // Encoded as the chunk is pulled (its items are freed at once); sent by the future.
+            let sent = this.chunk_task::<A, R>(func, &chunk, stats);
+            drop(chunk);
+            let this = this.clone();
             async move {
-                if chunk.is_empty() {
-                    None
-                } else {
-                    Some((chunk, it))
+                let (cmd, handle) = sent?;
+                match this.inner.service.tx.send(cmd).await {
+                    Ok(()) => {
+                        this.inner.service.ring();
+                        handle.await
+                    }
+                    Err(_) => Err(this.refuse(func)),
                 }
             }
-        });
-        chunks
-            .map(move |chunk: Vec<A>| {
-                let n = chunk.len();
-                let sent = this.chunk_task::<A, R>(func, &chunk, stats.clone());
-                drop(chunk);
-                let this = this.clone();
-                async move {
-                    let out = match sent {
-                        Ok((cmd, handle)) => match this.inner.service.tx.send(cmd).await {
-                            Ok(()) => {
-                                this.inner.service.ring();
-                                handle.await
-                            }
-                            Err(_) => Err(this.refuse(func)),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    match out {
-                        Ok(v) => v,
-                        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-                    }
-                }
-            })
-            .buffered(window)
-            .flat_map(stream::iter)
+        })
     }
 
     #[allow(clippy::type_complexity)]

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use async_channel::TrySendError;
 use bytes::Bytes;
-use futures::stream::{self, Stream, StreamExt};
+use futures::stream::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -38,6 +38,7 @@ use crate::error::{BuildError, Error, ErrorKind, TrySubmitError};
 use crate::remote::wire::{self, DEFAULT_MAX_FRAME, Request};
 use crate::remote::{Registry, RemoteFn, SealedFile};
 use crate::task::{TaskHandle, remote_task};
+use crate::tier::map::{ChunkStats, chunked_map};
 use crate::tier::{DEFAULT_QUEUE_PER_WORKER, ShutdownMode, TierKind, TierStats, default_workers};
 
 mod child;
@@ -47,10 +48,10 @@ mod sys;
 
 pub(crate) use child::{serve_as_worker, worker_spec};
 use pool::{Link, Req, Shared, SlotState, State};
-// The typed completers and `map` chunk sizing are shared with the cluster tier.
+// The typed completers are shared with the cluster tier.
 #[cfg(feature = "mpi")]
 pub(crate) use pool::Pending;
-pub(crate) use pool::{Batch, ChunkStats, One};
+pub(crate) use pool::{Batch, One};
 
 /// How long a worker has to answer the handshake: start-up of a large binary on a loaded
 /// machine takes well under a second; ten leave room and still end a hang.
@@ -70,13 +71,6 @@ pub const DEFAULT_PIPELINE: usize = 2;
 /// capacity, past which an inline copy costs the pool's start thread blocking writes and each
 /// worker its own heap copy, while the file costs a few system calls once per pool.
 pub const DEFAULT_SHARED_MAP_THRESHOLD: usize = 64 << 10;
-
-/// `map` sizes its chunks so that one runs about this long: long enough that the trip
-/// (tens of microseconds) is a few percent of it, short enough to balance the workers.
-pub const MAP_CHUNK_TARGET: Duration = Duration::from_millis(2);
-
-/// The largest `map` chunk, in items (bounds the frame and the memory per chunk).
-pub const MAP_MAX_CHUNK: usize = 4096;
 
 /// How long a waiter for a process task spins before it parks, by default: zero. The waiter
 /// reads its own answer first ([`DEFAULT_RESULT_WAIT`]) without burning CPU; spinning on top
@@ -897,10 +891,11 @@ impl ProcessPool {
     /// Applies `f` to every item in worker processes; results in input order, one per item.
     ///
     /// Items travel in chunks, many per frame, sized so that a chunk runs about
-    /// [`MAP_CHUNK_TARGET`] (one item per chunk until the first chunk reports its run time;
-    /// at most [`MAP_MAX_CHUNK`]). Two chunks per worker are in flight; the input is
-    /// pulled only as results are consumed, so an endless iterator is fine. A panic fails only
-    /// its item; a worker that dies fails every item of its chunk.
+    /// [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET) (one item per chunk until the first
+    /// chunk reports its run time; at most [`MAP_MAX_CHUNK`](crate::tier::MAP_MAX_CHUNK)).
+    /// Two chunks per worker are in flight; the input is pulled only as results are consumed,
+    /// so an endless iterator is fine. A panic fails only its item; a worker that dies fails
+    /// every item of its chunk.
     pub fn map<A, R, I>(
         &self,
         f: &RemoteFn<A, R>,
@@ -943,39 +938,12 @@ impl ProcessPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let stats = Arc::new(ChunkStats::default());
         let window = (self.workers() * self.shared().cfg.pipeline.max(1)).max(2);
         let pool = self.clone();
-        let sizer = stats.clone();
-        let chunks = stream::unfold(items.into_iter(), move |mut it| {
-            let size = fixed.unwrap_or_else(|| next_chunk(&sizer));
-            let chunk: Vec<A> = it.by_ref().take(size).collect();
-            async move {
-                if chunk.is_empty() {
-                    None
-                } else {
-                    Some((chunk, it))
-                }
-            }
-        });
-        chunks
-            .map(move |chunk| {
-                let pool = pool.clone();
-                let stats = stats.clone();
-                async move {
-                    let n = chunk.len();
-                    let out = match pool.submit_chunk::<A, R>(name, chunk, stats).await {
-                        Ok(h) => h.await,
-                        Err(e) => Err(e),
-                    };
-                    match out {
-                        Ok(v) => v,
-                        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-                    }
-                }
-            })
-            .buffered(window)
-            .flat_map(stream::iter)
+        chunked_map(items, fixed, window, move |chunk, stats| {
+            let pool = pool.clone();
+            async move { pool.submit_chunk::<A, R>(name, chunk, stats).await?.await }
+        })
     }
 
     /// Stops the pool: new submissions fail with "shut down"; queued tasks run
@@ -1006,34 +974,5 @@ impl ProcessPool {
     /// As [`shutdown`](Self::shutdown), blocking the calling thread (for sync code).
     pub fn shutdown_blocking(&self, mode: ShutdownMode) {
         self.inner.stop(mode, false);
-    }
-}
-
-/// The next chunk size of a `map`: aimed at [`MAP_CHUNK_TARGET`] once the run time per item
-/// is known, 1 until then.
-pub(crate) fn next_chunk(stats: &ChunkStats) -> usize {
-    let per_item = stats.per_item_ns.load(Ordering::Relaxed);
-    if per_item == 0 {
-        // Nothing measured yet: single items, so that a few long ones spread over the workers.
-        return 1;
-    }
-    let target = MAP_CHUNK_TARGET.as_nanos() as u64;
-    usize::try_from(target / per_item)
-        .unwrap_or(MAP_MAX_CHUNK)
-        .clamp(1, MAP_MAX_CHUNK)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_are_single_until_the_item_time_is_known() {
-        let s = ChunkStats::default();
-        assert_eq!(next_chunk(&s), 1);
-        s.per_item_ns.store(1_000_000, Ordering::Relaxed); // 1 ms per item
-        assert_eq!(next_chunk(&s), 2);
-        s.per_item_ns.store(10, Ordering::Relaxed);
-        assert_eq!(next_chunk(&s), MAP_MAX_CHUNK);
     }
 }

@@ -26,6 +26,7 @@ use super::Config;
 use crate::error::{Error, ErrorKind};
 use crate::remote::wire::ItemOutcome;
 use crate::task::{Completer, RemoteLink};
+use crate::tier::map::ChunkStats;
 use crate::tier::{RunInfo, TierKind};
 
 /// A task's completer with its result type erased: the reader hands it the body bytes.
@@ -77,25 +78,6 @@ impl<R: DeserializeOwned + Send + 'static> Pending for One<R> {
     }
     fn discard(self: Box<Self>) {
         self.completer.disarm();
-    }
-}
-
-/// Learns how long one item of a `map` takes, to size the next chunks.
-#[derive(Debug, Default)]
-pub(crate) struct ChunkStats {
-    /// Exponentially weighted mean run time per item, in nanoseconds (0: unknown yet).
-    pub(crate) per_item_ns: AtomicU64,
-}
-
-impl ChunkStats {
-    fn record(&self, items: usize, run_ns: u64) {
-        if items == 0 {
-            return;
-        }
-        let x = (run_ns / items as u64).max(1);
-        let old = self.per_item_ns.load(Ordering::Relaxed);
-        let new = if old == 0 { x } else { old - old / 4 + x / 4 };
-        self.per_item_ns.store(new.max(1), Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,202 @@
+//! The chunked `map` of the remote tiers ([`ProcessPool::map`](super::ProcessPool::map) and
+//! `mpi::Cluster::map`): how big a chunk is, and the ordered stream with its window.
+//!
+//! A tier gives [`chunked_map`] a "send one chunk" closure: it encodes the chunk, queues it
+//! on the tier's own path, and returns a future of the chunk's results. Everything else is
+//! the same on both tiers, and lives here:
+//!
+//! - the input is cut into chunks as they are needed: single items until a chunk reports its
+//!   run time ([`ChunkStats`]), then as many as run about [`MAP_CHUNK_TARGET`];
+//! - at most `window` chunks are in flight; the input is pulled only as results are consumed
+//!   (backpressure), so an endless iterator keeps memory flat;
+//! - results come out in input order, one per item: a chunk that fails as a whole (not sent,
+//!   or its worker died) fails each of its items with that error.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::stream::{self, Stream, StreamExt};
+
+use crate::error::Error;
+
+/// `map` sizes its chunks so that one runs about this long: long enough that the trip
+/// (tens of microseconds) is a few percent of it, short enough to balance the workers.
+pub const MAP_CHUNK_TARGET: Duration = Duration::from_millis(2);
+
+/// The largest `map` chunk, in items (bounds the frame and the memory per chunk).
+pub const MAP_MAX_CHUNK: usize = 4096;
+
+/// Learns how long one item of a `map` takes, to size the next chunks.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkStats {
+    /// Exponentially weighted mean run time per item, in nanoseconds (0: unknown yet).
+    pub(crate) per_item_ns: AtomicU64,
+}
+
+impl ChunkStats {
+    /// Takes in the run time of a chunk of `items` items.
+    pub(crate) fn record(&self, items: usize, run_ns: u64) {
+        if items == 0 {
+            return;
+        }
+        let x = (run_ns / items as u64).max(1);
+        let old = self.per_item_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { x } else { old - old / 4 + x / 4 };
+        self.per_item_ns.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// The next chunk size of a `map`: aimed at [`MAP_CHUNK_TARGET`] once the run time per item
+/// is known, 1 until then.
+pub(crate) fn next_chunk(stats: &ChunkStats) -> usize {
+    let per_item = stats.per_item_ns.load(Ordering::Relaxed);
+    if per_item == 0 {
+        // Nothing measured yet: single items, so that a few long ones spread over the workers.
+        return 1;
+    }
+    let target = MAP_CHUNK_TARGET.as_nanos() as u64;
+    usize::try_from(target / per_item)
+        .unwrap_or(MAP_MAX_CHUNK)
+        .clamp(1, MAP_MAX_CHUNK)
+}
+
+/// The results of `items`, in order, computed chunk by chunk through `send`.
+///
+/// Chunks are `fixed` items long, or sized by [`next_chunk`] from the [`ChunkStats`] that
+/// `send` gets with each chunk (its completer records the chunk's run time there). `send`
+/// is called as a chunk is pulled, in input order; its future is polled within a window of
+/// `window` chunks. An `Err` from it fails every item of its chunk.
+pub(crate) fn chunked_map<A, R, I, S, F>(
+    items: I,
+    fixed: Option<usize>,
+    window: usize,
+    mut send: S,
+) -> impl Stream<Item = Result<R, Error>> + Send + use<A, R, I, S, F>
+where
+    I: IntoIterator<Item = A>,
+    I::IntoIter: Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+    S: FnMut(Vec<A>, Arc<ChunkStats>) -> F + Send + 'static,
+    F: Future<Output = Result<Vec<Result<R, Error>>, Error>> + Send + 'static,
+{
+    let stats = Arc::new(ChunkStats::default());
+    let sizer = stats.clone();
+    let chunks = stream::unfold(items.into_iter(), move |mut it| {
+        let size = fixed.unwrap_or_else(|| next_chunk(&sizer));
+        let chunk: Vec<A> = it.by_ref().take(size).collect();
+        async move {
+            if chunk.is_empty() {
+                None
+            } else {
+                Some((chunk, it))
+            }
+        }
+    });
+    chunks
+        .map(move |chunk: Vec<A>| {
+            let n = chunk.len();
+            let sent = send(chunk, stats.clone());
+            async move {
+                match sent.await {
+                    Ok(v) => v,
+                    Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+                }
+            }
+        })
+        .buffered(window)
+        .flat_map(stream::iter)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn block_on<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn results_keep_input_order_and_a_failed_chunk_fails_each_of_its_items() {
+        // Chunks of 3 finish in reverse order; the chunk holding 4 fails as a whole.
+        let out: Vec<Result<u32, String>> = block_on(
+            chunked_map(0..10u32, Some(3), 4, |chunk: Vec<u32>, _| async move {
+                let first = u64::from(chunk[0]);
+                tokio::time::sleep(Duration::from_millis(20 - 2 * first)).await;
+                if chunk.contains(&4) {
+                    return Err(Error::shut_down());
+                }
+                Ok(chunk.into_iter().map(|x| Ok(x * 2)).collect())
+            })
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect(),
+        );
+        let want: Vec<Result<u32, String>> = (0..10u32)
+            .map(|x| match x {
+                3..=5 => Err(Error::shut_down().to_string()),
+                _ => Ok(x * 2),
+            })
+            .collect();
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn the_input_is_pulled_only_a_window_ahead_of_the_consumer() {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let items = (0u64..).inspect(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let window = 4;
+        let taken: Vec<u64> = block_on(
+            chunked_map(items, Some(1), window, |chunk: Vec<u64>, _| async move {
+                Ok(chunk.into_iter().map(Ok).collect())
+            })
+            .take(20)
+            .map(|r| r.expect("no error"))
+            .collect(),
+        );
+        assert_eq!(taken, (0..20).collect::<Vec<_>>());
+        let pulled = pulled.load(Ordering::Relaxed);
+        assert!(
+            pulled <= 20 + window,
+            "{pulled} items pulled for 20 results"
+        );
+    }
+
+    #[test]
+    fn adaptive_chunks_grow_once_a_chunk_reports_its_run_time() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let out: Vec<Result<u32, Error>> = block_on(
+            chunked_map(0..7u32, None, 1, move |chunk: Vec<u32>, stats| {
+                seen.lock().expect("not poisoned").push(chunk.len());
+                // 1 ms per item: the next chunks hold MAP_CHUNK_TARGET / 1 ms = 2 items.
+                stats.record(chunk.len(), 1_000_000 * chunk.len() as u64);
+                async move { Ok(chunk.into_iter().map(Ok).collect()) }
+            })
+            .collect(),
+        );
+        assert_eq!(out.len(), 7);
+        assert_eq!(*sizes.lock().expect("not poisoned"), vec![1, 2, 2, 2]);
+    }
+
+    #[test]
+    fn chunks_are_single_until_the_item_time_is_known() {
+        let s = ChunkStats::default();
+        assert_eq!(next_chunk(&s), 1);
+        s.per_item_ns.store(1_000_000, Ordering::Relaxed); // 1 ms per item
+        assert_eq!(next_chunk(&s), 2);
+        s.per_item_ns.store(10, Ordering::Relaxed);
+        assert_eq!(next_chunk(&s), MAP_MAX_CHUNK);
+    }
+}
