@@ -124,11 +124,12 @@ pub(crate) fn set_shared_bytes(bytes: Vec<u8>) {
 /// long, and records it; the descriptor is closed (the mapping outlives it). Errors with a
 /// sentence for the pool when the descriptor is not such a file or cannot be mapped.
 pub(crate) fn map_inherited(fd: i32, len: u64) -> Result<(), String> {
-    // Check before taking ownership: a descriptor that is not open is refused untouched.
-    seals_of(fd)?;
+    // Check before taking ownership: a descriptor that is not open, or not a sealed memory
+    // file, is refused untouched.
+    check_seals(fd)?;
     #[allow(unsafe_code)]
     // SAFETY: the pool passed this descriptor in the setup frame after clearing its
-    // close-on-exec flag for this exec only, and F_GET_SEALS above showed it is open.
+    // close-on-exec flag for this exec only, and `check_seals` showed it is open.
     // Nothing else in this process knows the number, so the File is its only owner.
     let file = unsafe { File::from_raw_fd(fd) };
     let map = map_sealed(&file, len)?;
@@ -137,8 +138,8 @@ pub(crate) fn map_inherited(fd: i32, len: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// The seal set of `fd`, or why it is no sealed memory file.
-fn seals_of(fd: RawFd) -> Result<libc::c_int, String> {
+/// Whether `fd` is a memory file sealed against writing and shrinking, or why not.
+fn check_seals(fd: RawFd) -> Result<(), String> {
     #[allow(unsafe_code)]
     // SAFETY: F_GET_SEALS only reads the seal set of the descriptor; an invalid one fails
     // with EBADF.
@@ -149,13 +150,6 @@ fn seals_of(fd: RawFd) -> Result<libc::c_int, String> {
             std::io::Error::last_os_error()
         ));
     }
-    Ok(seals)
-}
-
-/// Maps a sealed memory file of `len` bytes read-only, after checking its seals and size.
-fn map_sealed(file: &File, len: u64) -> Result<memmap2::Mmap, String> {
-    let fd = file.as_raw_fd();
-    let seals = seals_of(fd)?;
     let needed = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK;
     if seals & needed != needed {
         return Err(format!(
@@ -163,6 +157,12 @@ fn map_sealed(file: &File, len: u64) -> Result<memmap2::Mmap, String> {
              shrinking (seals {seals:#x})"
         ));
     }
+    Ok(())
+}
+
+/// Maps a sealed memory file of `len` bytes read-only, after checking its seals and size.
+fn map_sealed(file: &File, len: u64) -> Result<memmap2::Mmap, String> {
+    check_seals(file.as_raw_fd())?;
     let size = file
         .metadata()
         .map_err(|e| format!("could not stat the shared data's file: {e}"))?
