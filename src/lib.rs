@@ -107,15 +107,19 @@
 //! Linux (the library is developed and tested there); other Unixes should work for the
 //! in-process tiers. The process tier needs pipes, `poll`, `/proc/self/exe` (or
 //! `current_exe`) and `RLIMIT_AS`; its fast round trip uses Linux's `ppoll` and `timerfd`
-//! (elsewhere a caller's bounded wait uses `poll`'s own timeout).
+//! (elsewhere a caller's bounded wait uses `poll`'s own timeout). Large shared data is one
+//! sealed memory file (`memfd_create`, Linux); elsewhere it travels in each worker's setup
+//! frame.
 //!
 //! ## Unsafe code
 //!
 //! Denied crate-wide; allowed at a few sites of the process tier, each with a `SAFETY`
-//! comment: `pre_exec` (clear close-on-exec on the worker's pipe ends, `setrlimit`), adopting
-//! the inherited pipe descriptors in the worker, and the system calls std lacks, in
-//! `tier/process/sys.rs` (pipes and their size, `ppoll`, `timerfd`, blocking `SIGPIPE` for a
-//! host that left it at its default).
+//! comment: `pre_exec` (clear close-on-exec on the worker's pipe ends and shared-data file,
+//! `setrlimit`), adopting the inherited pipe descriptors in the worker, the system calls std
+//! lacks, in `tier/process/sys.rs` (pipes and their size, `ppoll`, `timerfd`, blocking
+//! `SIGPIPE` for a host that left it at its default), and the shared-data file in
+//! `remote/shared.rs` (`memfd_create`, its seals, adopting the inherited descriptor, and
+//! mapping it: sound because a sealed file can be neither written nor shrunk).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

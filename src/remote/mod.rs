@@ -15,7 +15,9 @@ pub mod wire;
 
 pub(crate) use registry::install_panic_hook;
 pub use registry::{AnyRemoteFn, CallFailure, Registry, RemoteFn};
-pub(crate) use shared::{SealedFile, adopt_locally, map_inherited, set_shared_bytes};
+pub(crate) use shared::{
+    MAPPED_SHARED_DATA, SealedFile, adopt_locally, map_inherited, set_shared_bytes,
+};
 pub use shared::{shared, shared_bytes};
 
 /// Makes this binary able to serve remote work; call it at the very top of `main`, before

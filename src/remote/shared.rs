@@ -26,6 +26,7 @@ use crate::error::{Error, ErrorKind};
 
 /// The seals a shared-data file carries: nothing may write, grow or shrink it, and the seal
 /// set itself is closed.
+#[cfg(target_os = "linux")]
 const SEALS: libc::c_int =
     libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
 
@@ -67,6 +68,34 @@ impl SealedFile {
     }
 }
 
+/// Whether this platform has sealed memory files (Linux's `memfd_create` and file seals);
+/// elsewhere shared data always travels inline.
+pub(crate) const MAPPED_SHARED_DATA: bool = cfg!(target_os = "linux");
+
+#[cfg(not(target_os = "linux"))]
+fn memfd() -> std::io::Result<File> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "sealed memory files need Linux",
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn seal(_file: File) -> std::io::Result<SealedFile> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "sealed memory files need Linux",
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn check_seals(fd: RawFd) -> Result<(), String> {
+    Err(format!(
+        "descriptor {fd}: sealed memory files need Linux, so shared data travels inline here"
+    ))
+}
+
+#[cfg(target_os = "linux")]
 fn memfd() -> std::io::Result<File> {
     #[allow(unsafe_code)]
     // SAFETY: the name is a NUL-terminated C string literal; memfd_create reads only it.
@@ -85,6 +114,7 @@ fn memfd() -> std::io::Result<File> {
     Ok(File::from(owned))
 }
 
+#[cfg(target_os = "linux")]
 fn seal(file: File) -> std::io::Result<SealedFile> {
     let len = file.metadata()?.len();
     #[allow(unsafe_code)]
@@ -139,6 +169,7 @@ pub(crate) fn map_inherited(fd: i32, len: u64) -> Result<(), String> {
 }
 
 /// Whether `fd` is a memory file sealed against writing and shrinking, or why not.
+#[cfg(target_os = "linux")]
 fn check_seals(fd: RawFd) -> Result<(), String> {
     #[allow(unsafe_code)]
     // SAFETY: F_GET_SEALS only reads the seal set of the descriptor; an invalid one fails
@@ -301,7 +332,7 @@ pub fn shared<T: Deserialize<'static> + Send + Sync + 'static>() -> Result<&'sta
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

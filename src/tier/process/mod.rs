@@ -144,6 +144,15 @@ impl SharedPayload {
     /// The form the workers receive: data at or over `threshold` bytes, and any file, goes
     /// into a sealed memory file.
     fn resolve(&self, threshold: usize) -> Result<SharedPayload, String> {
+        if !crate::remote::MAPPED_SHARED_DATA {
+            // No sealed memory files on this platform: everything travels inline.
+            return match self {
+                SharedPayload::File(path) => std::fs::read(path)
+                    .map(|b| SharedPayload::Inline(b.into()))
+                    .map_err(|e| format!("could not read the shared file {}: {e}", path.display())),
+                other => Ok(other.clone()),
+            };
+        }
         let sealed = match self {
             SharedPayload::Inline(b) if b.len() < threshold || b.is_empty() => {
                 return Ok(self.clone());
