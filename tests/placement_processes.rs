@@ -7,7 +7,7 @@ mod process_support;
 
 use std::time::Duration;
 
-use offload::{ErrorKind, ProcessPool, RemoteFn, Scheduler, ShutdownMode};
+use offload::{ErrorKind, ProcessPool, ProcessPoolBuilder, RemoteFn, Scheduler, ShutdownMode};
 use process_support::{ECHO, PANIC, PID, SLEEP_MS, check};
 
 static ABORT: RemoteFn<(), u32> = RemoteFn::new("abort", |()| std::process::abort());
@@ -19,10 +19,12 @@ static NTH_SQUARE: RemoteFn<u64, Option<u64>> = RemoteFn::new("nth_square", |i| 
 });
 
 fn setup() -> Result<(Scheduler, ProcessPool), String> {
-    let pool = ProcessPool::builder()
-        .workers(1)
-        .build()
-        .map_err(|e| e.to_string())?;
+    setup_with(ProcessPool::builder().workers(1))
+}
+
+/// A scheduler whose placement may use the pool `builder` builds.
+fn setup_with(builder: &mut ProcessPoolBuilder) -> Result<(Scheduler, ProcessPool), String> {
+    let pool = builder.build().map_err(|e| e.to_string())?;
     let sched = Scheduler::builder()
         .io_threads(1)
         .cpu_workers(1)
@@ -164,17 +166,7 @@ fn remote_calls_are_placed_by_the_model() -> Result<(), String> {
 fn shared_data_reads_the_same_in_place_and_in_workers() -> Result<(), String> {
     // Large enough to be the mapped file, so both ways of travelling are the same bytes.
     let table: Vec<u64> = (0..100_000u64).map(|i| i * i).collect();
-    let pool = ProcessPool::builder()
-        .workers(1)
-        .shared_data(&table)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let sched = Scheduler::builder()
-        .io_threads(1)
-        .cpu_workers(1)
-        .placement_tier(pool.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let (sched, pool) = setup_with(ProcessPool::builder().workers(1).shared_data(&table))?;
     let site = sched.site("nth_square");
     let r = sched.block_on(async {
         check(NTH_SQUARE.call_local(300) == Some(90_000), || {

@@ -8,7 +8,7 @@ mod process_support;
 use std::collections::{HashMap, HashSet};
 
 use offload::{AnyRemoteFn, ProcessPool, RemoteFn, ShutdownMode};
-use process_support::{check, rt};
+use process_support::{call, check, outcome, rt, submit};
 
 /// What a worker sees of its shared-data mapping in `/proc/self/smaps`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -112,7 +112,7 @@ fn large_data_is_one_mapping_that_every_worker_shares() -> Result<(), String> {
             .shared_data(&data)
             .build()
             .map_err(err)?;
-        let sum = pool.submit(&SUM_DECODED, ()).await.map_err(err)?.await;
+        let sum = outcome(&pool, &SUM_DECODED, ()).await?;
         check(sum.as_ref().ok() == Some(&expected_sum), || {
             format!("decoded sum {sum:?}")
         })?;
@@ -122,8 +122,8 @@ fn large_data_is_one_mapping_that_every_worker_shares() -> Result<(), String> {
         let mut halved: HashSet<u32> = HashSet::new();
         for _ in 0..400 {
             let hs = [
-                pool.submit(&INSPECT, ()).await.map_err(err)?,
-                pool.submit(&INSPECT, ()).await.map_err(err)?,
+                submit(&pool, &INSPECT, ()).await?,
+                submit(&pool, &INSPECT, ()).await?,
             ];
             for h in hs {
                 let (m, sum, len) = h.await.map_err(err)?;
@@ -165,12 +165,7 @@ fn replacement_workers_map_the_same_file() -> Result<(), String> {
         let mut pids = HashSet::new();
         let mut inodes = HashSet::new();
         for _ in 0..3 {
-            let (m, sum, _) = pool
-                .submit(&INSPECT, ())
-                .await
-                .map_err(err)?
-                .await
-                .map_err(err)?;
+            let (m, sum, _) = call(&pool, &INSPECT, ()).await?;
             check(sum == checksum(&bytes), || "another checksum".into())?;
             let m = m.ok_or("no mapping")?;
             pids.insert(m.pid);
@@ -201,12 +196,7 @@ fn a_shared_file_arrives_as_it_was_at_build() -> Result<(), String> {
             .map_err(err)?;
         // Changed on disk after build: the workers keep the copy taken at build.
         std::fs::write(&path, b"changed").map_err(err)?;
-        let (m, sum, len) = pool
-            .submit(&INSPECT, ())
-            .await
-            .map_err(err)?
-            .await
-            .map_err(err)?;
+        let (m, sum, len) = call(&pool, &INSPECT, ()).await?;
         check(len == contents.len() && sum == checksum(&contents), || {
             format!("{len} bytes, another checksum")
         })?;
@@ -235,12 +225,7 @@ fn small_data_travels_inline_unless_the_threshold_says_otherwise() -> Result<(),
                 b.shared_map_threshold(t);
             }
             let pool = b.build().map_err(err)?;
-            let (m, sum, len) = pool
-                .submit(&INSPECT, ())
-                .await
-                .map_err(err)?
-                .await
-                .map_err(err)?;
+            let (m, sum, len) = call(&pool, &INSPECT, ()).await?;
             check(len == 4 && sum == checksum(b"tiny"), || {
                 format!("{len} bytes")
             })?;
@@ -261,12 +246,7 @@ fn decoded_values_borrow_from_the_mapping() -> Result<(), String> {
             .shared_data(&words)
             .build()
             .map_err(err)?;
-        let (n, inside) = pool
-            .submit(&BORROWED, ())
-            .await
-            .map_err(err)?
-            .await
-            .map_err(err)?;
+        let (n, inside) = call(&pool, &BORROWED, ()).await?;
         check(n == words.len() && inside == n, || {
             format!("{n} words decoded, {inside} borrowed from the shared bytes")
         })?;
@@ -283,11 +263,8 @@ fn a_mapping_over_the_memory_cap_is_a_clear_pool_error() -> Result<(), String> {
             .shared_bytes(vec![7u8; 192 << 20])
             .build()
             .map_err(err)?;
-        let e = pool
-            .submit(&INSPECT, ())
-            .await
-            .map_err(err)?
-            .await
+        let e = outcome(&pool, &INSPECT, ())
+            .await?
             .expect_err("no worker can map the data");
         check(e.kind() == offload::ErrorKind::Pool, || {
             format!("a pool error expected: {e}")
@@ -327,11 +304,7 @@ fn the_pool_closes_its_file_when_dropped() -> Result<(), String> {
         check(shared_files_open_here() == before + 1, || {
             "the pool holds its file".into()
         })?;
-        pool.submit(&INSPECT, ())
-            .await
-            .map_err(err)?
-            .await
-            .map_err(err)?;
+        call(&pool, &INSPECT, ()).await?;
         pool.shutdown(ShutdownMode::Drain).await;
         Ok::<_, String>(())
     })?;
