@@ -5,7 +5,7 @@ mod process_support;
 use std::io::Write;
 use std::os::fd::FromRawFd;
 
-use offload::{AnyRemoteFn, ProcessPool, RemoteFn, ShutdownMode};
+use offload::{AnyRemoteFn, ProcessPool, RemoteFn, ShutdownMode, TrySubmitError};
 use process_support::{ECHO, check, rt};
 
 static BIG_RESULT: RemoteFn<usize, Vec<u8>> = RemoteFn::new("big_result", |n| vec![7u8; n]);
@@ -40,6 +40,21 @@ fn oversized_arguments_fail_at_submit() -> Result<(), String> {
         check(e.to_string().contains("maximum frame size"), || {
             e.to_string()
         })?;
+        // try_submit says why (not "shut down") and hands the arguments back.
+        match pool.try_submit(&LEN, vec![3u8; 100_000]) {
+            Err(TrySubmitError::Rejected(back, e)) => {
+                let s = e.to_string();
+                check(
+                    e.is_encoding() && s.contains("maximum frame size") && s.contains("65536"),
+                    || format!("an encoding error naming the size expected: {s}"),
+                )?;
+                check(back.len() == 100_000 && back[0] == 3, || {
+                    "the arguments come back whole".into()
+                })?;
+            }
+            Err(other) => return Err(format!("Rejected expected, got {other:?}")),
+            Ok(_) => return Err("Rejected expected, got a handle".into()),
+        }
         let ok = pool
             .submit(&LEN, vec![0u8; 1000])
             .await
@@ -47,6 +62,14 @@ fn oversized_arguments_fail_at_submit() -> Result<(), String> {
             .await;
         check(ok.ok() == Some(1000), || "a small frame still works".into())?;
         pool.shutdown(ShutdownMode::Drain).await;
+        // After shutdown: ShutDown, the arguments back.
+        match pool.try_submit(&LEN, vec![0u8; 10]) {
+            Err(TrySubmitError::ShutDown(back)) => {
+                check(back.len() == 10, || "the arguments come back".into())?;
+            }
+            Err(other) => return Err(format!("ShutDown expected, got {other:?}")),
+            Ok(_) => return Err("ShutDown expected, got a handle".into()),
+        }
         Ok(())
     })
 }
@@ -121,6 +144,13 @@ fn an_unregistered_function_is_a_clear_error() -> Result<(), String> {
             e.is_remote() && e.to_string().contains("offload::init"),
             || e.to_string(),
         )?;
+        match pool.try_submit(&UNREGISTERED, 1) {
+            Err(TrySubmitError::Rejected(1, e)) => {
+                check(e.is_remote(), || format!("a remote error expected: {e}"))?;
+            }
+            Err(other) => return Err(format!("Rejected expected, got {other:?}")),
+            Ok(_) => return Err("Rejected expected, got a handle".into()),
+        }
         pool.shutdown(ShutdownMode::Drain).await;
         Ok(())
     })
