@@ -2,7 +2,8 @@
 //!
 //! [`Error`] is opaque: ask it what happened with the `is_*` predicates and the accessors, and
 //! print it to get a sentence that names the task, the tier, the worker and the cause
-//! (DESIGN.md §3.7). [`TrySubmitError`] hands a job back when a queue is full, and
+//! (DESIGN.md §3.7). [`TrySubmitError`] hands a job back when a queue is full, the executor is
+//! shut down, or the job cannot be taken (with the [`Error`] that says why), and
 //! [`BuildError`] says why a builder refused its settings.
 
 use std::fmt;
@@ -359,25 +360,53 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Why [`try_submit`](crate::Executor::try_submit) did not take a job; the job comes back.
+/// Why a `try_submit` did not take a job; the job comes back (as crossbeam's
+/// `TrySendError`).
+///
+/// [`Full`](Self::Full) is worth trying again later; [`ShutDown`](Self::ShutDown) and
+/// [`Rejected`](Self::Rejected) are not. Returned by
+/// [`Executor::try_submit`](crate::Executor::try_submit),
+/// [`ProcessPool::try_submit`](crate::ProcessPool::try_submit) and the cluster tier's
+/// `try_submit`. More variants may come: match with a wildcard arm.
+#[non_exhaustive]
 pub enum TrySubmitError<J> {
     /// The queue is at capacity; try again later or use the waiting `submit`.
     Full(J),
     /// The executor is shut down and takes no more work.
     ShutDown(J),
+    /// This job cannot be taken, and the error says why: arguments that cannot be encoded or
+    /// exceed the frame limit ([`Error::is_encoding`]), a function that is not registered
+    /// ([`Error::is_remote`]), a broken pool ([`ErrorKind::Pool`]). Trying again would fail
+    /// the same way.
+    Rejected(J, Error),
 }
 
 impl<J> TrySubmitError<J> {
     /// The job that was not taken.
     pub fn into_inner(self) -> J {
         match self {
-            TrySubmitError::Full(j) | TrySubmitError::ShutDown(j) => j,
+            TrySubmitError::Full(j)
+            | TrySubmitError::ShutDown(j)
+            | TrySubmitError::Rejected(j, _) => j,
         }
     }
 
     /// The queue was full.
     pub fn is_full(&self) -> bool {
         matches!(self, TrySubmitError::Full(_))
+    }
+
+    /// The executor was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, TrySubmitError::ShutDown(_))
+    }
+
+    /// Why the job was rejected, for [`Rejected`](Self::Rejected).
+    pub fn error(&self) -> Option<&Error> {
+        match self {
+            TrySubmitError::Rejected(_, e) => Some(e),
+            _ => None,
+        }
     }
 }
 
@@ -386,6 +415,9 @@ impl<J> fmt::Debug for TrySubmitError<J> {
         match self {
             TrySubmitError::Full(_) => f.write_str("Full(..)"),
             TrySubmitError::ShutDown(_) => f.write_str("ShutDown(..)"),
+            TrySubmitError::Rejected(_, e) => {
+                f.debug_tuple("Rejected").field(&"..").field(e).finish()
+            }
         }
     }
 }
@@ -397,11 +429,18 @@ impl<J> fmt::Display for TrySubmitError<J> {
             TrySubmitError::ShutDown(_) => {
                 f.write_str("the executor is shut down; the job was handed back")
             }
+            TrySubmitError::Rejected(_, e) => {
+                write!(f, "the job was rejected and handed back: {e}")
+            }
         }
     }
 }
 
-impl<J> std::error::Error for TrySubmitError<J> {}
+impl<J> std::error::Error for TrySubmitError<J> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error().map(|e| e as _)
+    }
+}
 
 /// A builder refused its settings, or could not start what it builds.
 #[derive(Debug)]
@@ -489,6 +528,34 @@ mod tests {
     fn try_submit_error_hands_the_job_back() {
         let e: TrySubmitError<u32> = TrySubmitError::Full(7);
         assert!(e.is_full());
+        assert!(e.error().is_none());
         assert_eq!(e.into_inner(), 7);
+    }
+
+    #[test]
+    fn rejected_says_why_and_hands_the_job_back() {
+        let why = Error::new(
+            ErrorKind::Encoding,
+            "a frame of 100005 bytes exceeds the maximum frame size of 65536 bytes",
+        )
+        .with_task("len")
+        .with_tier(TierKind::Processes);
+        let e: TrySubmitError<Vec<u8>> = TrySubmitError::Rejected(vec![1, 2, 3], why);
+        assert!(!e.is_full() && !e.is_shut_down());
+        assert!(e.error().is_some_and(Error::is_encoding));
+        let shown = e.to_string();
+        assert!(
+            shown.contains("rejected") && shown.contains("100005 bytes"),
+            "{shown}"
+        );
+        let debug = format!("{e:?}");
+        assert!(
+            debug.starts_with("Rejected(") && debug.contains("Encoding"),
+            "{debug}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(e.into_inner(), vec![1, 2, 3]);
+        let e: TrySubmitError<u8> = TrySubmitError::ShutDown(1);
+        assert!(e.is_shut_down() && e.error().is_none());
     }
 }

@@ -11,7 +11,7 @@
 
 use futures::StreamExt;
 use offload::tier::mpi::{Cluster, Detected, detect, launched_with_workers};
-use offload::{RemoteFn, ShutdownMode, TierKind};
+use offload::{RemoteFn, ShutdownMode, TierKind, TrySubmitError};
 
 static SQUARE: RemoteFn<u64, u64> = RemoteFn::new("square", |x| x * x);
 static BOOM: RemoteFn<u32, u32> = RemoteFn::new("boom", |x| panic!("boom on input {x}"));
@@ -284,17 +284,37 @@ fn main() {
             Err(e) => Err(offload::Error::new(offload::ErrorKind::Pool, format!("{e:?}"))),
         };
         check("try_submit_result", matches!(v, Ok(16)), format!("{v:?}"));
-        // Arguments that cannot be encoded: try_submit says why (a failed handle), not "shut
-        // down".
-        let v = match cluster.try_submit(&PICKY, Picky(13)) {
-            Ok(h) => h.await,
-            Err(e) => Err(offload::Error::new(offload::ErrorKind::Pool, format!("{e:?}"))),
-        };
-        check(
-            "try_submit_unencodable_is_an_encoding_error",
-            v.as_ref().is_err_and(|e| e.is_encoding()),
-            format!("{v:?}"),
-        );
+        // Arguments that cannot be encoded: try_submit says why (Rejected, with the encoding
+        // error), not "shut down", and hands the arguments back.
+        match cluster.try_submit(&PICKY, Picky(13)) {
+            Err(TrySubmitError::Rejected(back, e)) => check(
+                "try_submit_unencodable_is_rejected",
+                e.is_encoding() && back.0 == 13,
+                format!("{e} (handed back {back:?})"),
+            ),
+            Err(other) => check("try_submit_unencodable_is_rejected", false, other),
+            Ok(h) => check(
+                "try_submit_unencodable_is_rejected",
+                false,
+                format!("a handle: {:?}", h.await),
+            ),
+        }
+        // Over the frame limit: Rejected as well, the error naming the size, the bytes back.
+        match cluster.try_submit(&SUM_BYTES, vec![1u8; 64 << 20]) {
+            Err(TrySubmitError::Rejected(back, e)) => check(
+                "try_submit_oversized_is_rejected",
+                e.is_encoding()
+                    && e.to_string().contains("maximum frame size")
+                    && back.len() == 64 << 20,
+                &e,
+            ),
+            Err(other) => check("try_submit_oversized_is_rejected", false, other),
+            Ok(h) => check(
+                "try_submit_oversized_is_rejected",
+                false,
+                format!("a handle: {:?}", h.await.map(|(l, s, _)| (l, s))),
+            ),
+        }
         let v = cluster.submit(&PICKY, Picky(12)).await.expect("submit").await;
         check("picky_encodes_others", matches!(v, Ok(12)), format!("{v:?}"));
         // Several threads at once, short tasks and a map alongside: some go direct, some
@@ -375,6 +395,12 @@ fn main() {
             "refuses_after_shutdown",
             e.as_ref().is_err_and(|e| e.is_shut_down()),
             format!("{e:?}"),
+        );
+        let t = cluster.try_submit(&SQUARE, 2);
+        check(
+            "try_submit_after_shutdown_is_shut_down",
+            matches!(&t, Err(TrySubmitError::ShutDown(2))),
+            format!("{:?}", t.map(|_| "a handle")),
         );
     });
     println!(

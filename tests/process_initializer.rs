@@ -6,7 +6,7 @@ mod process_support;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use offload::{AnyRemoteFn, ProcessPool, RemoteFn, ShutdownMode};
+use offload::{AnyRemoteFn, ProcessPool, RemoteFn, ShutdownMode, TrySubmitError};
 use process_support::{PID, check, rt, sigkill};
 
 static INITIALIZED: AtomicU64 = AtomicU64::new(0);
@@ -118,6 +118,15 @@ fn a_failing_initializer_trips_the_crash_loop_guard() -> Result<(), String> {
         })?;
         let again = pool.submit(&PID, ()).await;
         check(again.is_err(), || "a broken pool refuses work".into())?;
+        // try_submit says why: Rejected with the pool's error, not "shut down".
+        match pool.try_submit(&PID, ()) {
+            Err(TrySubmitError::Rejected((), e)) => check(
+                e.kind() == offload::ErrorKind::Pool && e.to_string().contains("init failed"),
+                || format!("the pool's error expected: {e}"),
+            )?,
+            Err(other) => return Err(format!("Rejected expected, got {other:?}")),
+            Ok(_) => return Err("Rejected expected, got a handle".into()),
+        }
         pool.shutdown(ShutdownMode::Cancel).await;
         Ok(())
     })

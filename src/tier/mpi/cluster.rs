@@ -26,7 +26,7 @@ use crate::tier::process::{Batch, One, Pending};
 use crate::tier::{ShutdownMode, TierKind, TierStats};
 
 use super::detect::{Detected, detect};
-use super::service::{self, CALLER_LEASE, Table, run_info};
+use super::service::{self, CALLER_LEASE, Table};
 use super::worker;
 
 pub(super) const TAG_TO_WORKER: i32 = 11;
@@ -768,13 +768,14 @@ impl Cluster {
         }
     }
 
-    /// Submits `f(args)` if the queue has room now; otherwise hands `args` back in
-    /// [`TrySubmitError::Full`] (or [`TrySubmitError::ShutDown`]).
+    /// Submits `f(args)` if the queue has room now; otherwise hands `args` back:
     ///
-    /// Arguments that cannot be encoded are not a reason to hand them back (trying again
-    /// would not help, and [`TrySubmitError`] has no variant to say why): the call returns a
-    /// handle that is already failed with the [`Error::is_encoding`] error, as a request over
-    /// the frame limit fails its handle on every submit.
+    /// - [`TrySubmitError::Full`]: the queue is at capacity; try again later.
+    /// - [`TrySubmitError::ShutDown`]: the cluster is shut down.
+    /// - [`TrySubmitError::Rejected`], with the [`Error::is_encoding`] error that says why:
+    ///   the arguments cannot be encoded, or their request would exceed
+    ///   [`DEFAULT_MAX_FRAME`]. ([`submit`](Self::submit) instead returns the first as an
+    ///   error and fails the handle of the second.)
     pub fn try_submit<A, R>(
         &self,
         f: &RemoteFn<A, R>,
@@ -789,8 +790,23 @@ impl Cluster {
         }
         let (task, mut handle) = match self.task(f, &args, self.inner.task_timeout) {
             Ok(x) => x,
-            Err(e) => return Ok(failed_handle(f.name(), e)),
+            Err(e) => return Err(TrySubmitError::Rejected(args, e)),
         };
+        let least = min_call_frame(task.func, task.args.len());
+        if least > DEFAULT_MAX_FRAME {
+            task.deliver.discard();
+            drop(handle);
+            let e = Error::new(
+                ErrorKind::Encoding,
+                format!(
+                    "a frame of at least {least} bytes exceeds the maximum frame size of \
+                     {DEFAULT_MAX_FRAME} bytes"
+                ),
+            )
+            .with_task(f.name())
+            .with_tier(TierKind::Cluster);
+            return Err(TrySubmitError::Rejected(args, e));
+        }
         let Some(task) = self.try_direct(task, &mut handle) else {
             return Ok(handle);
         };
@@ -993,17 +1009,13 @@ impl Cluster {
     }
 }
 
-/// A handle already holding `e`: the outcome of a task that could not be sent.
-fn failed_handle<R: DeserializeOwned + Send + 'static>(
-    func: &'static str,
-    e: Error,
-) -> TaskHandle<R> {
-    let (completer, handle) =
-        remote_task::<R>(Some(func.into()), TierKind::Cluster, Duration::ZERO, None);
-    let queued = completer.submitted().elapsed();
-    let pending: Box<dyn Pending> = Box::new(One { completer });
-    pending.fail(e, run_info(0, 0, queued));
-    handle
+/// The smallest request frame a call of `func` with `args_len` bytes of arguments makes: the
+/// version byte, the header with a one-byte task id (a larger id adds up to 9 bytes), the
+/// arguments. Over [`DEFAULT_MAX_FRAME`], the request is refused whatever its id.
+fn min_call_frame(func: &'static str, args_len: usize) -> usize {
+    let header = Request::Call { id: 0, func };
+    let header_len = postcard::to_allocvec(&header).map_or(0, |v| v.len());
+    1 + header_len + args_len
 }
 
 /// How many polling rounds a [`Watch`] makes between two looks at the clock: a round (lock,

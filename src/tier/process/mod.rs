@@ -807,9 +807,14 @@ impl ProcessPool {
         Ok(handle)
     }
 
-    /// Submits `f(args)` if the queue has room now; otherwise hands `args` back in
-    /// [`TrySubmitError::Full`] (or [`TrySubmitError::ShutDown`], also for a broken pool or an
-    /// unregistered function).
+    /// Submits `f(args)` if the queue has room now; otherwise hands `args` back:
+    ///
+    /// - [`TrySubmitError::Full`]: the queue is at capacity; try again later.
+    /// - [`TrySubmitError::ShutDown`]: [`shutdown`](Self::shutdown) was called.
+    /// - [`TrySubmitError::Rejected`], with the error that says why: `f` is not registered
+    ///   ([`Error::is_remote`]), the arguments cannot be encoded or exceed the
+    ///   [maximum frame size](ProcessPoolBuilder::max_frame_size) ([`Error::is_encoding`]),
+    ///   or the pool is broken (the [`ErrorKind::Pool`] error of [`broken`](Self::broken)).
     pub fn try_submit<A, R>(
         &self,
         f: &RemoteFn<A, R>,
@@ -819,15 +824,20 @@ impl ProcessPool {
         A: Serialize,
         R: DeserializeOwned + Send + 'static,
     {
+        let name = f.name();
         let (req, handle) = match self.request(
-            f.name(),
+            name,
             false,
             None,
             |v| postcard::to_extend(&args, v),
             |completer| One { completer },
         ) {
             Ok(x) => x,
-            Err(_) => return Err(TrySubmitError::ShutDown(args)),
+            // The queue is closed: shut down, or broken.
+            Err(e) if e.is_shut_down() || e.kind() == ErrorKind::Pool => {
+                return Err(self.try_refusal(name, args));
+            }
+            Err(e) => return Err(TrySubmitError::Rejected(args, e)),
         };
         match self.shared().tx.try_send(req) {
             Ok(()) => {
@@ -842,8 +852,22 @@ impl ProcessPool {
             Err(TrySendError::Closed(req)) => {
                 req.task.discard();
                 drop(handle);
-                Err(TrySubmitError::ShutDown(args))
+                Err(self.try_refusal(name, args))
             }
+        }
+    }
+
+    /// Hands `args` back from a closed queue: [`TrySubmitError::ShutDown`] after
+    /// [`shutdown`](Self::shutdown), else (the crash-loop guard closed it)
+    /// [`TrySubmitError::Rejected`] with the pool's error.
+    fn try_refusal<A>(&self, name: &'static str, args: A) -> TrySubmitError<A> {
+        let st = self.shared().lock();
+        match &st.broken {
+            Some(b) if !st.closing => TrySubmitError::Rejected(
+                args,
+                b.clone().with_tier(TierKind::Processes).with_task(name),
+            ),
+            _ => TrySubmitError::ShutDown(args),
         }
     }
 

@@ -4,7 +4,10 @@
 //! One mutex guards the state. Dispatch ([`Shared::pump`]) runs under it, from a submitter
 //! (when a worker has room) or from whoever reads a worker's answers (when a result frees
 //! room), and writes the frames straight to the worker's request pipe: no dispatcher thread,
-//! so no extra wake-up between a submit and the worker.
+//! so no extra wake-up between a submit and the worker. A frame too large for the request
+//! pipe's buffer is the exception: its write may wait for the worker to read, so it is claimed
+//! under the lock and written by the worker's slot thread with the lock released
+//! ([`BigWrite`]).
 //!
 //! A worker's answers are read by its slot thread or by a caller waiting for its own task
 //! ([`ReaderRole`]); the rules that make sure an awaited answer is always read are on
@@ -135,7 +138,7 @@ pub(crate) struct Req {
 }
 
 /// The run info of a task that never ran: failed before or while it was sent to `worker`.
-fn not_run(worker: Option<usize>, task: &dyn Pending) -> RunInfo {
+pub(crate) fn not_run(worker: Option<usize>, task: &dyn Pending) -> RunInfo {
     RunInfo {
         tier: TierKind::Processes,
         worker,
@@ -167,6 +170,45 @@ pub(crate) struct InFlight {
     pub(crate) started: Option<Instant>,
     pub(crate) sent: Instant,
     pub(crate) killed: Option<KillReason>,
+    /// Writes of this task's frame that failed before (see [`MAX_FAILED_WRITES`]).
+    pub(crate) failed_writes: u32,
+}
+
+/// A frame written to a worker with the pool's lock released: one too large for the request
+/// pipe's buffer ([`SlotState::unlocked_write_over`]), whose write may last as long as the
+/// worker takes to read it (tens of milliseconds for 64 MiB), and would stall every submit,
+/// answer and reader of the pool if the lock were held meanwhile.
+///
+/// Dispatch claims an idle worker for such a task: the task becomes the worker's only one in
+/// flight (not yet started, so no deadline runs and its handle may wait as for any other) and
+/// the slot is marked [`Claimed`](Self::Claimed), which keeps every other write off its
+/// request pipe (dispatch skips it; `Exit` is only sent to an idle pool or after an answer,
+/// and an answer to this task means its frame was read whole). The slot thread then takes the
+/// frame out, marks the slot [`Writing`](Self::Writing), writes without the lock, and settles
+/// the result under it (`slot::write_claimed`):
+///
+/// - written: the task is started (its deadline counts from now), unless a reader already
+///   took its answer;
+/// - failed, the task killed meanwhile (a cancel kills the worker: it holds only this task)
+///   or the pool stopping: the task stays in flight, and the slot thread fails it when it
+///   reaps the worker (`cancelled`, `shut down`);
+/// - failed otherwise (the worker died while reading): the worker is killed (a half-written
+///   frame leaves it nothing to read) and sent nothing more, and the task goes the way of any
+///   failed write: tried elsewhere, failed after [`MAX_FAILED_WRITES`].
+///
+/// A cancel of a claimed task not being written yet takes it back without touching the
+/// worker. A worker that goes away before its slot thread wrote the claimed frame puts the
+/// task back at the front of the queue (it never ran), or fails it "shut down" when the pool
+/// stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum BigWrite {
+    /// No frame waits for the slot thread or is being written by it.
+    #[default]
+    None,
+    /// Task `id`, the worker's only one in flight, waits for the slot thread to write it.
+    Claimed(u64),
+    /// The slot thread is writing task `id`'s frame (taken out of its [`InFlight`]).
+    Writing(u64),
 }
 
 /// Who reads a worker's answers now. Only the holder touches the answer pipe (through the
@@ -194,6 +236,9 @@ pub(crate) struct SlotState {
     /// Frames up to this size may wait in the request pipe behind a running task (see
     /// [`PIPELINE_FRAME_LIMIT`]).
     pub(crate) pipeline_limit: usize,
+    /// A frame written (or about to be) with the lock released; nothing else is written to
+    /// this worker meanwhile.
+    pub(crate) big_write: BigWrite,
     pub(crate) child: Option<Child>,
     pub(crate) pid: Option<u32>,
     pub(crate) inflight: VecDeque<InFlight>,
@@ -210,6 +255,14 @@ pub(crate) struct SlotState {
 }
 
 impl SlotState {
+    /// Frames over this size go to an idle worker by its slot thread, with the lock released
+    /// ([`BigWrite`]): they may not fit the request pipe's buffer (sized for `depth` frames
+    /// of up to [`pipeline_limit`](Self::pipeline_limit)), so their write may wait for the
+    /// worker to read. Smaller ones fit the empty pipe of an idle worker at once.
+    pub(crate) fn unlocked_write_over(&self, depth: usize) -> usize {
+        self.pipeline_limit.saturating_mul(depth.max(1))
+    }
+
     /// Wakes the slot thread (it re-reads its role). A full wake-up socket already holds a
     /// wake-up, so a failed write loses nothing.
     pub(crate) fn wake_thread(&self) {
@@ -363,6 +416,9 @@ impl Shared {
 
     /// Sends queued tasks to workers with room. Call with the lock held.
     ///
+    /// A frame over [`SlotState::unlocked_write_over`] is not written here: the idle worker is
+    /// claimed for it and its slot thread writes it with the lock released ([`BigWrite`]).
+    ///
     /// A task sent to a worker nobody reads gets the slot thread as reader when its handle
     /// already waits, when it has a deadline (the watchdog must not see an answered task as
     /// running), or during shutdown. Tasks left queued afterwards depend on answers being
@@ -386,6 +442,8 @@ impl Shared {
                     let s = &st.slots[i];
                     s.conn.is_some()
                         && !s.retiring
+                        // One writer at a time: nothing is written behind a frame being written.
+                        && s.big_write == BigWrite::None
                         && s.inflight.len() < depth
                         && self.cfg.max_tasks.is_none_or(|m| s.sent < m)
                         // Nothing is queued behind a task with a deadline: the watchdog's kill
@@ -420,35 +478,35 @@ impl Shared {
                 st.retry.push_front(req);
                 return;
             }
+            if req.frame.len() > slot.unlocked_write_over(depth) {
+                // The worker is idle (checked above). Claimed for this task; its slot thread
+                // writes the frame with the lock released (see `BigWrite`).
+                let needs_reader = req.timeout.is_some() || st.closing || req.task.is_waited();
+                slot.inflight.push_back(InFlight {
+                    id: req.id,
+                    task: req.task,
+                    frame: req.frame,
+                    timeout: req.timeout,
+                    started: None,
+                    sent: Instant::now(),
+                    killed: None,
+                    failed_writes: req.failed_writes,
+                });
+                slot.sent += 1;
+                slot.big_write = BigWrite::Claimed(req.id);
+                slot.wake_thread();
+                if needs_reader {
+                    slot.want_reader();
+                }
+                continue;
+            }
             let written = match &slot.conn {
                 Some(conn) => super::sys::write_all(conn, &req.frame, self.guard_sigpipe),
                 None => return,
             };
             if let Err(e) = written {
-                // The worker is going away; its reader will notice. Try the task elsewhere,
-                // unless its frame already killed a worker before.
-                slot.conn = None;
-                let mut req = req;
-                req.failed_writes += 1;
-                if req.failed_writes >= MAX_FAILED_WRITES {
-                    let info = not_run(Some(w), req.task.as_ref());
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    req.task.fail(
-                        Error::new(
-                            ErrorKind::WorkerDied,
-                            format!(
-                                "{MAX_FAILED_WRITES} workers in a row went away while this \
-                                 task's arguments ({} bytes) were sent to them (the last: {e}); \
-                                 an argument over the memory cap kills the worker reading it",
-                                req.frame.len()
-                            ),
-                        ),
-                        info,
-                    );
-                    continue;
-                }
-                req.started = true;
-                st.retry.push_front(req);
+                // The worker is going away; its reader will notice.
+                self.failed_write(st, w, req, &e);
                 continue;
             }
             let now = Instant::now();
@@ -465,6 +523,7 @@ impl Shared {
                 started,
                 sent: now,
                 killed: None,
+                failed_writes: req.failed_writes,
             });
             slot.sent += 1;
             if needs_reader {
@@ -473,9 +532,41 @@ impl Shared {
         }
     }
 
-    /// Whether there is nothing queued or running.
+    /// A task whose frame could not be written to worker `w` (it went away mid-write): the
+    /// worker is sent nothing more (its reader notices its end), and the task is tried
+    /// elsewhere, unless its frame already killed a worker before. Call with the lock held.
+    pub(crate) fn failed_write(&self, st: &mut State, w: usize, mut req: Req, e: &std::io::Error) {
+        st.slots[w].conn = None;
+        req.failed_writes += 1;
+        if req.failed_writes >= MAX_FAILED_WRITES {
+            let info = not_run(Some(w), req.task.as_ref());
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            req.task.fail(
+                Error::new(
+                    ErrorKind::WorkerDied,
+                    format!(
+                        "{MAX_FAILED_WRITES} workers in a row went away while this task's \
+                         arguments ({} bytes) were sent to them (the last: {e}); an argument \
+                         over the memory cap kills the worker reading it",
+                        req.frame.len()
+                    ),
+                ),
+                info,
+            );
+            return;
+        }
+        req.started = true;
+        st.retry.push_front(req);
+    }
+
+    /// Whether there is nothing queued or running (nor a frame being written).
     pub(crate) fn is_idle(&self, st: &State) -> bool {
-        st.retry.is_empty() && self.rx.is_empty() && st.slots.iter().all(|s| s.inflight.is_empty())
+        st.retry.is_empty()
+            && self.rx.is_empty()
+            && st
+                .slots
+                .iter()
+                .all(|s| s.inflight.is_empty() && s.big_write == BigWrite::None)
     }
 
     /// Fails every queued task with `make()`. Call with the lock held.
@@ -500,6 +591,23 @@ impl Shared {
         let mut st = self.lock();
         for slot in st.slots.iter_mut() {
             if let Some(pos) = slot.inflight.iter().position(|t| t.id == id) {
+                if slot.big_write == BigWrite::Claimed(id) {
+                    // Claimed for this worker, not written yet: take it back; the worker
+                    // never sees it, and is free for the next task.
+                    slot.big_write = BigWrite::None;
+                    let Some(t) = slot.inflight.remove(pos) else {
+                        return false;
+                    };
+                    self.pump(&mut st);
+                    let idle = st.closing && self.is_idle(&st);
+                    drop(st);
+                    if idle {
+                        self.changed.notify_all();
+                    }
+                    let info = not_run(None, t.task.as_ref());
+                    t.task.fail(Error::cancelled(), info);
+                    return true;
+                }
                 if pos == 0 {
                     slot.inflight[0].killed = Some(KillReason::Cancel);
                     if let Some(child) = slot.child.as_mut() {

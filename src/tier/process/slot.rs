@@ -26,7 +26,7 @@ use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 use super::SharedPayload;
 use super::child::WORKER_ENV;
 use super::pool::PIPELINE_FRAME_LIMIT;
-use super::pool::{InFlight, KillReason, ReaderRole, Req, Shared};
+use super::pool::{BigWrite, InFlight, KillReason, ReaderRole, Req, Shared, not_run};
 use super::sys::{self, Deadline, pollfd, wait_fds};
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::remote::Registry;
@@ -700,6 +700,7 @@ fn register(
     let sl = &mut st.slots[slot];
     sl.conn = Some(conn.clone());
     sl.pipeline_limit = pipeline_limit;
+    sl.big_write = BigWrite::None;
     sl.child = Some(child);
     sl.pid = Some(s.pid);
     sl.sent = 0;
@@ -726,6 +727,8 @@ fn serve(shared: &Arc<Shared>, slot: usize, s: &Started) -> End {
     let answers = s.answers.as_raw_fd();
     let wake = s.wake.as_raw_fd();
     loop {
+        // First a frame claimed for this worker: nothing else is written to it meanwhile.
+        write_claimed(shared, slot);
         let (role, inbox) = {
             let mut st = shared.lock();
             let sl = &mut st.slots[slot];
@@ -791,6 +794,118 @@ fn serve(shared: &Arc<Shared>, slot: usize, s: &Started) -> End {
     }
 }
 
+/// Writes the frame of the task claimed for this slot's worker, if one is, with the pool's
+/// lock released, then settles the outcome under the lock. See [`BigWrite`] for the rules.
+fn write_claimed(shared: &Arc<Shared>, slot: usize) {
+    let (id, conn, frame) = {
+        let mut st = shared.lock();
+        let stopping = st.stopping;
+        let sl = &mut st.slots[slot];
+        let BigWrite::Claimed(id) = sl.big_write else {
+            return;
+        };
+        let pos = sl.inflight.iter().position(|t| t.id == id);
+        match (pos, sl.conn.clone()) {
+            (Some(pos), Some(conn)) if !stopping && sl.inflight[pos].killed.is_none() => {
+                sl.big_write = BigWrite::Writing(id);
+                let frame = std::mem::take(&mut sl.inflight[pos].frame);
+                (id, conn, frame)
+            }
+            (pos, _) => {
+                // Not to be written: the worker is going away (nothing is sent to it), or the
+                // pool stops. The frame never left, so the task did not run.
+                sl.big_write = BigWrite::None;
+                let t = pos.and_then(|p| sl.inflight.remove(p));
+                let Some(t) = t else {
+                    return;
+                };
+                if stopping || t.killed.is_some() {
+                    let e = match t.killed {
+                        Some(KillReason::Cancel) => Error::cancelled(),
+                        _ => Error::shut_down(),
+                    };
+                    drop(st);
+                    let info = not_run(None, t.task.as_ref());
+                    shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    t.task.fail(e, info);
+                } else {
+                    st.retry.push_front(Req {
+                        id: t.id,
+                        frame: t.frame,
+                        task: t.task,
+                        timeout: t.timeout,
+                        started: true,
+                        failed_writes: t.failed_writes,
+                    });
+                    shared.pump(&mut st);
+                }
+                shared.changed.notify_all();
+                return;
+            }
+        }
+    };
+    tracing::trace!(
+        slot,
+        task = id,
+        bytes = frame.len(),
+        "writing a large frame without the lock"
+    );
+    let written = sys::write_all(&conn, &frame, shared.guard_sigpipe);
+    let mut st = shared.lock();
+    let stopping = st.stopping;
+    let sl = &mut st.slots[slot];
+    sl.big_write = BigWrite::None;
+    match (written, sl.inflight.iter().position(|t| t.id == id)) {
+        // Written, and already answered: the worker read it whole and a reader took its
+        // answer before this thread took the lock again.
+        (_, None) => {}
+        (Ok(()), Some(pos)) => {
+            let now = Instant::now();
+            let t = &mut sl.inflight[pos];
+            t.frame = frame;
+            t.sent = now;
+            if pos == 0 && t.started.is_none() {
+                t.started = Some(now);
+                if t.timeout.is_some() {
+                    shared.deadlines.notify_one();
+                }
+            }
+        }
+        (Err(e), Some(pos)) => {
+            sl.inflight[pos].frame = frame;
+            if sl.inflight[pos].killed.is_none() && !stopping {
+                // The worker went away while reading (or cannot read the rest): kill it,
+                // the frame half written leaves it nothing to serve, and it holds no other
+                // task; then the failed-write path: elsewhere, or failed after
+                // `MAX_FAILED_WRITES`.
+                if let Some(c) = sl.child.as_mut() {
+                    let _ = c.kill();
+                }
+                if let Some(t) = sl.inflight.remove(pos) {
+                    tracing::debug!(slot, task = id, error = %e, "a large frame's write failed");
+                    let req = Req {
+                        id: t.id,
+                        frame: t.frame,
+                        task: t.task,
+                        timeout: t.timeout,
+                        started: true,
+                        failed_writes: t.failed_writes,
+                    };
+                    shared.failed_write(&mut st, slot, req, &e);
+                }
+            }
+            // Otherwise a cancel killed the worker (it held only this task) or the pool stops:
+            // the task stays in flight, and `finish` fails it as cancelled or shut down.
+        }
+    }
+    shared.pump(&mut st);
+    let idle = st.closing && shared.is_idle(&st);
+    drop(st);
+    if idle {
+        shared.changed.notify_all();
+    }
+}
+
 /// Reads answers until the end of file, or (with `release`) only while the worker has
 /// unanswered tasks and then gives the role back. Returns how serving ended, or `None` when
 /// the role was given back.
@@ -810,6 +925,12 @@ fn read_answers(
             let sl = &mut st.slots[slot];
             if release && sl.inflight.is_empty() && sl.conn.is_some() {
                 sl.reader = ReaderRole::Nobody;
+                sl.inbox = Some(inbox);
+                return None;
+            }
+            if release && matches!(sl.big_write, BigWrite::Claimed(_)) {
+                // A frame claimed for this worker: no answer comes before it is written, and
+                // this thread writes it (`serve`). The role stays with the thread.
                 sl.inbox = Some(inbox);
                 return None;
             }
@@ -922,10 +1043,16 @@ fn on_frame(shared: &Arc<Shared>, slot: usize, frame: &[u8]) -> Result<(), Error
 /// After the worker went away: reap it, fail its running task, re-queue the ones it had not
 /// started.
 fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
-    let (child, inflight, retiring, stopping) = {
+    let (child, inflight, retiring, stopping, unsent) = {
         let mut st = shared.lock();
         let stopping = st.stopping;
         let sl = &mut st.slots[slot];
+        // A frame claimed for this worker and not written (the worker hung up first). This
+        // thread writes claimed frames (`write_claimed`), so none is being written now.
+        let unsent = match std::mem::take(&mut sl.big_write) {
+            BigWrite::Claimed(id) => Some(id),
+            BigWrite::Writing(_) | BigWrite::None => None,
+        };
         sl.conn = None;
         sl.pid = None;
         sl.reader = ReaderRole::Nobody;
@@ -937,6 +1064,7 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
             std::mem::take(&mut sl.inflight),
             retiring,
             stopping,
+            unsent,
         )
     };
     let exit = match child {
@@ -970,6 +1098,7 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
             started,
             sent,
             killed,
+            failed_writes,
         } = t;
         let info = RunInfo {
             tier: TierKind::Processes,
@@ -977,9 +1106,13 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
             run_time: started.map_or(Duration::ZERO, |s| s.elapsed()),
             queued: sent.saturating_duration_since(task.submitted()),
         };
+        let never_sent = unsent == Some(id);
         let err = match killed {
             Some(KillReason::Cancel) => Some(Error::cancelled()),
             Some(KillReason::Timeout(limit)) => Some(Error::timed_out(limit).with_exit(exit)),
+            // Its frame was never written: it did not run, and runs elsewhere.
+            None if never_sent && stopping => Some(Error::shut_down()),
+            None if never_sent => None,
             None if i == 0 && front_error.is_some() => front_error.take(),
             None if stopping => Some(Error::shut_down()),
             None if i == 0 => Some(Error::worker_died(exit)),
@@ -996,7 +1129,8 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
                 task,
                 timeout,
                 started: true,
-                failed_writes: 0,
+                // A frame written whole counts no failed write.
+                failed_writes: if never_sent { failed_writes } else { 0 },
             }),
         }
     }
