@@ -267,16 +267,13 @@ fn main() {
                 format!("{n} bytes: {:?}", r.map(|(l, s, _)| (l, s))),
             );
         }
-        // Over the frame limit (64 MiB): refused on rank 0 with an encoding error.
-        let r = cluster
-            .submit(&SUM_BYTES, vec![1u8; 64 << 20])
-            .await
-            .expect("submit")
-            .await;
+        // Over the frame limit (64 MiB): refused at submit with an encoding error, as on the
+        // process tier.
+        let r = cluster.submit(&SUM_BYTES, vec![1u8; 64 << 20]).await;
         check(
-            "oversized_request_is_refused",
+            "oversized_request_is_refused_at_submit",
             r.as_ref().is_err_and(|e| e.kind() == offload::ErrorKind::Encoding),
-            format!("{:?}", r.map(|(l, s, _)| (l, s))),
+            format!("{:?}", r.map(|_| "a handle")),
         );
         let t = cluster.try_submit(&SQUARE, 4);
         let v = match t {

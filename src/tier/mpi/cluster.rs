@@ -651,6 +651,21 @@ impl Cluster {
             .with_task(func)
             .with_tier(TierKind::Cluster)
         })?;
+        // Refused here, as the process tier does at submit, rather than failing the handle
+        // later. The smallest task id makes the bound a floor: a request within a few bytes of
+        // the limit may still fail its handle when sent.
+        let least = min_call_frame(func, bytes.len());
+        if least > DEFAULT_MAX_FRAME {
+            return Err(Error::new(
+                ErrorKind::Encoding,
+                format!(
+                    "a frame of at least {least} bytes exceeds the maximum frame size of \
+                     {DEFAULT_MAX_FRAME} bytes"
+                ),
+            )
+            .with_task(func)
+            .with_tier(TierKind::Cluster));
+        }
         let (completer, handle) =
             remote_task::<R>(Some(func.into()), TierKind::Cluster, self.spin(), None);
         let task = Task {
@@ -711,7 +726,9 @@ impl Cluster {
     }
 
     /// Submits `f(args)` to the next free worker rank, waiting while the queue is full. The
-    /// handle is a `Future` of the outcome.
+    /// handle is a `Future` of the outcome. Errors at once, with an [`Error::is_encoding`]
+    /// error, when the arguments cannot be encoded or their request exceeds
+    /// [`DEFAULT_MAX_FRAME`]; and when the cluster is shut down.
     ///
     /// A short task may go straight from this thread to a free rank (the direct path, see the
     /// module docs on the round trip); its handle's first poll then watches for the reply for
@@ -774,8 +791,7 @@ impl Cluster {
     /// - [`TrySubmitError::ShutDown`]: the cluster is shut down.
     /// - [`TrySubmitError::Rejected`], with the [`Error::is_encoding`] error that says why:
     ///   the arguments cannot be encoded, or their request would exceed
-    ///   [`DEFAULT_MAX_FRAME`]. ([`submit`](Self::submit) instead returns the first as an
-    ///   error and fails the handle of the second.)
+    ///   [`DEFAULT_MAX_FRAME`] ([`submit`](Self::submit) returns the same error).
     pub fn try_submit<A, R>(
         &self,
         f: &RemoteFn<A, R>,
@@ -792,21 +808,6 @@ impl Cluster {
             Ok(x) => x,
             Err(e) => return Err(TrySubmitError::Rejected(args, e)),
         };
-        let least = min_call_frame(task.func, task.args.len());
-        if least > DEFAULT_MAX_FRAME {
-            task.deliver.discard();
-            drop(handle);
-            let e = Error::new(
-                ErrorKind::Encoding,
-                format!(
-                    "a frame of at least {least} bytes exceeds the maximum frame size of \
-                     {DEFAULT_MAX_FRAME} bytes"
-                ),
-            )
-            .with_task(f.name())
-            .with_tier(TierKind::Cluster);
-            return Err(TrySubmitError::Rejected(args, e));
-        }
         let Some(task) = self.try_direct(task, &mut handle) else {
             return Ok(handle);
         };
