@@ -460,10 +460,14 @@ pub(super) fn run(rx: Receiver<Command>, state: Arc<ServiceState>) {
     }
     tracing::debug!(size, ?threading, host = %my_host, "MPI initialised on rank 0");
     state.set_world(Ok(WorldInfo { size }));
-    if size > 1 {
-        serve(&world, &rx, &state, my_host, direct);
-    }
+    let lost = size > 1 && serve(&world, &rx, &state, my_host, direct);
     drop(world);
+    if lost {
+        *state
+            .finalize_unsure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
     finalize(universe);
 }
 
@@ -472,13 +476,15 @@ fn finalize(universe: Universe) {
     drop(universe);
 }
 
+/// Serves the cluster until it stops; true when a rank died or was retired meanwhile (it may
+/// never reach the closing fence of `MPI_Finalize`).
 fn serve(
     world: &SimpleCommunicator,
     rx: &Receiver<Command>,
     state: &ServiceState,
     my_host: String,
     direct: bool,
-) {
+) -> bool {
     let size = usize::try_from(world.size()).unwrap_or(1);
     // The first command is the setup, or the channel closes (no cluster was built).
     let (payload, reply) = match rx.recv_blocking() {
@@ -487,14 +493,14 @@ fn serve(
             Ok(p) => (p, None),
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode the exit message");
-                return;
+                return false;
             }
         },
     };
     write_setup_broadcast(world, &payload);
     let Some(reply) = reply else {
         tracing::debug!("no cluster was built; the worker ranks were told to exit");
-        return;
+        return false;
     };
     // Every worker answers Ready or Refused, then its host name.
     let mut ranks = vec![RankInfo::default(); size];
@@ -523,7 +529,7 @@ fn serve(
             Error::new(ErrorKind::Pool, refusals.join("; ")).with_tier(TierKind::Cluster)
         ));
         stop_ranks(world, &ranks);
-        return;
+        return false;
     }
     {
         let mut t = state.lock_table();
@@ -541,6 +547,7 @@ fn serve(
     // Nothing is in flight and the direct path is closed (serve_loop did both under the lock).
     let t = state.lock_table();
     stop_ranks(world, &t.ranks);
+    t.ranks.iter().skip(1).any(|r| !r.usable())
 }
 
 fn stop_ranks(world: &SimpleCommunicator, ranks: &[RankInfo]) {

@@ -33,6 +33,20 @@ pub(crate) fn serve(universe: Universe) -> ! {
         }
     };
     tracing::debug!(rank, "cluster worker finalizes MPI");
+    // MPI_Finalize waits for every process of the job; after a rank died it may wait for
+    // ever (see FINALIZE_GRACE). This rank's work is done: past the grace, it exits anyway
+    // (mpiexec with --enable-recovery takes that as a normal end).
+    let _ = std::thread::Builder::new()
+        .name("offload-mpi-exit".into())
+        .spawn(move || {
+            std::thread::sleep(super::cluster::FINALIZE_GRACE);
+            tracing::warn!(
+                rank,
+                grace = ?super::cluster::FINALIZE_GRACE,
+                "MPI_Finalize has not ended (a rank of the job was lost?); exiting without it"
+            );
+            std::process::exit(code)
+        });
     // Dropping the universe calls MPI_Finalize.
     drop(world);
     drop(universe);
