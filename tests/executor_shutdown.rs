@@ -31,7 +31,7 @@ async fn drain_finishes_queued_work_and_leaves_no_thread() {
         h.await.unwrap();
     }
     assert!(
-        common::threads_named("drn-").is_empty(),
+        common::threads_gone("drn-"),
         "{:?}",
         common::threads_named("drn-")
     );
@@ -69,7 +69,11 @@ async fn cancel_fails_queued_work_with_shut_down() {
         assert!(e.is_shut_down(), "{e}");
     }
     assert_eq!(ran.load(Ordering::SeqCst), 0);
-    assert!(common::threads_named("cnl-").is_empty());
+    assert!(
+        common::threads_gone("cnl-"),
+        "{:?}",
+        common::threads_named("cnl-")
+    );
 }
 
 #[test]
@@ -78,6 +82,10 @@ fn blocking_shutdown_from_sync_code() {
     let h = pool.submit_blocking(|| 5).unwrap();
     pool.shutdown_blocking(ShutdownMode::Drain);
     assert_eq!(h.blocking_wait().unwrap(), 5);
-    assert!(common::threads_named("blk-").is_empty());
+    assert!(
+        common::threads_gone("blk-"),
+        "{:?}",
+        common::threads_named("blk-")
+    );
     assert!(pool.submit_blocking(|| 1).unwrap_err().is_shut_down());
 }

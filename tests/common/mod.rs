@@ -23,6 +23,14 @@ pub fn threads_named(prefix: &str) -> Vec<String> {
     out
 }
 
+/// Whether every thread named `prefix...` is gone, within a bound: a joined thread can still
+/// be listed in `/proc/self/task` for a moment after `join` returns (the kernel wakes the
+/// joiner before it removes the thread), so one look right after a shutdown can race. A thread
+/// that was never stopped stays listed and fails this.
+pub fn threads_gone(prefix: &str) -> bool {
+    eventually(|| threads_named(prefix).is_empty())
+}
+
 /// A thread-tier executor whose threads carry `prefix`, so a test can count them.
 pub fn pool(prefix: &str, workers: usize, capacity: usize) -> Executor {
     let t = Threads::builder()
