@@ -316,6 +316,14 @@ type BigSetup = (
 );
 
 fn set_up_a_blocked_big_write(name: &str) -> Result<BigSetup, String> {
+    set_up_a_blocked_big_write_with(name, None)
+}
+
+/// As [`set_up_a_blocked_big_write`], the large task with a deadline when `limit` is given.
+fn set_up_a_blocked_big_write_with(
+    name: &str,
+    limit: Option<Duration>,
+) -> Result<BigSetup, String> {
     let pool = ProcessPool::builder()
         .workers(2)
         .build()
@@ -338,9 +346,15 @@ fn set_up_a_blocked_big_write(name: &str) -> Result<BigSetup, String> {
         .find(|&p| p != busy)
         .ok_or("no second worker")?;
     let stopped = Stopped::new(other)?;
-    let big = pool
-        .submit_blocking(&BIG_LEN_PID, "x".repeat(BIG))
-        .map_err(|e| e.to_string())?;
+    let big = match limit {
+        None => pool.submit_blocking(&BIG_LEN_PID, "x".repeat(BIG)),
+        Some(limit) => process_support::rt().block_on(pool.submit_timeout(
+            &BIG_LEN_PID,
+            "x".repeat(BIG),
+            limit,
+        )),
+    }
+    .map_err(|e| e.to_string())?;
     Ok((pool, gated, gate, busy, stopped, big))
 }
 
@@ -446,6 +460,35 @@ fn cancelling_a_task_whose_argument_is_written_hits_only_it() -> Result<(), Stri
     })
 }
 
+fn a_deadline_ends_a_task_whose_argument_is_not_read() -> Result<(), String> {
+    // The large task's deadline counts from when its worker was claimed for it: a worker that
+    // never reads the argument (stopped here) cannot hold the task past it.
+    let limit = Duration::from_millis(300);
+    let (pool, gated, gate, busy, stopped, mut big) =
+        set_up_a_blocked_big_write_with("big-deadline", Some(limit))?;
+    let e = big
+        .blocking_wait_timeout(Duration::from_secs(60))
+        .ok_or("the task whose argument is not read did not end within 60 s")?
+        .expect_err("timed out");
+    check(e.is_timeout(), || format!("timed out expected: {e}"))?;
+    drop(stopped);
+    // The gated task on the other worker was not touched; the pool serves on.
+    gate.open()?;
+    let g = gated.blocking_wait().map_err(|e| e.to_string())?;
+    check(g == busy, || {
+        format!("the gated task: {g}, expected {busy}")
+    })?;
+    let v = pool
+        .submit_blocking(&ECHO, 7)
+        .map_err(|e| e.to_string())?
+        .blocking_wait();
+    check(v.ok() == Some(7), || "the pool serves on".into())?;
+    pool.shutdown_blocking(ShutdownMode::Drain);
+    check(process_support::children().is_empty(), || {
+        "every worker reaped".into()
+    })
+}
+
 fn dropping_the_pool_during_a_large_write_ends_every_task() -> Result<(), String> {
     let (pool, gated, gate, _busy, stopped, big) = set_up_a_blocked_big_write("big-drop")?;
     let _ = a_slot_thread_writes_a_pipe();
@@ -503,6 +546,10 @@ fn main() {
         (
             "cancelling_a_task_whose_argument_is_written_hits_only_it",
             cancelling_a_task_whose_argument_is_written_hits_only_it,
+        ),
+        (
+            "a_deadline_ends_a_task_whose_argument_is_not_read",
+            a_deadline_ends_a_task_whose_argument_is_not_read,
         ),
         (
             "dropping_the_pool_during_a_large_write_ends_every_task",

@@ -335,9 +335,10 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// A deadline for every task, counted from when its worker starts it; a task past it is
-    /// killed with its worker and fails with "timed out". Per task:
-    /// [`ProcessPool::submit_timeout`].
+    /// A deadline for every task, counted from when its worker starts it (for arguments
+    /// larger than the request pipe's buffer, from when they start to be sent, so a worker
+    /// that never reads them cannot hold the task past it); a task past it is killed with its
+    /// worker and fails with "timed out". Per task: [`ProcessPool::submit_timeout`].
     pub fn task_timeout(&mut self, d: Duration) -> &mut Self {
         self.cfg.task_timeout = Some(d);
         self
@@ -770,7 +771,8 @@ impl ProcessPool {
     }
 
     /// As [`submit`](Self::submit), with a deadline for this task: past `timeout` from its
-    /// start its worker is killed and it fails with "timed out".
+    /// start (see [`ProcessPoolBuilder::task_timeout`]) its worker is killed and it fails with
+    /// "timed out".
     pub async fn submit_timeout<A, R>(
         &self,
         f: &RemoteFn<A, R>,

@@ -166,7 +166,8 @@ pub(crate) struct InFlight {
     pub(crate) task: Box<dyn Pending>,
     pub(crate) frame: Vec<u8>,
     pub(crate) timeout: Option<Duration>,
-    /// When the worker started it (when it became the worker's first unanswered task).
+    /// When the worker started it (when it became the worker's first unanswered task; for a
+    /// frame written without the lock and a deadline, when the worker was claimed for it).
     pub(crate) started: Option<Instant>,
     pub(crate) sent: Instant,
     pub(crate) killed: Option<KillReason>,
@@ -180,18 +181,18 @@ pub(crate) struct InFlight {
 /// answer and reader of the pool if the lock were held meanwhile.
 ///
 /// Dispatch claims an idle worker for such a task: the task becomes the worker's only one in
-/// flight (not yet started, so no deadline runs and its handle may wait as for any other) and
+/// flight (its deadline, if any, counts from the claim; its handle may wait as for any other) and
 /// the slot is marked [`Claimed`](Self::Claimed), which keeps every other write off its
 /// request pipe (dispatch skips it; `Exit` is only sent to an idle pool or after an answer,
 /// and an answer to this task means its frame was read whole). The slot thread then takes the
 /// frame out, marks the slot [`Writing`](Self::Writing), writes without the lock, and settles
 /// the result under it (`slot::write_claimed`):
 ///
-/// - written: the task is started (its deadline counts from now), unless a reader already
-///   took its answer;
-/// - failed, the task killed meanwhile (a cancel kills the worker: it holds only this task)
-///   or the pool stopping: the task stays in flight, and the slot thread fails it when it
-///   reaps the worker (`cancelled`, `shut down`);
+/// - written: the task is started (a task without a deadline: from now), unless a reader
+///   already took its answer;
+/// - failed, the task killed meanwhile (a cancel or its deadline kills the worker: it holds
+///   only this task) or the pool stopping: the task stays in flight, and the slot thread
+///   fails it when it reaps the worker (`cancelled`, `timed out`, `shut down`);
 /// - failed otherwise (the worker died while reading): the worker is killed (a half-written
 ///   frame leaves it nothing to read) and sent nothing more, and the task goes the way of any
 ///   failed write: tried elsewhere, failed after [`MAX_FAILED_WRITES`].
@@ -482,13 +483,21 @@ impl Shared {
                 // The worker is idle (checked above). Claimed for this task; its slot thread
                 // writes the frame with the lock released (see `BigWrite`).
                 let needs_reader = req.timeout.is_some() || st.closing || req.task.is_waited();
+                // A deadline counts from the claim: the write is part of the task's time, so a
+                // worker that never reads the frame cannot hold the task past its deadline
+                // (the watchdog kills it; it holds only this task).
+                let now = Instant::now();
+                let started = req.timeout.map(|_| now);
+                if started.is_some() {
+                    self.deadlines.notify_one();
+                }
                 slot.inflight.push_back(InFlight {
                     id: req.id,
                     task: req.task,
                     frame: req.frame,
                     timeout: req.timeout,
-                    started: None,
-                    sent: Instant::now(),
+                    started,
+                    sent: now,
                     killed: None,
                     failed_writes: req.failed_writes,
                 });

@@ -822,6 +822,7 @@ fn write_claimed(shared: &Arc<Shared>, slot: usize) {
                 if stopping || t.killed.is_some() {
                     let e = match t.killed {
                         Some(KillReason::Cancel) => Error::cancelled(),
+                        Some(KillReason::Timeout(limit)) => Error::timed_out(limit),
                         _ => Error::shut_down(),
                     };
                     drop(st);
