@@ -434,16 +434,7 @@ fn cancelling_a_task_whose_argument_is_written_hits_only_it() -> Result<(), Stri
         .expect_err("cancelled");
     check(e.is_cancelled(), || format!("cancelled expected: {e}"))?;
     drop(stopped);
-    gate.open()?;
-    let g = gated.blocking_wait().map_err(|e| e.to_string())?;
-    check(g == busy, || {
-        format!("the gated task: {g}, expected {busy}")
-    })?;
-    let v = pool
-        .submit_blocking(&ECHO, 5)
-        .map_err(|e| e.to_string())?
-        .blocking_wait();
-    check(v.ok() == Some(5), || "the pool serves on".into())?;
+    untouched_and_serving(&pool, gated, &gate, busy)?;
     if writing {
         // The worker being written to was killed and replaced.
         let t0 = Instant::now();
@@ -454,6 +445,30 @@ fn cancelling_a_task_whose_argument_is_written_hits_only_it() -> Result<(), Stri
             "the stopped worker was replaced".into()
         })?;
     }
+    shut_down_and_reaped(&pool)
+}
+
+/// After the large task ended: the gated task on the other worker was not touched (it
+/// completes once its gate opens, on `busy`), and the pool serves on.
+fn untouched_and_serving(
+    pool: &ProcessPool,
+    gated: TaskHandle<u32>,
+    gate: &Gate,
+    busy: u32,
+) -> Result<(), String> {
+    gate.open()?;
+    let g = gated.blocking_wait().map_err(|e| e.to_string())?;
+    check(g == busy, || {
+        format!("the gated task: {g}, expected {busy}")
+    })?;
+    let v = pool
+        .submit_blocking(&ECHO, 5)
+        .map_err(|e| e.to_string())?
+        .blocking_wait();
+    check(v.ok() == Some(5), || "the pool serves on".into())
+}
+
+fn shut_down_and_reaped(pool: &ProcessPool) -> Result<(), String> {
     pool.shutdown_blocking(ShutdownMode::Drain);
     check(process_support::children().is_empty(), || {
         "every worker reaped".into()
@@ -472,21 +487,8 @@ fn a_deadline_ends_a_task_whose_argument_is_not_read() -> Result<(), String> {
         .expect_err("timed out");
     check(e.is_timeout(), || format!("timed out expected: {e}"))?;
     drop(stopped);
-    // The gated task on the other worker was not touched; the pool serves on.
-    gate.open()?;
-    let g = gated.blocking_wait().map_err(|e| e.to_string())?;
-    check(g == busy, || {
-        format!("the gated task: {g}, expected {busy}")
-    })?;
-    let v = pool
-        .submit_blocking(&ECHO, 7)
-        .map_err(|e| e.to_string())?
-        .blocking_wait();
-    check(v.ok() == Some(7), || "the pool serves on".into())?;
-    pool.shutdown_blocking(ShutdownMode::Drain);
-    check(process_support::children().is_empty(), || {
-        "every worker reaped".into()
-    })
+    untouched_and_serving(&pool, gated, &gate, busy)?;
+    shut_down_and_reaped(&pool)
 }
 
 fn dropping_the_pool_during_a_large_write_ends_every_task() -> Result<(), String> {

@@ -137,6 +137,34 @@ pub(crate) struct Req {
     pub(crate) failed_writes: u32,
 }
 
+impl InFlight {
+    /// `req`, sent (or claimed) at `sent`, started at `started`.
+    fn sent(req: Req, started: Option<Instant>, sent: Instant) -> InFlight {
+        InFlight {
+            id: req.id,
+            task: req.task,
+            frame: req.frame,
+            timeout: req.timeout,
+            started,
+            sent,
+            killed: None,
+            failed_writes: req.failed_writes,
+        }
+    }
+
+    /// Back to the queue's form, for a task that did not run (claimed already).
+    pub(crate) fn unsent(self) -> Req {
+        Req {
+            id: self.id,
+            frame: self.frame,
+            task: self.task,
+            timeout: self.timeout,
+            started: true,
+            failed_writes: self.failed_writes,
+        }
+    }
+}
+
 /// The run info of a task that never ran: failed before or while it was sent to `worker`.
 pub(crate) fn not_run(worker: Option<usize>, task: &dyn Pending) -> RunInfo {
     RunInfo {
@@ -491,18 +519,10 @@ impl Shared {
                 if started.is_some() {
                     self.deadlines.notify_one();
                 }
-                slot.inflight.push_back(InFlight {
-                    id: req.id,
-                    task: req.task,
-                    frame: req.frame,
-                    timeout: req.timeout,
-                    started,
-                    sent: now,
-                    killed: None,
-                    failed_writes: req.failed_writes,
-                });
+                let id = req.id;
+                slot.inflight.push_back(InFlight::sent(req, started, now));
                 slot.sent += 1;
-                slot.big_write = BigWrite::Claimed(req.id);
+                slot.big_write = BigWrite::Claimed(id);
                 slot.wake_thread();
                 if needs_reader {
                     slot.want_reader();
@@ -524,16 +544,7 @@ impl Shared {
                 self.deadlines.notify_one();
             }
             let needs_reader = req.timeout.is_some() || st.closing || req.task.is_waited();
-            slot.inflight.push_back(InFlight {
-                id: req.id,
-                task: req.task,
-                frame: req.frame,
-                timeout: req.timeout,
-                started,
-                sent: now,
-                killed: None,
-                failed_writes: req.failed_writes,
-            });
+            slot.inflight.push_back(InFlight::sent(req, started, now));
             slot.sent += 1;
             if needs_reader {
                 slot.want_reader();

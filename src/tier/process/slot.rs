@@ -830,14 +830,7 @@ fn write_claimed(shared: &Arc<Shared>, slot: usize) {
                     shared.counters.failed.fetch_add(1, Ordering::Relaxed);
                     t.task.fail(e, info);
                 } else {
-                    st.retry.push_front(Req {
-                        id: t.id,
-                        frame: t.frame,
-                        task: t.task,
-                        timeout: t.timeout,
-                        started: true,
-                        failed_writes: t.failed_writes,
-                    });
+                    st.retry.push_front(t.unsent());
                     shared.pump(&mut st);
                 }
                 shared.changed.notify_all();
@@ -884,15 +877,7 @@ fn write_claimed(shared: &Arc<Shared>, slot: usize) {
                 }
                 if let Some(t) = sl.inflight.remove(pos) {
                     tracing::debug!(slot, task = id, error = %e, "a large frame's write failed");
-                    let req = Req {
-                        id: t.id,
-                        frame: t.frame,
-                        task: t.task,
-                        timeout: t.timeout,
-                        started: true,
-                        failed_writes: t.failed_writes,
-                    };
-                    shared.failed_write(&mut st, slot, req, &e);
+                    shared.failed_write(&mut st, slot, t.unsent(), &e);
                 }
             }
             // Otherwise a cancel killed the worker (it held only this task) or the pool stops:
