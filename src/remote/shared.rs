@@ -111,7 +111,22 @@ fn memfd() -> std::io::Result<File> {
     #[allow(unsafe_code)]
     // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(File::from(owned))
+    if fd > 2 {
+        return Ok(File::from(owned));
+    }
+    // A process that closed its stdin or stderr gets 0..2 back; a worker's start puts its
+    // own stdin and stderr there before it clears close-on-exec, so move the file above.
+    #[allow(unsafe_code)]
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own into the lowest free number of
+    // at least 3; it reads nothing else.
+    let high = unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if high == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
+    let high = unsafe { OwnedFd::from_raw_fd(high) };
+    Ok(File::from(high))
 }
 
 #[cfg(target_os = "linux")]
@@ -154,18 +169,44 @@ pub(crate) fn set_shared_bytes(bytes: Vec<u8>) {
 /// long, and records it; the descriptor is closed (the mapping outlives it). Errors with a
 /// sentence for the pool when the descriptor is not such a file or cannot be mapped.
 pub(crate) fn map_inherited(fd: i32, len: u64) -> Result<(), String> {
-    // Check before taking ownership: a descriptor that is not open, or not a sealed memory
-    // file, is refused untouched.
+    // Check before taking ownership: a descriptor that is not open, not a sealed memory
+    // file, or not of the announced size is refused untouched.
     check_seals(fd)?;
+    let size = size_of_fd(fd)?;
+    if size != len {
+        return Err(format!(
+            "the shared data's descriptor {fd} holds {size} bytes, the pool announced {len}"
+        ));
+    }
     #[allow(unsafe_code)]
     // SAFETY: the pool passed this descriptor in the setup frame after clearing its
-    // close-on-exec flag for this exec only, and `check_seals` showed it is open.
-    // Nothing else in this process knows the number, so the File is its only owner.
+    // close-on-exec flag for this exec only, and the checks above showed it is open and is
+    // the sealed file of the announced size. Nothing else in this process knows the number,
+    // so the File is its only owner.
     let file = unsafe { File::from_raw_fd(fd) };
     let map = map_sealed(&file, len)?;
     drop(file);
     let _ = SHARED_BYTES.set(SharedBytes::Mapped(map));
     Ok(())
+}
+
+/// The size of the file open as `fd`, without taking the descriptor over.
+fn size_of_fd(fd: RawFd) -> Result<u64, String> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    #[allow(unsafe_code)]
+    // SAFETY: fstat writes a `stat` into the buffer we pass, which is large enough; an
+    // invalid descriptor fails with EBADF and writes nothing.
+    let r = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
+    if r == -1 {
+        return Err(format!(
+            "could not stat the shared data's descriptor {fd}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: fstat succeeded, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
 }
 
 /// Whether `fd` is a memory file sealed against writing and shrinking, or why not.
@@ -203,11 +244,14 @@ fn map_sealed(file: &File, len: u64) -> Result<memmap2::Mmap, String> {
             "the shared data's file holds {size} bytes, the pool announced {len}"
         ));
     }
+    // A private read-only mapping: the kernels before 6.x refuse a shared one of a file
+    // sealed against writing (EPERM), and since the pages are never written, a private
+    // mapping still shares them with every other process that maps the file.
     #[allow(unsafe_code)]
     // SAFETY: the file is sealed against writing and shrinking (checked above, and a seal
     // cannot be removed), so no process can change or remove the bytes under the mapping
     // while this process lives: handing them out as `&'static [u8]` is sound.
-    unsafe { memmap2::Mmap::map(file) }.map_err(|e| {
+    unsafe { memmap2::MmapOptions::new().map_copy_read_only(file) }.map_err(|e| {
         format!(
             "could not map the shared data ({len} bytes): {e} (a memory limit counts the \
              mapping in each worker's address space)"

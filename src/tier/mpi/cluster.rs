@@ -139,17 +139,21 @@ pub(super) struct ServiceState {
     completed: AtomicU64,
     failed: AtomicU64,
     ewma_run_ns: AtomicU64,
-    /// Set by the MPI thread as it enters `MPI_Finalize` after a rank died or was retired:
-    /// that rank may never join the closing fence (see [`FINALIZE_GRACE`]).
+    /// Set by the MPI thread as it enters `MPI_Finalize` after a rank died: the closing fence
+    /// may never complete (see [`FINALIZE_GRACE`]).
     pub(super) finalize_unsure: Mutex<Option<Instant>>,
 }
 
 /// How long the wait for rank 0's `MPI_Finalize`, and a worker rank's own, may last once a
-/// rank of the job died or was retired. OpenMPI 4.1 ends `MPI_Finalize` with a fence over
-/// every process; with a dead one (under `--enable-recovery`) that fence sometimes never
-/// completes (about 1 run in 20–50 on the development VM), and a retired rank whose task never
-/// ends never reaches it. A healthy finalize takes milliseconds.
+/// rank of the job died. OpenMPI 4.1 ends `MPI_Finalize` with a fence over every process;
+/// with a dead one (under `--enable-recovery`) that fence sometimes never completes (about 1
+/// run in 20–50 on the development VM). A healthy finalize takes milliseconds. (A rank that
+/// was only retired after a timeout is waited for: it finalizes once its task ends.)
 pub(super) const FINALIZE_GRACE: Duration = Duration::from_secs(10);
+
+/// The body of the exit message to the worker ranks when a rank of the job died: they then
+/// bound their own `MPI_Finalize` by [`FINALIZE_GRACE`]. An empty body: no rank died.
+pub(super) const EXIT_AFTER_LOSS: u8 = 1;
 
 impl ServiceState {
     pub(super) fn set_world(&self, w: Result<WorldInfo, String>) {

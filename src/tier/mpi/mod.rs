@@ -63,13 +63,14 @@
 //! finalizes once its task ends. Pick a limit well above the longest task you expect, or a
 //! healthy rank is lost for the rest of the job.
 //!
-//! **Finalizing after a lost rank.** OpenMPI's `MPI_Finalize` ends with a fence over every
+//! **Finalizing after a dead rank.** OpenMPI's `MPI_Finalize` ends with a fence over every
 //! process of the job. After a rank died, that fence sometimes never completes (4 runs in 80
-//! of `tests/mpi_dead_rank.rs` under load here), and a lost or stuck retired rank never
-//! reaches it. So once a rank died or was retired, shutting the cluster down waits at most
-//! `FINALIZE_GRACE` (10 s) for rank 0's finalize, logs a warning and returns, leaving the
-//! MPI thread inside it; worker ranks, whose work is done, exit after the same grace. Under
-//! `--enable-recovery` mpiexec takes both as a normal end (status 0).
+//! of `tests/mpi_dead_rank.rs` under load here). So once a rank died, shutting the cluster
+//! down waits at most `FINALIZE_GRACE` (10 s) for rank 0's finalize, logs a warning and
+//! returns, leaving the MPI thread inside it; the exit message tells the worker ranks, which
+//! then also exit after the same grace (their work is done). Under `--enable-recovery`, which
+//! a job that survives a dead rank runs under, mpiexec takes both as a normal end (status 0).
+//! A rank only retired after a timeout is waited for as before.
 //!
 //! # Running on several machines
 //!

@@ -39,8 +39,9 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::cluster::{
-    Command, RankInfo, SMALL_REQUEST, STOP_CANCEL, ServiceState, TAG_BIG, TAG_BIG_BODY, TAG_HOST,
-    TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, Task, WorldInfo, write_setup_broadcast,
+    Command, EXIT_AFTER_LOSS, RankInfo, SMALL_REQUEST, STOP_CANCEL, ServiceState, TAG_BIG,
+    TAG_BIG_BODY, TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, Task, WorldInfo,
+    write_setup_broadcast,
 };
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::remote::wire::{
@@ -476,8 +477,8 @@ fn finalize(universe: Universe) {
     drop(universe);
 }
 
-/// Serves the cluster until it stops; true when a rank died or was retired meanwhile (it may
-/// never reach the closing fence of `MPI_Finalize`).
+/// Serves the cluster until it stops; true when a rank died meanwhile (the closing fence of
+/// `MPI_Finalize` may then never complete).
 fn serve(
     world: &SimpleCommunicator,
     rx: &Receiver<Command>,
@@ -528,8 +529,7 @@ fn serve(
         let _ = reply.send(Err(
             Error::new(ErrorKind::Pool, refusals.join("; ")).with_tier(TierKind::Cluster)
         ));
-        stop_ranks(world, &ranks);
-        return false;
+        return stop_ranks(world, &ranks);
     }
     {
         let mut t = state.lock_table();
@@ -546,13 +546,16 @@ fn serve(
     serve_loop(world, rx, state);
     // Nothing is in flight and the direct path is closed (serve_loop did both under the lock).
     let t = state.lock_table();
-    stop_ranks(world, &t.ranks);
-    t.ranks.iter().skip(1).any(|r| !r.usable())
+    stop_ranks(world, &t.ranks)
 }
 
-fn stop_ranks(world: &SimpleCommunicator, ranks: &[RankInfo]) {
-    let Ok(exit) = encode_payload(&Request::Exit, &[]) else {
-        return;
+/// Tells every live worker rank to exit; true when a rank died (the exit message says so, see
+/// [`EXIT_AFTER_LOSS`]).
+fn stop_ranks(world: &SimpleCommunicator, ranks: &[RankInfo]) -> bool {
+    let lost = ranks.iter().skip(1).any(|r| r.dead);
+    let body: &[u8] = if lost { &[EXIT_AFTER_LOSS] } else { &[] };
+    let Ok(exit) = encode_payload(&Request::Exit, body) else {
+        return lost;
     };
     for (r, info) in ranks.iter().enumerate().skip(1) {
         // A rank retired after a timeout gets it too: it leaves once its task ends (MPI
@@ -561,6 +564,7 @@ fn stop_ranks(world: &SimpleCommunicator, ranks: &[RankInfo]) {
             send_request(world, r, &exit);
         }
     }
+    lost
 }
 
 /// How the MPI thread waits after a round of polling and dispatching.

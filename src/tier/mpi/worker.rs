@@ -9,8 +9,8 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::cluster::{
-    SMALL_REQUEST, TAG_BIG, TAG_BIG_BODY, TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER,
-    read_setup_broadcast,
+    EXIT_AFTER_LOSS, SMALL_REQUEST, TAG_BIG, TAG_BIG_BODY, TAG_HOST, TAG_PING, TAG_TO_MASTER,
+    TAG_TO_WORKER, read_setup_broadcast,
 };
 use super::service::KEEP_BUFFER;
 use crate::remote::Registry;
@@ -23,30 +23,33 @@ use crate::remote::wire::{
 pub(crate) fn serve(universe: Universe) -> ! {
     let world = universe.world();
     let rank = world.rank();
-    let code = match serve_inner(&world) {
-        Ok(()) => 0,
+    let (code, lost) = match serve_inner(&world) {
+        Ok(lost) => (0, lost),
         Err(why) => {
             tracing::error!(rank, %why, "cluster worker stops");
             // Exit 0 anyway: rank 0 has the reason and reports it; a non-zero status would make
             // mpiexec abort rank 0 before it can say so.
-            0
+            (0, false)
         }
     };
-    tracing::debug!(rank, "cluster worker finalizes MPI");
-    // MPI_Finalize waits for every process of the job; after a rank died it may wait for
-    // ever (see FINALIZE_GRACE). This rank's work is done: past the grace, it exits anyway
-    // (mpiexec with --enable-recovery takes that as a normal end).
-    let _ = std::thread::Builder::new()
-        .name("offload-mpi-exit".into())
-        .spawn(move || {
-            std::thread::sleep(super::cluster::FINALIZE_GRACE);
-            tracing::warn!(
-                rank,
-                grace = ?super::cluster::FINALIZE_GRACE,
-                "MPI_Finalize has not ended (a rank of the job was lost?); exiting without it"
-            );
-            std::process::exit(code)
-        });
+    tracing::debug!(rank, lost, "cluster worker finalizes MPI");
+    // MPI_Finalize waits for every process of the job; after a rank died (rank 0 says so in
+    // the exit message) it may wait for ever (see FINALIZE_GRACE). This rank's work is done:
+    // past the grace, it exits anyway (mpiexec with --enable-recovery, which a job that
+    // survives a dead rank runs under, takes that as a normal end).
+    let _ = lost.then(|| {
+        std::thread::Builder::new()
+            .name("offload-mpi-exit".into())
+            .spawn(move || {
+                std::thread::sleep(super::cluster::FINALIZE_GRACE);
+                tracing::warn!(
+                    rank,
+                    grace = ?super::cluster::FINALIZE_GRACE,
+                    "MPI_Finalize has not ended (a rank of the job was lost?); exiting without it"
+                );
+                std::process::exit(code)
+            })
+    });
     // Dropping the universe calls MPI_Finalize.
     drop(world);
     drop(universe);
@@ -57,7 +60,8 @@ fn send(world: &SimpleCommunicator, bytes: &[u8], tag: i32) {
     world.process_at_rank(0).send_with_tag(bytes, tag);
 }
 
-fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
+/// Serves until rank 0 says exit; true when its exit message says a rank of the job died.
+fn serve_inner(world: &SimpleCommunicator) -> Result<bool, String> {
     let rank = world.rank();
     crate::remote::install_panic_hook();
     let setup = read_setup_broadcast(world);
@@ -65,7 +69,7 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
         decode_payload(&setup).map_err(|e| format!("bad setup broadcast: {e}"))?;
     let registry = Registry::global().ok_or("offload::init did not install a registry")?;
     match req {
-        Request::Exit => return Ok(()),
+        Request::Exit => return Ok(false),
         Request::Setup {
             build_id,
             init,
@@ -84,7 +88,9 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
                     .filter(|&n| n <= body.len())
                     .unwrap_or(body.len());
                 let (init_args, shared) = body.split_at(split);
-                crate::remote::set_shared_bytes(shared.to_vec());
+                if !shared.is_empty() {
+                    crate::remote::set_shared_bytes(shared.to_vec());
+                }
                 match init {
                     None => None,
                     Some(name) => {
@@ -166,7 +172,7 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<(), String> {
         let (id, func, batch) = match req {
             Request::Call { id, func } => (id, func, false),
             Request::Batch { id, func } => (id, func, true),
-            Request::Exit => return Ok(()),
+            Request::Exit => return Ok(args == [EXIT_AFTER_LOSS]),
             Request::Setup { .. } => {
                 // Rank 0 sends one setup, by broadcast; a second one is a protocol error. The
                 // rank stays set up as it was and serves on; the message rank 0 sent in its

@@ -213,6 +213,8 @@ impl Worker {
                     .min(body.len());
                 let (init_args, inline) = body.split_at(split);
                 match shared {
+                    // No data leaves the slot empty (a pool this worker builds may fill it).
+                    SharedData::Inline if inline.is_empty() => {}
                     SharedData::Inline => set_shared_bytes(inline.to_vec()),
                     SharedData::Mapped { fd, len } => {
                         if let Err(reason) = map_inherited(fd, len) {

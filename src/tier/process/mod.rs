@@ -295,8 +295,10 @@ impl ProcessPoolBuilder {
     ///
     /// Data of [`shared_map_threshold`](Self::shared_map_threshold) bytes or more (encoded)
     /// is written once into a sealed memory file that every worker, replacements included,
-    /// maps read-only: one copy in memory for the whole pool, and no size limit but memory.
-    /// Smaller data travels in each worker's setup frame. Replaces any earlier shared data.
+    /// maps read-only: one copy in memory for the whole pool, and no size limit but memory
+    /// (Linux; elsewhere all data travels inline, within
+    /// [`max_frame_size`](Self::max_frame_size)). Smaller data travels in each worker's setup
+    /// frame. Empty data is no data. Replaces any earlier shared data.
     pub fn shared_data<T: Serialize + ?Sized>(&mut self, data: &T) -> &mut Self {
         match postcard::to_allocvec(data) {
             Ok(bytes) => self.cfg.shared = SharedPayload::Inline(bytes.into()),
@@ -335,10 +337,11 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// A deadline for every task, counted from when its worker starts it (for arguments
-    /// larger than the request pipe's buffer, from when they start to be sent, so a worker
-    /// that never reads them cannot hold the task past it); a task past it is killed with its
-    /// worker and fails with "timed out". Per task: [`ProcessPool::submit_timeout`].
+    /// A deadline for every task, counted from when its worker starts it; a task past it is
+    /// killed with its worker and fails with "timed out". For a frame larger than the request
+    /// pipe's buffer (`pipeline_depth` × 64 KiB by default), it counts from when an idle
+    /// worker is claimed for it, before the write: a worker that never reads the arguments
+    /// cannot hold the task past its deadline. Per task: [`ProcessPool::submit_timeout`].
     pub fn task_timeout(&mut self, d: Duration) -> &mut Self {
         self.cfg.task_timeout = Some(d);
         self
