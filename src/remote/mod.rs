@@ -16,7 +16,7 @@ pub mod wire;
 pub(crate) use registry::install_panic_hook;
 pub use registry::{AnyRemoteFn, CallFailure, Registry, RemoteFn};
 pub(crate) use shared::{
-    MAPPED_SHARED_DATA, SealedFile, adopt_locally, map_inherited, set_shared_bytes,
+    MAPPED_SHARED_DATA, SealedFile, adopt_bytes, adopt_file, map_inherited, set_shared_bytes,
 };
 pub use shared::{shared, shared_bytes};
 

@@ -259,36 +259,52 @@ fn map_sealed(file: &File, len: u64) -> Result<memmap2::Mmap, String> {
     })
 }
 
-/// Makes a pool's shared data readable in the pool's own process too, so that a remote
+/// Makes a pool's shared `bytes` readable in the pool's own process too, so that a remote
 /// function run in place (inline or on threads by placement, or through
-/// [`RemoteFn::call_local`](crate::RemoteFn::call_local)) reads what the workers read. Data
-/// of `len` bytes is `inline`, or else the sealed `file`.
+/// [`RemoteFn::call_local`](crate::RemoteFn::call_local)) reads what the workers read.
 ///
 /// The first pool with data wins: a later pool with other data is logged, since calls in
 /// this process keep reading the first one's.
-pub(crate) fn adopt_locally(inline: Option<&[u8]>, file: Option<&SealedFile>) {
-    let here = match (inline, file) {
-        (Some(b), _) if !b.is_empty() => SharedBytes::Owned(b.to_vec()),
-        (_, Some(f)) if f.len() > 0 => match map_sealed(&f.file, f.len) {
-            Ok(map) => SharedBytes::Mapped(map),
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    "the pool's shared data is not readable in this process (its workers have it)"
-                );
-                return;
-            }
-        },
-        _ => return,
+pub(crate) fn adopt_bytes(bytes: &[u8]) {
+    if !bytes.is_empty() && !already_adopted(bytes) {
+        adopt(SharedBytes::Owned(bytes.to_vec()));
+    }
+}
+
+/// As [`adopt_bytes`], for data in a sealed file: this process maps it as the workers do.
+pub(crate) fn adopt_file(file: &SealedFile) {
+    if file.len == 0 || SHARED_BYTES.get().is_some() {
+        // Nothing, or the first pool's data is here: mapping this one only to compare would
+        // cost more than the warning is worth.
+        return;
+    }
+    match map_sealed(&file.file, file.len) {
+        Ok(map) => adopt(SharedBytes::Mapped(map)),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "the pool's shared data is not readable in this process (its workers have it)"
+        ),
+    }
+}
+
+/// Whether this process holds shared data already; logs when it is not `bytes`.
+fn already_adopted(bytes: &[u8]) -> bool {
+    let Some(first) = SHARED_BYTES.get() else {
+        return false;
     };
+    if **first != *bytes {
+        tracing::warn!(
+            "a second pool with other shared data: its workers read it, but remote functions \
+             run in this process keep reading the first pool's"
+        );
+    }
+    true
+}
+
+fn adopt(here: SharedBytes) {
+    // A pool built at the same moment on another thread may have won: it stays.
     if let Err(here) = SHARED_BYTES.set(here) {
-        let first = SHARED_BYTES.get().map(|b| &**b);
-        if first != Some(&*here) {
-            tracing::warn!(
-                "a second pool with other shared data: its workers read it, but remote \
-                 functions run in this process keep reading the first pool's"
-            );
-        }
+        already_adopted(&here);
     }
 }
 

@@ -479,7 +479,7 @@ impl ClusterBuilder {
             .map_err(|e| BuildError::invalid(e.to_string()))?;
         tracing::info!(ranks = ranks.len(), "cluster tier ready");
         // Remote functions run on rank 0 itself (inline, by placement) read the same data.
-        crate::remote::adopt_locally(Some(shared), None);
+        crate::remote::adopt_bytes(shared);
         Ok(Cluster {
             inner: Arc::new(Inner {
                 service,

@@ -433,8 +433,8 @@ impl ProcessPoolBuilder {
         // Remote functions run in this process (inline or on threads, by placement) read the
         // same data as the workers.
         match &cfg.shared {
-            SharedPayload::Inline(b) => crate::remote::adopt_locally(Some(b), None),
-            SharedPayload::Mapped(f) => crate::remote::adopt_locally(None, Some(f)),
+            SharedPayload::Inline(b) => crate::remote::adopt_bytes(b),
+            SharedPayload::Mapped(f) => crate::remote::adopt_file(f),
             SharedPayload::File(_) => {}
         }
         let (tx, rx) = async_channel::bounded(cfg.queue_capacity);

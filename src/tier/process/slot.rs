@@ -160,31 +160,22 @@ pub(crate) fn read_own_answer(shared: &Arc<Shared>, id: u64, done: &dyn Fn() -> 
     let Some(mut held) = take_reader_for(shared, id) else {
         return;
     };
-    let slot = held.slot;
-    let Some(inbox) = held.inbox.as_mut() else {
+    let Some(fd) = held.inbox.as_ref().map(|i| i.answers.as_raw_fd()) else {
         return;
     };
-    let fd = inbox.answers.as_raw_fd();
     // Armed at the first wait only: when the worker shares this CPU it usually ran and
     // answered while this thread was still returning from its write, and a plain read finds
     // the answer (the pipe ping-pong's two system calls, nothing more).
     let mut timer: Option<Option<RawFd>> = None;
     while !done() {
-        match inbox.read_now(shared, slot) {
-            Ok(Got::Frames) => continue,
-            Ok(Got::Nothing) => {}
-            Ok(Got::End) => {
-                // The worker went away: the slot thread reads the end of file and reports it.
-                held.hand_over = true;
-                break;
-            }
-            Err(e) => {
-                kill(shared, slot);
-                inbox.broken = Some(e);
-                held.hand_over = true;
-                break;
-            }
+        match held.step(shared) {
+            Step::Frames => continue,
+            Step::Nothing => {}
+            Step::Stop => break,
         }
+        let Some(inbox) = held.inbox.as_mut() else {
+            break;
+        };
         // Nothing yet: wait for the answer, bounded by the slot's timer (cheap: see `sys.rs`),
         // or by ppoll's timeout when the timer cannot be armed.
         let timer = *timer.get_or_insert_with(|| {
@@ -246,26 +237,7 @@ pub(crate) fn read_waiting_answers(shared: &Arc<Shared>, id: u64) {
     let Some(mut held) = take_reader_for(shared, id) else {
         return;
     };
-    let slot = held.slot;
-    let Some(inbox) = held.inbox.as_mut() else {
-        return;
-    };
-    loop {
-        match inbox.read_now(shared, slot) {
-            Ok(Got::Frames) => {}
-            Ok(Got::Nothing) => break,
-            Ok(Got::End) => {
-                held.hand_over = true;
-                break;
-            }
-            Err(e) => {
-                kill(shared, slot);
-                inbox.broken = Some(e);
-                held.hand_over = true;
-                break;
-            }
-        }
-    }
+    while let Step::Frames = held.step(shared) {}
 }
 
 /// The reader role held by a caller; dropping it (also when a panic unwinds through a
@@ -275,6 +247,40 @@ struct CallerRead<'a> {
     slot: usize,
     inbox: Option<Box<Inbox>>,
     hand_over: bool,
+}
+
+/// What one non-blocking read by a caller holding the reader role found.
+enum Step {
+    /// Answers, handled.
+    Frames,
+    /// Nothing yet.
+    Nothing,
+    /// The worker went away, or sent a bad frame (it is killed): the slot thread takes the
+    /// role back and reports it.
+    Stop,
+}
+
+impl CallerRead<'_> {
+    /// Reads what the worker's answer pipe holds now, without waiting.
+    fn step(&mut self, shared: &Arc<Shared>) -> Step {
+        let Some(inbox) = self.inbox.as_mut() else {
+            return Step::Stop;
+        };
+        match inbox.read_now(shared, self.slot) {
+            Ok(Got::Frames) => Step::Frames,
+            Ok(Got::Nothing) => Step::Nothing,
+            Ok(Got::End) => {
+                self.hand_over = true;
+                Step::Stop
+            }
+            Err(e) => {
+                kill(shared, self.slot);
+                inbox.broken = Some(e);
+                self.hand_over = true;
+                Step::Stop
+            }
+        }
+    }
 }
 
 impl Drop for CallerRead<'_> {
