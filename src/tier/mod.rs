@@ -105,6 +105,18 @@ pub enum ShutdownMode {
     Drain,
     /// Fail every queued task with a "shut down" error; running tasks finish.
     Cancel,
+    /// Fail every queued task with a "shut down" error and stop running tasks where the tier
+    /// can: worker processes and ranks are killed, each running task fails "shut down"
+    /// (Python 3.14's `kill_workers`). A running thread-tier task cannot be stopped: there,
+    /// and inline, this is [`ShutdownMode::Cancel`].
+    Kill,
+}
+
+impl ShutdownMode {
+    /// Whether queued tasks fail with "shut down" (every mode but [`ShutdownMode::Drain`]).
+    pub fn fails_queued(self) -> bool {
+        self != ShutdownMode::Drain
+    }
 }
 
 /// A point-in-time snapshot of a tier's counters.

@@ -276,11 +276,11 @@ impl Tier for Threads {
     }
 
     fn shutdown(&self, mode: ShutdownMode) {
-        if mode == ShutdownMode::Cancel {
+        if mode.fails_queued() {
             self.cancelling.store(true, Ordering::Release);
         }
         self.tx.close();
-        if mode == ShutdownMode::Cancel {
+        if mode.fails_queued() {
             while let Ok(job) = self.rx.try_recv() {
                 drop(job);
             }

@@ -524,14 +524,16 @@ impl Drop for Inner {
 fn request_stop(service: &Service, mode: ShutdownMode) {
     let flag = match mode {
         ShutdownMode::Drain => STOP_DRAIN,
-        ShutdownMode::Cancel => STOP_CANCEL,
+        // Ranks run one task at a time and cannot be interrupted mid-task over MPI yet: Kill
+        // is Cancel here until the cluster kills running tasks.
+        ShutdownMode::Cancel | ShutdownMode::Kill => STOP_CANCEL,
     };
     let _ =
         service
             .state
             .stop
             .compare_exchange(STOP_NONE, flag, Ordering::AcqRel, Ordering::Acquire);
-    if mode == ShutdownMode::Cancel {
+    if mode.fails_queued() {
         service.state.stop.store(STOP_CANCEL, Ordering::Release);
         // Queued tasks fail with "shut down" as their completers drop.
         while service.rx.try_recv().is_ok() {}

@@ -505,6 +505,7 @@ struct Owner {
 
 impl Owner {
     fn stop(&self, mode: ShutdownMode, kill: bool) {
+        let kill = kill || mode == ShutdownMode::Kill;
         let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
         let s = &self.shared;
         s.tx.close();
@@ -513,7 +514,7 @@ impl Owner {
             st.closing = true;
             // Running tasks are waited for (or killed) now: their answers must be read.
             s.want_readers(&mut st);
-            if mode == ShutdownMode::Cancel {
+            if mode.fails_queued() {
                 s.fail_queued(&mut st, Error::shut_down);
             }
             if kill {
