@@ -220,6 +220,7 @@ where
             worker: ctx.worker,
             run_time,
             queued,
+            pid: None,
         };
         completer.finish(outcome, info);
         Some(Ran { run_time, panicked })

@@ -96,6 +96,9 @@ pub struct RunInfo {
     pub run_time: Duration,
     /// From submission to the start of the run (queueing and hand-off).
     pub queued: Duration,
+    /// The operating-system process that ran it: a worker process's pid on the process tier,
+    /// `None` in-process and where the tier cannot tell (a remote rank).
+    pub pid: Option<u32>,
 }
 
 /// How to shut an executor down.

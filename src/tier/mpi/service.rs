@@ -718,6 +718,7 @@ pub(super) fn run_info(rank: usize, run_ns: u64, queued: Duration) -> RunInfo {
         worker: Some(rank),
         run_time: Duration::from_nanos(run_ns),
         queued,
+        pid: None,
     }
 }
 

@@ -172,6 +172,7 @@ pub(crate) fn not_run(worker: Option<usize>, task: &dyn Pending) -> RunInfo {
         worker,
         run_time: Duration::ZERO,
         queued: task.submitted().elapsed(),
+        pid: None,
     }
 }
 

@@ -1004,6 +1004,7 @@ fn on_frame(shared: &Arc<Shared>, slot: usize, frame: &[u8]) -> Result<(), Error
         worker: Some(slot),
         run_time: Duration::from_nanos(run_ns),
         queued: task.sent.saturating_duration_since(task.task.submitted()),
+        pid: None,
     };
     let c = &shared.counters;
     c.completed.fetch_add(1, Ordering::Relaxed);
@@ -1097,6 +1098,7 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
             worker: Some(slot),
             run_time: started.map_or(Duration::ZERO, |s| s.elapsed()),
             queued: sent.saturating_duration_since(task.submitted()),
+            pid: None,
         };
         let never_sent = unsent == Some(id);
         let err = match killed {
