@@ -17,6 +17,23 @@
 //!   the model of each call site learns duration per size from past calls; small calls run
 //!   inline, long ones on the pool.
 //!
+//! Policies a deployed server needs, built here on top of the crate (the library places calls;
+//! the server decides how much work it accepts):
+//! - **one request in flight per connection**: a connection's next line is read once its reply
+//!   is written, so a client's share of the server is its number of connections, and a client
+//!   that pipelines waits in its own socket buffer;
+//! - **a bound on queued CPU work** (`--queue-bound`, default [`QUEUE_PER_WORKER`] × CPU
+//!   workers): at most that many requests wait for or run on the CPU pool; past it a request
+//!   that would go there is answered `ERR busy, retry` at once (load shedding) instead of
+//!   queueing for minutes behind a flood. A request the model predicts short runs inline under
+//!   `adaptive` and needs no place in the queue, so a flood of long requests does not hold up
+//!   the cheap ones of other clients;
+//! - **a per-request deadline** (`--deadline-ms`): a pooled request not answered by then gets
+//!   `ERR deadline`, and its work is withdrawn if it has not started.
+//!
+//! SIGTERM is handled like Ctrl-C: the listener closes, requests in flight finish and are
+//! answered, every client then reads `BYE`, and the process exits 0.
+//!
 //! ```text
 //! cargo run --release --example compute_server -- --policy adaptive
 //! printf 'primes 100000\nhash 1000000\necho hi\n' | nc 127.0.0.1 7879
@@ -40,7 +57,8 @@ pub mod common;
 
 pub use common::lines::ServerStats;
 use common::lines::{Line, READ_CHUNK, read_line, refuse};
-use common::listener::{Limits, accept_loop};
+use common::listener::{Limits, accept_loop, shutdown_signal};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Largest `N` a `primes` request may ask for (about a second of work).
 pub const MAX_PRIMES_N: u64 = 2_000_000;
@@ -48,6 +66,15 @@ pub const MAX_PRIMES_N: u64 = 2_000_000;
 pub const MAX_HASH_BYTES: u64 = 64 << 20;
 /// Longest request line.
 pub const MAX_LINE: usize = 4096;
+/// Requests that may wait for or run on the CPU pool, per pool thread, before the server
+/// sheds load: two keeps every thread busy with the next request already queued, and bounds
+/// a request's wait to about two of the longest requests per thread.
+pub const QUEUE_PER_WORKER: usize = 2;
+/// Default per-request deadline: far above any valid request's own cost (about a second at
+/// most), so that it only fires on a server that is behind.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+/// The reply to a request shed by the queue bound.
+pub const BUSY: &str = "ERR busy, retry";
 
 /// Where the CPU work of a request runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
@@ -146,28 +173,86 @@ pub fn hash_bytes(len: u64) -> u64 {
     h
 }
 
+/// How much CPU work the server accepts: the queue bound and the per-request deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// Requests that may wait for or run on the CPU pool at once; past it, `ERR busy, retry`.
+    pub queue_bound: usize,
+    /// The longest a pooled request may take, queueing included, before `ERR deadline`.
+    pub deadline: Duration,
+}
+
+impl Admission {
+    /// The defaults for a pool of `workers` threads.
+    pub fn for_workers(workers: usize) -> Self {
+        Admission {
+            queue_bound: QUEUE_PER_WORKER * workers.max(1),
+            deadline: DEFAULT_DEADLINE,
+        }
+    }
+}
+
+/// Why a request got no value.
+enum Failed {
+    /// Shed: the CPU queue is full.
+    Busy,
+    /// Not answered within the deadline.
+    Deadline,
+    /// The library's error (a panic, a shut-down pool).
+    Offload(offload::Error),
+}
+
 /// Runs request work under a policy: the one place where the policy matters.
 #[derive(Debug)]
 pub struct Dispatch {
     sched: Scheduler,
     policy: Policy,
+    admission: Admission,
+    queue: Arc<Semaphore>,
     primes: CallSite,
     hash: CallSite,
     inline: AtomicU64,
     threads: AtomicU64,
+    busy: AtomicU64,
+    late: AtomicU64,
 }
 
 impl Dispatch {
-    /// A dispatcher for `policy` on `sched`.
+    /// A dispatcher for `policy` on `sched`, with the default [`Admission`] for its pool.
     pub fn new(sched: Scheduler, policy: Policy) -> Self {
+        let admission = Admission::for_workers(sched.executor().workers());
+        Self::with_admission(sched, policy, admission)
+    }
+
+    /// A dispatcher for `policy` on `sched` that accepts CPU work as `admission` says.
+    pub fn with_admission(sched: Scheduler, policy: Policy, admission: Admission) -> Self {
         Dispatch {
             primes: sched.site("primes"),
             hash: sched.site("hash"),
             sched,
             policy,
+            queue: Arc::new(Semaphore::new(admission.queue_bound)),
+            admission,
             inline: AtomicU64::new(0),
             threads: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            late: AtomicU64::new(0),
         }
+    }
+
+    /// Requests shed with `ERR busy, retry` so far.
+    pub fn busy(&self) -> u64 {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered `ERR deadline` so far.
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
+    }
+
+    /// A place in the CPU queue, or `None` when it is full.
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.queue.clone().try_acquire_owned().ok()
     }
 
     /// The policy.
@@ -193,41 +278,87 @@ impl Dispatch {
         ])
     }
 
-    /// Runs `work` of the given `size` for call site `site` where the policy says.
-    async fn run<T, F>(&self, site: &CallSite, size: u64, work: F) -> Result<T, offload::Error>
+    /// Runs `work` of the given `size` for call site `site` where the policy says, within the
+    /// queue bound and the deadline.
+    ///
+    /// A place in the queue travels with the work, so it is given back when the work is done
+    /// or withdrawn, not when a caller stops waiting for it.
+    async fn run<T, F>(&self, site: &CallSite, size: u64, work: F) -> Result<T, Failed>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        match self.policy {
+        let pooled = match self.policy {
+            // Nothing queues: the bound and the deadline have nothing to act on.
             Policy::Inline => {
                 self.inline.fetch_add(1, Ordering::Relaxed);
-                Ok(work())
+                return Ok(work());
             }
             Policy::Offload => {
+                let permit = self.admit().ok_or(Failed::Busy)?;
                 self.threads.fetch_add(1, Ordering::Relaxed);
-                let handle = self.sched.executor().submit_named(site.key(), work).await?;
-                handle.await
+                let job = move || {
+                    let _permit = permit;
+                    work()
+                };
+                let within = async {
+                    let handle = self.sched.executor().submit_named(site.key(), job).await?;
+                    handle.await
+                };
+                tokio::time::timeout(self.admission.deadline, within).await
             }
-            // The library decides per call, from what it learned of this site and size.
-            Policy::Adaptive => site.sized(size).call(work).await,
+            Policy::Adaptive => {
+                // A call the model predicts short runs here, as predicted, and needs no place
+                // in the queue. It is not explored on the pool either: there it would wait
+                // behind the long work of whoever floods the server.
+                let budget = offload::placement::INLINE_BUDGET;
+                if let Some(pred) = site.prediction(Some(size)).filter(|p| *p <= budget) {
+                    return site.sized(size).expect(pred).call(work).await.map_err(Failed::Offload);
+                }
+                // The library decides per call, from what it learned of this site and size.
+                let permit = self.admit().ok_or(Failed::Busy)?;
+                let job = move || {
+                    let _permit = permit;
+                    work()
+                };
+                tokio::time::timeout(self.admission.deadline, site.sized(size).call(job)).await
+            }
+        };
+        pooled.map_err(|_| Failed::Deadline)?.map_err(Failed::Offload)
+    }
+
+    /// The reply for a request that got no value.
+    fn failed(&self, f: Failed) -> String {
+        match f {
+            Failed::Busy => {
+                self.busy.fetch_add(1, Ordering::Relaxed);
+                format!("{BUSY}: {} requests queued", self.admission.queue_bound)
+            }
+            Failed::Deadline => {
+                self.late.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "ERR deadline: no answer within {} ms",
+                    self.admission.deadline.as_millis()
+                )
+            }
+            Failed::Offload(e) => format!("ERR {e}"),
         }
     }
 
-    /// Answers one request line.
+    /// Answers one request line (its terminator, if any, is ignored).
     pub async fn answer(&self, line: &[u8]) -> String {
-        match parse(line) {
+        match parse(common::lines::content(line)) {
             Err(e) => e,
             Ok(Request::Echo(text)) => text,
             Ok(Request::Primes(n)) => {
                 match self.run(&self.primes, n, move || sum_primes(n)).await {
                     Ok(v) => v.to_string(),
-                    Err(e) => format!("ERR {e}"),
+                    Err(f) => self.failed(f),
                 }
             }
             Ok(Request::Hash(n)) => match self.run(&self.hash, n, move || hash_bytes(n)).await {
                 Ok(v) => format!("{v:016x}"),
-                Err(e) => format!("ERR {e}"),
+                Err(f) => self.failed(f),
             },
         }
     }
@@ -240,6 +371,9 @@ pub struct ComputeConfig {
     pub max_conns: usize,
     /// Longest time without a complete request line.
     pub idle_timeout: Duration,
+    /// How long requests in flight get to finish once shutdown is asked (make it at least the
+    /// per-request deadline, so that every request in flight is answered).
+    pub grace: Duration,
 }
 
 impl Default for ComputeConfig {
@@ -247,6 +381,7 @@ impl Default for ComputeConfig {
         ComputeConfig {
             max_conns: 1024,
             idle_timeout: Duration::from_secs(30),
+            grace: DEFAULT_DEADLINE,
         }
     }
 }
@@ -262,7 +397,7 @@ pub async fn serve(
 ) {
     let limits = Limits {
         max_conns: cfg.max_conns,
-        grace: Duration::from_secs(2),
+        grace: cfg.grace,
     };
     let serve_client = |stream, _peer, stop| {
         let (d, s, idle) = (dispatch.clone(), stats.clone(), cfg.idle_timeout);
@@ -382,10 +517,11 @@ async fn self_test(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
+/// The command line.
 #[allow(dead_code)]
 #[derive(clap::Parser, Debug)]
 #[command(about = "Compute server: CPU work of varying cost under a placement policy")]
-struct Args {
+pub struct Args {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:7879")]
     addr: SocketAddr,
@@ -398,6 +534,16 @@ struct Args {
     /// CPU pool threads (default: cores - 1, at least 1).
     #[arg(long)]
     cpu_workers: Option<usize>,
+    /// Connections served at once (lowered at start to what the fd limit leaves room for).
+    #[arg(long, default_value_t = 1024)]
+    max_conns: usize,
+    /// Requests that may wait for or run on the CPU pool; past it, `ERR busy, retry`
+    /// (default: 2 per CPU thread).
+    #[arg(long)]
+    queue_bound: Option<usize>,
+    /// The longest a pooled request may take, in milliseconds, before `ERR deadline`.
+    #[arg(long, default_value_t = DEFAULT_DEADLINE.as_millis() as u64)]
+    deadline_ms: u64,
     /// Serve on an ephemeral loopback port, ask a few questions, print the answers and exit.
     #[arg(long)]
     self_test: bool,
@@ -407,14 +553,35 @@ struct Args {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
     common::init_tracing("info");
-    let args = Args::parse();
+    run(Args::parse())
+}
+
+/// The server's life from parsed arguments (`main` less the log set-up): serves until Ctrl-C
+/// or SIGTERM (or runs the self-test), then stops gracefully: requests in flight are answered,
+/// then every client reads `BYE`.
+pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let fds = common::fds::fit_max_conns(args.max_conns);
     let mut builder = Scheduler::builder();
     builder.io_threads(args.io_threads);
     if let Some(n) = args.cpu_workers {
         builder.cpu_workers(n);
     }
     let sched = builder.build()?;
-    let dispatch = Arc::new(Dispatch::new(sched.clone(), args.policy));
+    let mut admission = Admission::for_workers(sched.executor().workers());
+    admission.deadline = Duration::from_millis(args.deadline_ms);
+    if let Some(b) = args.queue_bound {
+        admission.queue_bound = b.max(1);
+    }
+    let dispatch = Arc::new(Dispatch::with_admission(
+        sched.clone(),
+        args.policy,
+        admission,
+    ));
+    let cfg = ComputeConfig {
+        max_conns: fds.max_conns,
+        grace: admission.deadline.max(Duration::from_secs(1)),
+        ..ComputeConfig::default()
+    };
     let stats = Arc::new(ServerStats::default());
     let addr = if args.self_test {
         SocketAddr::from(([127, 0, 0, 1], 0))
@@ -427,7 +594,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let result = sched.block_on(async {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        println!("compute server on {local}, policy {}", args.policy.name());
+        println!(
+            "compute server on {local}, policy {}, {fds}, CPU queue bound {}, deadline {} ms",
+            args.policy.name(),
+            admission.queue_bound,
+            admission.deadline.as_millis()
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = sched.spawn(
             "compute/listener",
@@ -435,7 +607,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 sched.clone(),
                 listener,
                 dispatch.clone(),
-                ComputeConfig::default(),
+                cfg,
                 stats.clone(),
                 async {
                     let _ = rx.await;
@@ -445,8 +617,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let outcome = if args.self_test {
             self_test(local).await.map_err(std::io::Error::other)
         } else {
-            println!("Ctrl-C to stop");
-            tokio::signal::ctrl_c().await
+            println!("Ctrl-C or SIGTERM to stop");
+            let signal = shutdown_signal().await;
+            println!("{signal}: shutting down; requests in flight are answered first");
+            Ok(())
         };
         let _ = tx.send(());
         let _ = server.await;
@@ -454,9 +628,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let counts = dispatch.tier_counts();
     println!(
-        "served {} requests on {} connections; calls per tier: {counts:?}; slow polls: {}",
+        "served {} requests on {} connections; calls per tier: {counts:?}; busy: {}; past the \
+         deadline: {}; slow polls: {}",
         ServerStats::get(&stats.lines),
         ServerStats::get(&stats.accepted),
+        dispatch.busy(),
+        dispatch.late(),
         sched.stats().slow_polls
     );
     sched.shutdown(Duration::from_secs(2));
