@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-mod common;
+pub mod common;
 
 pub use common::lines::ServerStats;
 use common::lines::{Line, READ_CHUNK, read_line, refuse};

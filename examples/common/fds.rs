@@ -28,9 +28,8 @@ impl std::fmt::Display for FdBudget {
         if self.max_conns < self.requested {
             write!(
                 f,
-                " (asked for {}; the fd limit of {} leaves room for {} beside {} open and {} \
-                 kept in reserve)",
-                self.requested, self.soft, self.max_conns, self.open, RESERVED_FDS
+                ", lowered from {} to fit the fd limit of {}: {} open, {} kept in reserve",
+                self.requested, self.soft, self.open, RESERVED_FDS
             )?;
         }
         if self.soft != self.soft_before {

@@ -1,0 +1,230 @@
+//! The echo server as people deploy it, run as its own process (this test binary re-run with
+//! the server's arguments): SIGTERM stops it gracefully (every client reads `BYE`, exit 0), and
+//! under a soft fd limit of 1,024 with 1,100 clients every client is served or told
+//! `ERR server full`, none left waiting.
+
+#[allow(dead_code)]
+#[path = "../examples/echo_server.rs"]
+mod echo_server;
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Bound on any single wait in these tests.
+const LIMIT: Duration = Duration::from_secs(20);
+/// Set in a child's environment: the server's arguments.
+const CHILD_ARGS: &str = "OFFLOAD_TEST_ECHO_ARGS";
+
+/// The child's side: runs the server when this binary is started as a child, else nothing.
+#[test]
+fn child_echo_server() {
+    let Ok(args) = std::env::var(CHILD_ARGS) else {
+        return;
+    };
+    use clap::Parser;
+    echo_server::common::init_tracing("warn");
+    let args = echo_server::Args::parse_from(
+        std::iter::once("echo_server").chain(args.split_whitespace()),
+    );
+    let code = match echo_server::run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("echo server failed: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// A server process and what it printed.
+struct Server {
+    proc: std::process::Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts the server with `args`, under a soft and hard fd limit of `nofile` when given.
+    fn start(args: &str, nofile: Option<u64>) -> Server {
+        let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+        cmd.args(["--exact", "child_echo_server", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ARGS, args)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(n) = nofile {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: between fork and exec the closure only calls setrlimit, which is
+            // async-signal-safe, on a value it owns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut proc = cmd.spawn().expect("the server starts");
+        let out = proc.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut server = Server {
+            proc,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lines,
+        };
+        let first = server.wait_for("echo server on ");
+        let addr = first
+            .split("echo server on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("an address in {first:?}"));
+        server.addr = addr;
+        server
+    }
+
+    /// The first printed line (from now) that contains `what`.
+    fn wait_for(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("the server never printed {what:?}"),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let pid = libc::pid_t::try_from(self.proc.id()).expect("a pid fits");
+        // SAFETY: kill with a valid signal on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = self.proc.try_wait().expect("wait") {
+                let rest = self.lines.try_iter().collect();
+                return (status, rest);
+            }
+            if Instant::now() > deadline {
+                let _ = self.proc.kill();
+                panic!("the server did not exit within {LIMIT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+async fn client(addr: SocketAddr) -> (BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
+    let stream = tokio::time::timeout(LIMIT, TcpStream::connect(addr))
+        .await
+        .expect("connect within the limit")
+        .expect("connect");
+    let (rd, wr) = stream.into_split();
+    (BufReader::new(rd), wr)
+}
+
+async fn ask(
+    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    text: &str,
+) -> String {
+    let _ = wr.write_all(format!("{text}\n").as_bytes()).await;
+    let mut s = String::new();
+    let _ = tokio::time::timeout(LIMIT, rd.read_line(&mut s)).await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_sigterm_says_bye_and_exits_0() {
+    let server = Server::start("--addr 127.0.0.1:0", None);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let (mut rd, mut wr) = client(server.addr).await;
+        assert_eq!(ask(&mut rd, &mut wr, &format!("hi {i}")).await, format!("hi {i}\n"));
+        clients.push((rd, wr));
+    }
+    let (status, printed) = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("join");
+    for (rd, _) in &mut clients {
+        let mut s = String::new();
+        let _ = tokio::time::timeout(LIMIT, rd.read_line(&mut s)).await;
+        assert_eq!(s.trim_end(), "BYE server shutting down");
+    }
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+    let text = printed.join("\n");
+    assert!(text.contains("SIGTERM: shutting down"), "printed: {text}");
+    assert!(
+        !text.contains("CPU work"),
+        "the echo server has no CPU work to speak of: {text}"
+    );
+}
+
+/// Raises this process's soft fd limit to the hard one (the clients need 1,100 descriptors).
+fn raise_own_fd_limit() {
+    let (_, hard) = echo_server::common::fds::nofile_limit().expect("getrlimit");
+    echo_server::common::fds::set_nofile_soft(hard).expect("setrlimit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_under_1024_fds_every_refused_client_is_told_server_full() {
+    const CLIENTS: usize = 1_100;
+    raise_own_fd_limit();
+    let mut server = Server::start("--addr 127.0.0.1:0", Some(1024));
+    let _ = &mut server;
+    let addr = server.addr;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        tasks.spawn(async move {
+            let (mut rd, mut wr) = client(addr).await;
+            let got = ask(&mut rd, &mut wr, &format!("client {i}")).await;
+            let served = got == format!("client {i}\n");
+            // A served client keeps its connection until every client has its answer.
+            (got, served.then_some((rd, wr)))
+        });
+    }
+    let (mut served, mut refused, mut other) = (Vec::new(), 0usize, Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        let (got, conn) = r.expect("a client task");
+        if let Some(c) = conn {
+            served.push(c);
+        } else if got.starts_with("ERR server full") {
+            refused += 1;
+        } else {
+            other.push(got);
+        }
+    }
+    assert!(other.is_empty(), "{} clients got neither an echo nor ERR server full: {:?}", other.len(), &other[..other.len().min(5)]);
+    assert_eq!(served.len() + refused, CLIENTS);
+    assert!(refused >= CLIENTS - 1024, "{refused} refused, {} served", served.len());
+    let (status, printed) = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("join");
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+    let text = printed.join("\n");
+    assert!(
+        text.matches("out of descriptors; backing off").count() <= 1,
+        "EMFILE is logged once: {text}"
+    );
+    drop(served);
+}
