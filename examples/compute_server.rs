@@ -22,12 +22,13 @@
 //! - **one request in flight per connection**: a connection's next line is read once its reply
 //!   is written, so a client's share of the server is its number of connections, and a client
 //!   that pipelines waits in its own socket buffer;
-//! - **a bound on queued CPU work** (`--queue-bound`, default [`QUEUE_PER_WORKER`] × CPU
-//!   workers): at most that many requests wait for or run on the CPU pool; past it a request
-//!   that would go there is answered `ERR busy, retry` at once (load shedding) instead of
-//!   queueing for minutes behind a flood. A request the model predicts short runs inline under
-//!   `adaptive` and needs no place in the queue, so a flood of long requests does not hold up
-//!   the cheap ones of other clients;
+//! - **a bound on queued CPU work** (`--queue-ms`, default [`QUEUED_WORK_PER_WORKER`] per CPU
+//!   worker): the work waiting for or running on the CPU pool, each request counted at the
+//!   duration its call site's model predicts for its size, stays under the bound; past it a
+//!   request that would go there is answered `ERR busy, retry` at once (load shedding) instead
+//!   of queueing for minutes behind a flood. Cheap requests weigh next to nothing, so a flood
+//!   of long ones is shed while cheap ones still get in; under `adaptive` a request the model
+//!   predicts short runs inline and needs no place at all;
 //! - **a per-request deadline** (`--deadline-ms`): a pooled request not answered by then gets
 //!   `ERR deadline`, and its work is withdrawn if it has not started.
 //!
@@ -66,10 +67,15 @@ pub const MAX_PRIMES_N: u64 = 2_000_000;
 pub const MAX_HASH_BYTES: u64 = 64 << 20;
 /// Longest request line.
 pub const MAX_LINE: usize = 4096;
-/// Requests that may wait for or run on the CPU pool, per pool thread, before the server
-/// sheds load: two keeps every thread busy with the next request already queued, and bounds
-/// a request's wait to about two of the longest requests per thread.
-pub const QUEUE_PER_WORKER: usize = 2;
+/// Predicted CPU work that may wait for or run on the CPU pool, per pool thread, before the
+/// server sheds load: a request then waits about a second at most before it runs, which keeps
+/// every thread busy (a few of the longest requests are queued) and stays far under the
+/// [`DEFAULT_DEADLINE`].
+pub const QUEUED_WORK_PER_WORKER: Duration = Duration::from_secs(1);
+/// What a request counts for in the queue bound while its call site's model has no
+/// prediction for its size yet: a tenth of [`QUEUED_WORK_PER_WORKER`], so that the first
+/// requests of a new size get in while a burst of them does not.
+pub const UNKNOWN_COST: Duration = Duration::from_millis(100);
 /// Default per-request deadline: far above any valid request's own cost (about a second at
 /// most), so that it only fires on a server that is behind.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
@@ -176,8 +182,9 @@ pub fn hash_bytes(len: u64) -> u64 {
 /// How much CPU work the server accepts: the queue bound and the per-request deadline.
 #[derive(Debug, Clone, Copy)]
 pub struct Admission {
-    /// Requests that may wait for or run on the CPU pool at once; past it, `ERR busy, retry`.
-    pub queue_bound: usize,
+    /// Predicted CPU work that may wait for or run on the pool at once; past it,
+    /// `ERR busy, retry`.
+    pub queued_work: Duration,
     /// The longest a pooled request may take, queueing included, before `ERR deadline`.
     pub deadline: Duration,
 }
@@ -185,10 +192,18 @@ pub struct Admission {
 impl Admission {
     /// The defaults for a pool of `workers` threads.
     pub fn for_workers(workers: usize) -> Self {
+        let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
         Admission {
-            queue_bound: QUEUE_PER_WORKER * workers.max(1),
+            queued_work: QUEUED_WORK_PER_WORKER.saturating_mul(workers),
             deadline: DEFAULT_DEADLINE,
         }
+    }
+
+    /// The bound in the queue's unit (µs), within what a semaphore holds.
+    fn capacity_us(&self) -> u32 {
+        u32::try_from(self.queued_work.as_micros())
+            .unwrap_or(u32::MAX >> 4)
+            .clamp(1, u32::MAX >> 4)
     }
 }
 
@@ -215,6 +230,14 @@ pub struct Dispatch {
     threads: AtomicU64,
     busy: AtomicU64,
     late: AtomicU64,
+    /// The sites' counts when this dispatcher was made (a scheduler's sites outlive it).
+    sites_before: (u64, u64),
+}
+
+/// Calls the two sites placed inline and on threads, in all.
+fn site_counts(primes: &CallSite, hash: &CallSite) -> (u64, u64) {
+    let (p, h) = (primes.stats(), hash.stats());
+    (p.inline + h.inline, p.threads + h.threads)
 }
 
 impl Dispatch {
@@ -226,12 +249,14 @@ impl Dispatch {
 
     /// A dispatcher for `policy` on `sched` that accepts CPU work as `admission` says.
     pub fn with_admission(sched: Scheduler, policy: Policy, admission: Admission) -> Self {
+        let (primes, hash) = (sched.site("primes"), sched.site("hash"));
         Dispatch {
-            primes: sched.site("primes"),
-            hash: sched.site("hash"),
+            sites_before: site_counts(&primes, &hash),
+            primes,
+            hash,
             sched,
             policy,
-            queue: Arc::new(Semaphore::new(admission.queue_bound)),
+            queue: Arc::new(Semaphore::new(admission.capacity_us() as usize)),
             admission,
             inline: AtomicU64::new(0),
             threads: AtomicU64::new(0),
@@ -250,9 +275,17 @@ impl Dispatch {
         self.late.load(Ordering::Relaxed)
     }
 
-    /// A place in the CPU queue, or `None` when it is full.
-    fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        self.queue.clone().try_acquire_owned().ok()
+    /// A place in the CPU queue for a call of `size` at `site`, weighed by what its model
+    /// predicts (at least 1 µs, at most the whole bound), or `Busy` when the queue has no room.
+    fn admit(&self, site: &CallSite, size: u64) -> Result<OwnedSemaphorePermit, Failed> {
+        let cost = site.prediction(Some(size)).unwrap_or(UNKNOWN_COST);
+        let weight = u32::try_from(cost.as_micros())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.admission.capacity_us());
+        self.queue
+            .clone()
+            .try_acquire_many_owned(weight)
+            .map_err(|_| Failed::Busy)
     }
 
     /// The policy.
@@ -264,8 +297,8 @@ impl Dispatch {
     pub fn tier_counts(&self) -> BTreeMap<String, u64> {
         let (inline, threads) = match self.policy {
             Policy::Adaptive => {
-                let (p, h) = (self.primes.stats(), self.hash.stats());
-                (p.inline + h.inline, p.threads + h.threads)
+                let (i, t) = site_counts(&self.primes, &self.hash);
+                (i - self.sites_before.0, t - self.sites_before.1)
             }
             _ => (
                 self.inline.load(Ordering::Relaxed),
@@ -295,17 +328,16 @@ impl Dispatch {
                 return Ok(work());
             }
             Policy::Offload => {
-                let permit = self.admit().ok_or(Failed::Busy)?;
+                let permit = self.admit(site, size)?;
                 self.threads.fetch_add(1, Ordering::Relaxed);
                 let job = move || {
                     let _permit = permit;
                     work()
                 };
-                let within = async {
-                    let handle = self.sched.executor().submit_named(site.key(), job).await?;
-                    handle.await
-                };
-                tokio::time::timeout(self.admission.deadline, within).await
+                // Off-core always (the probe says "long"); through the site, so that its
+                // model learns the cost that the queue bound weighs the next call by.
+                let call = site.sized(size).probe(|| true).call(job);
+                tokio::time::timeout(self.admission.deadline, call).await
             }
             Policy::Adaptive => {
                 // A call the model predicts short runs here, as predicted, and needs no place
@@ -313,10 +345,15 @@ impl Dispatch {
                 // behind the long work of whoever floods the server.
                 let budget = offload::placement::INLINE_BUDGET;
                 if let Some(pred) = site.prediction(Some(size)).filter(|p| *p <= budget) {
-                    return site.sized(size).expect(pred).call(work).await.map_err(Failed::Offload);
+                    return site
+                        .sized(size)
+                        .expect(pred)
+                        .call(work)
+                        .await
+                        .map_err(Failed::Offload);
                 }
                 // The library decides per call, from what it learned of this site and size.
-                let permit = self.admit().ok_or(Failed::Busy)?;
+                let permit = self.admit(site, size)?;
                 let job = move || {
                     let _permit = permit;
                     work()
@@ -324,7 +361,9 @@ impl Dispatch {
                 tokio::time::timeout(self.admission.deadline, site.sized(size).call(job)).await
             }
         };
-        pooled.map_err(|_| Failed::Deadline)?.map_err(Failed::Offload)
+        pooled
+            .map_err(|_| Failed::Deadline)?
+            .map_err(Failed::Offload)
     }
 
     /// The reply for a request that got no value.
@@ -332,7 +371,10 @@ impl Dispatch {
         match f {
             Failed::Busy => {
                 self.busy.fetch_add(1, Ordering::Relaxed);
-                format!("{BUSY}: {} requests queued", self.admission.queue_bound)
+                format!(
+                    "{BUSY}: {} ms of CPU work queued",
+                    self.admission.queued_work.as_millis()
+                )
             }
             Failed::Deadline => {
                 self.late.fetch_add(1, Ordering::Relaxed);
@@ -537,10 +579,10 @@ pub struct Args {
     /// Connections served at once (lowered at start to what the fd limit leaves room for).
     #[arg(long, default_value_t = 1024)]
     max_conns: usize,
-    /// Requests that may wait for or run on the CPU pool; past it, `ERR busy, retry`
-    /// (default: 2 per CPU thread).
+    /// Predicted CPU work, in milliseconds, that may wait for or run on the CPU pool; past it,
+    /// `ERR busy, retry` (default: 1,000 per CPU thread).
     #[arg(long)]
-    queue_bound: Option<usize>,
+    queue_ms: Option<u64>,
     /// The longest a pooled request may take, in milliseconds, before `ERR deadline`.
     #[arg(long, default_value_t = DEFAULT_DEADLINE.as_millis() as u64)]
     deadline_ms: u64,
@@ -569,8 +611,8 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let sched = builder.build()?;
     let mut admission = Admission::for_workers(sched.executor().workers());
     admission.deadline = Duration::from_millis(args.deadline_ms);
-    if let Some(b) = args.queue_bound {
-        admission.queue_bound = b.max(1);
+    if let Some(ms) = args.queue_ms {
+        admission.queued_work = Duration::from_millis(ms.max(1));
     }
     let dispatch = Arc::new(Dispatch::with_admission(
         sched.clone(),
@@ -595,9 +637,9 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         println!(
-            "compute server on {local}, policy {}, {fds}, CPU queue bound {}, deadline {} ms",
+            "compute server on {local}, policy {}, {fds}, CPU queue bound {} ms, deadline {} ms",
             args.policy.name(),
-            admission.queue_bound,
+            admission.queued_work.as_millis(),
             admission.deadline.as_millis()
         );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

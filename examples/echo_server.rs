@@ -257,8 +257,13 @@ async fn self_test(
                     .await
                     .map_err(|e| format!("client {c}: read: {e}"))?;
                 if got != *line {
-                    let show = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(80)]).into_owned();
-                    return Err(format!("client {c}: sent {:?}, got {:?}", show(line), show(&got)));
+                    let show =
+                        |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(80)]).into_owned();
+                    return Err(format!(
+                        "client {c}: sent {:?}, got {:?}",
+                        show(line),
+                        show(&got)
+                    ));
                 }
             }
             Ok::<usize, String>(sent.len())

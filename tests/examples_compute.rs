@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use compute_server::{Admission, ComputeConfig, Dispatch, Policy, ServerStats};
@@ -199,13 +199,13 @@ async fn ask(c: &mut Conn, req: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compute_flood_gets_busy_and_others_cheap_requests_stay_fast() {
     const FLOOD: &str = "primes 2000000";
-    const CHEAP: &str = "primes 300";
+    const CHEAP: &str = "primes 100";
     let sched = Scheduler::builder()
         .cpu_workers(1)
         .attach()
         .expect("in a runtime");
     let admission = Admission {
-        queue_bound: 2,
+        queued_work: Duration::from_millis(1000),
         deadline: Duration::from_secs(20),
     };
     let dispatch = Arc::new(Dispatch::with_admission(
@@ -214,7 +214,7 @@ async fn compute_flood_gets_busy_and_others_cheap_requests_stay_fast() {
         admission,
     ));
     let (addr, stop, server) = start(dispatch.clone(), &sched).await;
-    let cheap_want = compute_server::sum_primes(300).to_string();
+    let cheap_want = compute_server::sum_primes(100).to_string();
     let flood_want = "142913828922".to_string();
 
     // The model learns both sizes before the flood.
@@ -222,6 +222,7 @@ async fn compute_flood_gets_busy_and_others_cheap_requests_stay_fast() {
     for _ in 0..64 {
         assert_eq!(ask(&mut cheap, CHEAP).await, cheap_want);
     }
+    assert_eq!(ask(&mut cheap, FLOOD).await, flood_want);
 
     let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut flood = tokio::task::JoinSet::new();
@@ -249,7 +250,11 @@ async fn compute_flood_gets_busy_and_others_cheap_requests_stay_fast() {
     let t0 = std::time::Instant::now();
     while t0.elapsed() < Duration::from_millis(1500) {
         let t = std::time::Instant::now();
-        assert_eq!(ask(&mut cheap, CHEAP).await, cheap_want, "a cheap request is never shed");
+        assert_eq!(
+            ask(&mut cheap, CHEAP).await,
+            cheap_want,
+            "a cheap request is never shed"
+        );
         took.push(t.elapsed());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -281,7 +286,7 @@ async fn compute_pooled_request_past_its_deadline_gets_err_deadline() {
         .attach()
         .expect("in a runtime");
     let admission = Admission {
-        queue_bound: 8,
+        queued_work: Duration::from_secs(60),
         deadline: Duration::from_millis(30),
     };
     let dispatch = Arc::new(Dispatch::with_admission(
@@ -303,7 +308,10 @@ async fn compute_pooled_request_past_its_deadline_gets_err_deadline() {
             assert_eq!(got, compute_server::sum_primes(300_000).to_string());
         }
     }
-    assert!(late >= 1, "three 100 ms requests on one thread cannot all end in 30 ms");
+    assert!(
+        late >= 1,
+        "three 100 ms requests on one thread cannot all end in 30 ms"
+    );
     assert_eq!(dispatch.late(), late);
     let _ = stop.send(());
     server.await.expect("listener");
@@ -348,13 +356,18 @@ impl Server {
     /// Starts the server with `args`, under a soft and hard fd limit of `nofile` when given.
     fn start(args: &str, nofile: Option<u64>) -> Server {
         let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
-        cmd.args(["--exact", "child_compute_server", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ARGS, args)
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--exact",
+            "child_compute_server",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ARGS, args)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         if let Some(n) = nofile {
             let lim = libc::rlimit {
                 rlim_cur: n,
@@ -442,18 +455,23 @@ async fn compute_sigterm_answers_requests_in_flight_then_says_bye_and_exits_0() 
     assert_eq!(ask(&mut idle, "echo hi").await, "hi");
     let mut busy = connect(server.addr).await;
     // About half a second of work in a debug build: still running when SIGTERM comes.
-    busy.1
-        .write_all(b"primes 2000000\n")
-        .await
-        .expect("write");
+    busy.1.write_all(b"primes 2000000\n").await.expect("write");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, printed) = tokio::task::spawn_blocking(move || server.terminate())
         .await
         .expect("join");
-    assert_eq!(read(&mut busy).await, "142913828922", "the request in flight is answered");
+    assert_eq!(
+        read(&mut busy).await,
+        "142913828922",
+        "the request in flight is answered"
+    );
     assert_eq!(read(&mut busy).await, "BYE server shutting down");
     assert_eq!(read(&mut idle).await, "BYE server shutting down");
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
     let text = printed.join("\n");
     assert!(text.contains("SIGTERM: shutting down"), "printed: {text}");
 }

@@ -315,7 +315,10 @@ async fn echo_line_limit_does_not_count_the_terminator() {
         let mut sent = vec![b'z'; MAX];
         sent.extend_from_slice(end);
         let got = echo_bytes(srv.addr, &sent).await;
-        assert!(got == sent, "a {MAX}-byte line ended by {end:?} comes back whole");
+        assert!(
+            got == sent,
+            "a {MAX}-byte line ended by {end:?} comes back whole"
+        );
     }
     // One byte more is refused, whatever ends it.
     let stream = TcpStream::connect(srv.addr).await.expect("connect");

@@ -54,13 +54,18 @@ impl Server {
     /// Starts the server with `args`, under a soft and hard fd limit of `nofile` when given.
     fn start(args: &str, nofile: Option<u64>) -> Server {
         let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
-        cmd.args(["--exact", "child_echo_server", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ARGS, args)
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--exact",
+            "child_echo_server",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ARGS, args)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         if let Some(n) = nofile {
             let lim = libc::rlimit {
                 rlim_cur: n,
@@ -134,7 +139,12 @@ impl Server {
     }
 }
 
-async fn client(addr: SocketAddr) -> (BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
+async fn client(
+    addr: SocketAddr,
+) -> (
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
     let stream = tokio::time::timeout(LIMIT, TcpStream::connect(addr))
         .await
         .expect("connect within the limit")
@@ -160,7 +170,10 @@ async fn echo_sigterm_says_bye_and_exits_0() {
     let mut clients = Vec::new();
     for i in 0..3 {
         let (mut rd, mut wr) = client(server.addr).await;
-        assert_eq!(ask(&mut rd, &mut wr, &format!("hi {i}")).await, format!("hi {i}\n"));
+        assert_eq!(
+            ask(&mut rd, &mut wr, &format!("hi {i}")).await,
+            format!("hi {i}\n")
+        );
         clients.push((rd, wr));
     }
     let (status, printed) = tokio::task::spawn_blocking(move || server.terminate())
@@ -171,7 +184,11 @@ async fn echo_sigterm_says_bye_and_exits_0() {
         let _ = tokio::time::timeout(LIMIT, rd.read_line(&mut s)).await;
         assert_eq!(s.trim_end(), "BYE server shutting down");
     }
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
     let text = printed.join("\n");
     assert!(text.contains("SIGTERM: shutting down"), "printed: {text}");
     assert!(
@@ -214,13 +231,26 @@ async fn echo_under_1024_fds_every_refused_client_is_told_server_full() {
             other.push(got);
         }
     }
-    assert!(other.is_empty(), "{} clients got neither an echo nor ERR server full: {:?}", other.len(), &other[..other.len().min(5)]);
+    assert!(
+        other.is_empty(),
+        "{} clients got neither an echo nor ERR server full: {:?}",
+        other.len(),
+        &other[..other.len().min(5)]
+    );
     assert_eq!(served.len() + refused, CLIENTS);
-    assert!(refused >= CLIENTS - 1024, "{refused} refused, {} served", served.len());
+    assert!(
+        refused >= CLIENTS - 1024,
+        "{refused} refused, {} served",
+        served.len()
+    );
     let (status, printed) = tokio::task::spawn_blocking(move || server.terminate())
         .await
         .expect("join");
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
     let text = printed.join("\n");
     assert!(
         text.matches("out of descriptors; backing off").count() <= 1,

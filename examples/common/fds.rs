@@ -33,7 +33,11 @@ impl std::fmt::Display for FdBudget {
             )?;
         }
         if self.soft != self.soft_before {
-            write!(f, "; fd limit raised from {} to {}", self.soft_before, self.soft)?;
+            write!(
+                f,
+                "; fd limit raised from {} to {}",
+                self.soft_before, self.soft
+            )?;
         }
         Ok(())
     }
