@@ -208,7 +208,8 @@ impl Admission {
 }
 
 /// Why a request got no value.
-enum Failed {
+#[derive(Debug)]
+pub enum Failed {
     /// Shed: the CPU queue is full.
     Busy,
     /// Not answered within the deadline.
@@ -220,7 +221,6 @@ enum Failed {
 /// Runs request work under a policy: the one place where the policy matters.
 #[derive(Debug)]
 pub struct Dispatch {
-    sched: Scheduler,
     policy: Policy,
     admission: Admission,
     queue: Arc<Semaphore>,
@@ -254,7 +254,6 @@ impl Dispatch {
             sites_before: site_counts(&primes, &hash),
             primes,
             hash,
-            sched,
             policy,
             queue: Arc::new(Semaphore::new(admission.capacity_us() as usize)),
             admission,
@@ -366,8 +365,9 @@ impl Dispatch {
             .map_err(Failed::Offload)
     }
 
-    /// The reply for a request that got no value.
-    fn failed(&self, f: Failed) -> String {
+    /// The reply text for a request that got no value (counted in [`busy`](Self::busy) or
+    /// [`late`](Self::late)).
+    pub fn failed(&self, f: Failed) -> String {
         match f {
             Failed::Busy => {
                 self.busy.fetch_add(1, Ordering::Relaxed);
@@ -387,21 +387,26 @@ impl Dispatch {
         }
     }
 
+    /// The value of a parsed request, as the reply's text.
+    pub async fn compute(&self, req: Request) -> Result<String, Failed> {
+        match req {
+            Request::Echo(text) => Ok(text),
+            Request::Primes(n) => self
+                .run(&self.primes, n, move || sum_primes(n))
+                .await
+                .map(|v| v.to_string()),
+            Request::Hash(n) => self
+                .run(&self.hash, n, move || hash_bytes(n))
+                .await
+                .map(|v| format!("{v:016x}")),
+        }
+    }
+
     /// Answers one request line (its terminator, if any, is ignored).
     pub async fn answer(&self, line: &[u8]) -> String {
         match parse(common::lines::content(line)) {
             Err(e) => e,
-            Ok(Request::Echo(text)) => text,
-            Ok(Request::Primes(n)) => {
-                match self.run(&self.primes, n, move || sum_primes(n)).await {
-                    Ok(v) => v.to_string(),
-                    Err(f) => self.failed(f),
-                }
-            }
-            Ok(Request::Hash(n)) => match self.run(&self.hash, n, move || hash_bytes(n)).await {
-                Ok(v) => format!("{v:016x}"),
-                Err(f) => self.failed(f),
-            },
+            Ok(req) => self.compute(req).await.unwrap_or_else(|f| self.failed(f)),
         }
     }
 }
