@@ -79,6 +79,19 @@ pub const UNKNOWN_COST: Duration = Duration::from_millis(100);
 /// Default per-request deadline: far above any valid request's own cost (about a second at
 /// most), so that it only fires on a server that is behind.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+/// Under `adaptive`, while the CPU pool is behind (more than half the queue bound in use), a
+/// call predicted under this runs inline rather than wait behind that work: the pool's queue is
+/// first come, first served, so a call of 100 µs sent there would wait for long requests to
+/// finish (up to a second). One millisecond is 20 inline budgets, less than one time slice of
+/// the kernel's scheduler.
+pub const SHORT_UNDER_LOAD: Duration = Duration::from_millis(1);
+/// The share of the queue bound kept for requests predicted under [`RESERVED_COST`]: long
+/// requests fill the rest, so cheap ones still get in under a flood of long ones (and a cheap
+/// request whose model was thrown off by one slow timing still runs, and puts it right).
+pub const RESERVED_SHARE: u32 = 10;
+/// Requests predicted under this may use the reserved share of the queue bound: ten of them
+/// fill a reserve of 100 ms.
+pub const RESERVED_COST: Duration = Duration::from_millis(10);
 /// The reply to a request shed by the queue bound.
 pub const BUSY: &str = "ERR busy, retry";
 
@@ -199,6 +212,11 @@ impl Admission {
         }
     }
 
+    /// The reserved share of the bound, in µs.
+    fn reserve_us(&self) -> u32 {
+        self.capacity_us() / RESERVED_SHARE
+    }
+
     /// The bound in the queue's unit (µs), within what a semaphore holds.
     fn capacity_us(&self) -> u32 {
         u32::try_from(self.queued_work.as_micros())
@@ -223,7 +241,10 @@ pub enum Failed {
 pub struct Dispatch {
     policy: Policy,
     admission: Admission,
+    /// The queue bound less the reserve, for every request.
     queue: Arc<Semaphore>,
+    /// The reserve, for requests predicted under [`RESERVED_COST`].
+    reserve: Arc<Semaphore>,
     primes: CallSite,
     hash: CallSite,
     inline: AtomicU64,
@@ -255,7 +276,10 @@ impl Dispatch {
             primes,
             hash,
             policy,
-            queue: Arc::new(Semaphore::new(admission.capacity_us() as usize)),
+            queue: Arc::new(Semaphore::new(
+                (admission.capacity_us() - admission.reserve_us()) as usize,
+            )),
+            reserve: Arc::new(Semaphore::new(admission.reserve_us() as usize)),
             admission,
             inline: AtomicU64::new(0),
             threads: AtomicU64::new(0),
@@ -275,16 +299,24 @@ impl Dispatch {
     }
 
     /// A place in the CPU queue for a call of `size` at `site`, weighed by what its model
-    /// predicts (at least 1 µs, at most the whole bound), or `Busy` when the queue has no room.
+    /// predicts (at least 1 µs, at most the bound less the reserve), or `Busy` when the queue
+    /// has no room. A call predicted under [`RESERVED_COST`] may also take a place in the
+    /// reserve.
     fn admit(&self, site: &CallSite, size: u64) -> Result<OwnedSemaphorePermit, Failed> {
         let cost = site.prediction(Some(size)).unwrap_or(UNKNOWN_COST);
+        let a = &self.admission;
         let weight = u32::try_from(cost.as_micros())
             .unwrap_or(u32::MAX)
-            .clamp(1, self.admission.capacity_us());
-        self.queue
-            .clone()
-            .try_acquire_many_owned(weight)
-            .map_err(|_| Failed::Busy)
+            .clamp(1, (a.capacity_us() - a.reserve_us()).max(1));
+        if let Ok(p) = self.queue.clone().try_acquire_many_owned(weight) {
+            return Ok(p);
+        }
+        if cost <= RESERVED_COST
+            && let Ok(p) = self.reserve.clone().try_acquire_many_owned(weight)
+        {
+            return Ok(p);
+        }
+        Err(Failed::Busy)
     }
 
     /// The policy.
@@ -341,9 +373,17 @@ impl Dispatch {
             Policy::Adaptive => {
                 // A call the model predicts short runs here, as predicted, and needs no place
                 // in the queue. It is not explored on the pool either: there it would wait
-                // behind the long work of whoever floods the server.
-                let budget = offload::placement::INLINE_BUDGET;
-                if let Some(pred) = site.prediction(Some(size)).filter(|p| *p <= budget) {
+                // behind the long work of whoever floods the server. While the pool is behind,
+                // "short" stretches to SHORT_UNDER_LOAD for the same reason.
+                let a = &self.admission;
+                let half = (a.capacity_us() - a.reserve_us()) as usize / 2;
+                let loaded = self.queue.available_permits() < half;
+                let short = if loaded {
+                    SHORT_UNDER_LOAD
+                } else {
+                    offload::placement::INLINE_BUDGET
+                };
+                if let Some(pred) = site.prediction(Some(size)).filter(|p| *p <= short) {
                     return site
                         .sized(size)
                         .expect(pred)
