@@ -743,7 +743,8 @@ fn flood_round(
         if let Some((mut rd, mut wr)) = connect(addr).await {
             let mut reply = String::new();
             let asked = tokio::time::timeout(REPLY_TIMEOUT, async {
-                wr.write_all(format!("{FLOOD_REQUEST}\n").as_bytes()).await?;
+                wr.write_all(format!("{FLOOD_REQUEST}\n").as_bytes())
+                    .await?;
                 rd.read_line(&mut reply).await
             })
             .await;
@@ -826,7 +827,8 @@ async fn cheap_client(
         let sent_in = load.phase();
         reply.clear();
         let ok = tokio::time::timeout(REPLY_TIMEOUT, async {
-            wr.write_all(format!("{CHEAP_REQUEST}\n").as_bytes()).await?;
+            wr.write_all(format!("{CHEAP_REQUEST}\n").as_bytes())
+                .await?;
             rd.read_line(&mut reply).await
         })
         .await;
@@ -867,7 +869,8 @@ async fn flood_client(addr: SocketAddr, want: Arc<str>, load: Arc<FloodLoad>) {
     while load.flooding.load(Ordering::Acquire) {
         reply.clear();
         let ok = tokio::time::timeout(REPLY_TIMEOUT, async {
-            wr.write_all(format!("{FLOOD_REQUEST}\n").as_bytes()).await?;
+            wr.write_all(format!("{FLOOD_REQUEST}\n").as_bytes())
+                .await?;
             rd.read_line(&mut reply).await
         })
         .await;

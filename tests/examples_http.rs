@@ -110,7 +110,10 @@ async fn http_every_route_answers_under_every_policy() {
         assert!(body.contains("/primes?n=N"), "{body}");
         let (s, body, _) = get(&client, addr, "/stats").await;
         assert_eq!(s, 200);
-        assert!(body.starts_with(&format!("policy {}", policy.name())), "{body}");
+        assert!(
+            body.starts_with(&format!("policy {}", policy.name())),
+            "{body}"
+        );
         let (s, body, _) = get(&client, addr, "/primes?n=99999999999").await;
         assert_eq!(s, 400, "{body}");
         assert!(body.contains("at most"), "{body}");
@@ -311,7 +314,11 @@ async fn http_sigterm_stops_the_service_exit_0() {
         .expect("join");
     let (s, body, _) = slow.await.expect("the slow request");
     assert_eq!((s, body.as_str()), (200, "142913828922"));
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
     let text = printed.join("\n");
     assert!(text.contains("SIGTERM: shutting down"), "printed: {text}");
 }

@@ -87,7 +87,13 @@ fn showcase_flood_phase_sheds_the_flood_and_writes_flood_json() {
     let text = std::fs::read_to_string(out.join("flood.json")).expect("flood.json written");
     let json: serde_json::Value = serde_json::from_str(&text).expect("flood.json is JSON");
     for r in json.as_array().expect("a list of objects") {
-        for field in ["calm_p99_us", "flood_p99_us", "flood_served", "flood_busy", "cheap_shed"] {
+        for field in [
+            "calm_p99_us",
+            "flood_p99_us",
+            "flood_served",
+            "flood_busy",
+            "cheap_shed",
+        ] {
             assert!(r[field].is_u64(), "{field} in {r}");
         }
     }
