@@ -153,6 +153,31 @@ impl Executor {
         self.submit_inner(None, f).await
     }
 
+    /// Submits `f` and waits for its outcome: `submit(f).await?.await` in one step, for the
+    /// common case where the caller waits anyway.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let pool = offload::Executor::threads(1)?;
+    /// let n = pool.run(|| (1..=20u64).sum::<u64>()).await?;
+    /// assert_eq!(n, 210);
+    /// # pool.shutdown(offload::ShutdownMode::Drain).await;
+    /// # Ok::<(), offload::Error>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes drops the handle, which withdraws the task if it
+    /// has not started.
+    pub async fn run<F, T>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_inner(None, f).await?.await
+    }
+
     /// As [`submit`](Self::submit), naming the task (the name shows in errors and logs).
     pub async fn submit_named<F, T>(
         &self,

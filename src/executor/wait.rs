@@ -35,7 +35,7 @@ fn satisfied<T>(handles: &[TaskHandle<T>], mode: WaitMode) -> bool {
     match mode {
         WaitMode::FirstCompleted => finished > 0 || handles.is_empty(),
         WaitMode::AllCompleted => finished == handles.len(),
-        WaitMode::FirstError => finished == handles.len() || handles.iter().any(|h| h.is_err()),
+        WaitMode::FirstError => finished == handles.len() || handles.iter().any(|h| h.is_failure()),
     }
 }
 
@@ -65,7 +65,7 @@ pub async fn wait<T>(
             // Stop early, so that FirstCompleted does not run further lazy (inline) tasks.
             let enough = match mode {
                 WaitMode::FirstCompleted => h.is_finished(),
-                WaitMode::FirstError => h.is_err(),
+                WaitMode::FirstError => h.is_failure(),
                 WaitMode::AllCompleted => false,
             };
             if enough {

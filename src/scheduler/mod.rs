@@ -272,7 +272,10 @@ impl Scheduler {
     ///
     /// # Panics
     ///
-    /// As tokio's `Handle::block_on`: when called from inside an async context.
+    /// When called from inside an async context (a task, `#[tokio::main]`): a thread of a
+    /// runtime cannot block on another future. There, `.await` the future instead, and build
+    /// the scheduler with [`SchedulerBuilder::attach`] to run on the runtime you are in.
+    #[track_caller]
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
         self.inner.handle.block_on(fut)
     }
@@ -390,7 +393,9 @@ impl Scheduler {
     ///
     /// # Panics
     ///
-    /// When called from inside an async context (use `close` there).
+    /// When called from inside an async context (a tokio task, `#[tokio::main]`): use
+    /// [`close`](Self::close)`.await` there. The panic names the caller's line.
+    #[track_caller]
     pub fn shutdown(self, deadline: Duration) {
         let started = Instant::now();
         self.inner.handle.block_on(self.close(deadline));
