@@ -160,6 +160,19 @@ impl SchedulerBuilder {
     }
 
     /// Builds a scheduler on the runtime this code already runs in (inside `#[tokio::main]`).
+    /// The runtime keeps its own threads (tokio's default: one per core); the scheduler adds
+    /// its CPU workers beside them. Shut it down with [`Scheduler::close`]`.await`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+    /// let sched = offload::Scheduler::builder().attach()?;
+    /// assert!(!sched.owns_runtime());
+    /// let h = sched.executor().submit(|| 2 + 2).await?;
+    /// assert_eq!(h.await?, 4);
+    /// sched.close(std::time::Duration::from_secs(1)).await;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
     pub fn attach(&self) -> Result<Scheduler, BuildError> {
         let handle = Handle::try_current().map_err(|_| {
             BuildError::invalid("attach() must be called inside a tokio runtime; use build()")
@@ -239,6 +252,30 @@ impl fmt::Debug for Scheduler {
 
 impl Scheduler {
     /// Settings for a new scheduler.
+    ///
+    /// From sync code, [`build`](SchedulerBuilder::build) owns a runtime:
+    ///
+    /// ```
+    /// let sched = offload::Scheduler::builder().io_threads(2).build()?;
+    /// let n = sched.block_on(async { sched.site("sum").call(|| (1..=10u32).sum::<u32>()).await })?;
+    /// assert_eq!(n, 55);
+    /// sched.shutdown(std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Inside `#[tokio::main]`, [`attach`](SchedulerBuilder::attach) runs on that runtime
+    /// (a runtime cannot own or block on another from inside one):
+    ///
+    /// ```
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let sched = offload::Scheduler::builder().attach()?;
+    ///     let n = sched.site("sum").call(|| (1..=10u32).sum::<u32>()).await?;
+    ///     assert_eq!(n, 55);
+    ///     sched.close(std::time::Duration::from_secs(1)).await;
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn builder() -> SchedulerBuilder {
         SchedulerBuilder::default()
     }
