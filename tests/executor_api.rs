@@ -122,3 +122,28 @@ fn a_build_error_converts_into_an_error() {
     let e = build().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Usage, "{e}");
 }
+
+#[test]
+fn shutdown_timeout_escalates_past_its_limit_and_fails_what_is_queued() {
+    let pool = common::pool("api-stop", 1, 8);
+    let gate = common::Gate::default();
+    let g = gate.clone();
+    let running = pool.submit_blocking(move || g.wait()).unwrap();
+    assert!(common::eventually(|| running.is_running()));
+    let queued = pool.submit_blocking(|| 1).unwrap();
+    let clean = pool.shutdown_timeout_blocking(ShutdownMode::Drain, Duration::from_millis(100));
+    assert!(
+        !clean,
+        "a drain held up by a running task cannot finish within the limit"
+    );
+    let e = queued.blocking_wait().unwrap_err();
+    assert!(e.is_shut_down(), "{e}");
+    gate.open();
+    running.blocking_wait().unwrap();
+    assert!(common::threads_gone("api-stop"));
+    // Within its limit, a drain is clean.
+    let pool = common::pool("api-stop2", 1, 8);
+    let h = pool.submit_blocking(|| 2).unwrap();
+    assert!(pool.shutdown_timeout_blocking(ShutdownMode::Drain, Duration::from_secs(10)));
+    assert_eq!(h.blocking_wait().unwrap(), 2);
+}
