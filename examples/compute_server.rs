@@ -311,12 +311,13 @@ impl Dispatch {
         if let Ok(p) = self.queue.clone().try_acquire_many_owned(weight) {
             return Ok(p);
         }
-        if cost <= RESERVED_COST
-            && let Ok(p) = self.reserve.clone().try_acquire_many_owned(weight)
-        {
-            return Ok(p);
+        if cost > RESERVED_COST {
+            return Err(Failed::Busy);
         }
-        Err(Failed::Busy)
+        self.reserve
+            .clone()
+            .try_acquire_many_owned(weight)
+            .map_err(|_| Failed::Busy)
     }
 
     /// The policy.
