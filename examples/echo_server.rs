@@ -104,8 +104,8 @@ pub async fn serve(
         tracing::info!("all clients closed");
     } else {
         tracing::warn!(
-            open = stats.active.load(Ordering::Relaxed),
-            "grace period over with clients still open"
+            grace_ms = cfg.shutdown_grace.as_millis() as u64,
+            "grace period over: the clients still open were disconnected"
         );
     }
 }

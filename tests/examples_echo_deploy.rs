@@ -1,5 +1,6 @@
 //! The echo server as people deploy it, run as its own process (this test binary re-run with
-//! the server's arguments): SIGTERM stops it gracefully (every client reads `BYE`, exit 0), and
+//! the server's arguments): SIGTERM stops it gracefully (every client reads `BYE`, a client
+//! that never reads is dropped after the grace period, exit 0, and no word of CPU work), and
 //! under a soft fd limit of 1,024 with 1,100 clients every client is served or told
 //! `ERR server full`, none left waiting.
 
@@ -176,6 +177,18 @@ async fn echo_sigterm_says_bye_and_exits_0() {
         );
         clients.push((rd, wr));
     }
+    // A client that sends and never reads: its handler is stuck writing the echo back when
+    // SIGTERM comes, and is stopped after the grace period.
+    let (_never_read, mut wr) = client(server.addr).await;
+    let flooder = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        let line = [&chunk[..], b"\n"].concat();
+        while tokio::time::timeout(LIMIT, wr.write_all(&line))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {}
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, printed) = tokio::task::spawn_blocking(move || server.terminate())
         .await
         .expect("join");
@@ -195,6 +208,7 @@ async fn echo_sigterm_says_bye_and_exits_0() {
         !text.contains("CPU work"),
         "the echo server has no CPU work to speak of: {text}"
     );
+    flooder.abort();
 }
 
 /// Raises this process's soft fd limit to the hard one (the clients need 1,100 descriptors).
