@@ -8,16 +8,14 @@
 #[path = "../examples/compute_server.rs"]
 mod compute_server;
 
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+mod examples_support;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use compute_server::{Admission, ComputeConfig, Dispatch, Policy, ServerStats};
+use examples_support::{ChildServer, LIMIT};
 use offload::Scheduler;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -318,127 +316,29 @@ async fn compute_pooled_request_past_its_deadline_gets_err_deadline() {
     sched.close(Duration::from_secs(5)).await;
 }
 
-/// Bound on any single wait of the process tests.
-const LIMIT: Duration = Duration::from_secs(20);
-
 /// Set in a child's environment: the server's arguments.
 const CHILD_ARGS: &str = "OFFLOAD_TEST_COMPUTE_ARGS";
 
 /// The child's side: runs the server when this binary is started as a child, else nothing.
 #[test]
 fn child_compute_server() {
-    let Ok(args) = std::env::var(CHILD_ARGS) else {
+    let Some(args) = examples_support::child_args(CHILD_ARGS, "compute_server") else {
         return;
     };
     use clap::Parser;
     compute_server::common::init_tracing("warn");
-    let args = compute_server::Args::parse_from(
-        std::iter::once("compute_server").chain(args.split_whitespace()),
-    );
-    let code = match compute_server::run(args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("compute server failed: {e}");
-            1
-        }
-    };
-    std::process::exit(code);
+    examples_support::exit_with(compute_server::run(compute_server::Args::parse_from(args)));
 }
 
-/// A server process and what it printed.
-struct Server {
-    proc: std::process::Child,
-    addr: SocketAddr,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Server {
-    /// Starts the server with `args`, under a soft and hard fd limit of `nofile` when given.
-    fn start(args: &str, nofile: Option<u64>) -> Server {
-        let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
-        cmd.args([
-            "--exact",
-            "child_compute_server",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ARGS, args)
-        .env("RUST_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        if let Some(n) = nofile {
-            let lim = libc::rlimit {
-                rlim_cur: n,
-                rlim_max: n,
-            };
-            // SAFETY: between fork and exec the closure only calls setrlimit, which is
-            // async-signal-safe, on a value it owns.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut proc = cmd.spawn().expect("the server starts");
-        let out = proc.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Server {
-            proc,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            lines,
-        };
-        let first = server.wait_for("compute server on ");
-        let addr = first
-            .split("compute server on ")
-            .nth(1)
-            .and_then(|rest| rest.split([' ', ',']).next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("an address in {first:?}"));
-        server.addr = addr;
-        server
-    }
-
-    /// The first printed line (from now) that contains `what`.
-    fn wait_for(&mut self, what: &str) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(what) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("the server never printed {what:?}"),
-            }
-        }
-    }
-
-    /// Sends SIGTERM and waits for the exit status.
-    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let pid = libc::pid_t::try_from(self.proc.id()).expect("a pid fits");
-        // SAFETY: kill with a valid signal on our own child's pid.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            if let Some(status) = self.proc.try_wait().expect("wait") {
-                let rest = self.lines.try_iter().collect();
-                return (status, rest);
-            }
-            if Instant::now() > deadline {
-                let _ = self.proc.kill();
-                panic!("the server did not exit within {LIMIT:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// Starts the server as its own process.
+fn start_server(args: &str, nofile: Option<u64>) -> ChildServer {
+    ChildServer::start(
+        "child_compute_server",
+        CHILD_ARGS,
+        args,
+        "compute server on ",
+        nofile,
+    )
 }
 
 /// The next line from the server, without its newline (empty at EOF or past the limit).
@@ -450,7 +350,7 @@ async fn read(c: &mut Conn) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compute_sigterm_answers_requests_in_flight_then_says_bye_and_exits_0() {
-    let server = Server::start("--addr 127.0.0.1:0 --cpu-workers 1", None);
+    let server = start_server("--addr 127.0.0.1:0 --cpu-workers 1", None);
     let mut idle = connect(server.addr).await;
     assert_eq!(ask(&mut idle, "echo hi").await, "hi");
     let mut busy = connect(server.addr).await;

@@ -8,136 +8,38 @@
 #[path = "../examples/echo_server.rs"]
 mod echo_server;
 
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod examples_support;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use examples_support::{ChildServer, LIMIT};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// Bound on any single wait in these tests.
-const LIMIT: Duration = Duration::from_secs(20);
 /// Set in a child's environment: the server's arguments.
 const CHILD_ARGS: &str = "OFFLOAD_TEST_ECHO_ARGS";
 
 /// The child's side: runs the server when this binary is started as a child, else nothing.
 #[test]
 fn child_echo_server() {
-    let Ok(args) = std::env::var(CHILD_ARGS) else {
+    let Some(args) = examples_support::child_args(CHILD_ARGS, "echo_server") else {
         return;
     };
     use clap::Parser;
     echo_server::common::init_tracing("warn");
-    let args = echo_server::Args::parse_from(
-        std::iter::once("echo_server").chain(args.split_whitespace()),
-    );
-    let code = match echo_server::run(args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("echo server failed: {e}");
-            1
-        }
-    };
-    std::process::exit(code);
+    examples_support::exit_with(echo_server::run(echo_server::Args::parse_from(args)));
 }
 
-/// A server process and what it printed.
-struct Server {
-    proc: std::process::Child,
-    addr: SocketAddr,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Server {
-    /// Starts the server with `args`, under a soft and hard fd limit of `nofile` when given.
-    fn start(args: &str, nofile: Option<u64>) -> Server {
-        let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
-        cmd.args([
-            "--exact",
-            "child_echo_server",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ARGS, args)
-        .env("RUST_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        if let Some(n) = nofile {
-            let lim = libc::rlimit {
-                rlim_cur: n,
-                rlim_max: n,
-            };
-            // SAFETY: between fork and exec the closure only calls setrlimit, which is
-            // async-signal-safe, on a value it owns.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut proc = cmd.spawn().expect("the server starts");
-        let out = proc.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Server {
-            proc,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            lines,
-        };
-        let first = server.wait_for("echo server on ");
-        let addr = first
-            .split("echo server on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("an address in {first:?}"));
-        server.addr = addr;
-        server
-    }
-
-    /// The first printed line (from now) that contains `what`.
-    fn wait_for(&mut self, what: &str) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(what) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("the server never printed {what:?}"),
-            }
-        }
-    }
-
-    /// Sends SIGTERM and waits for the exit status.
-    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let pid = libc::pid_t::try_from(self.proc.id()).expect("a pid fits");
-        // SAFETY: kill with a valid signal on our own child's pid.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            if let Some(status) = self.proc.try_wait().expect("wait") {
-                let rest = self.lines.try_iter().collect();
-                return (status, rest);
-            }
-            if Instant::now() > deadline {
-                let _ = self.proc.kill();
-                panic!("the server did not exit within {LIMIT:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// Starts the server as its own process.
+fn start_server(args: &str, nofile: Option<u64>) -> ChildServer {
+    ChildServer::start(
+        "child_echo_server",
+        CHILD_ARGS,
+        args,
+        "echo server on ",
+        nofile,
+    )
 }
 
 async fn client(
@@ -167,7 +69,7 @@ async fn ask(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_sigterm_says_bye_and_exits_0() {
-    let server = Server::start("--addr 127.0.0.1:0", None);
+    let server = start_server("--addr 127.0.0.1:0", None);
     let mut clients = Vec::new();
     for i in 0..3 {
         let (mut rd, mut wr) = client(server.addr).await;
@@ -221,7 +123,7 @@ fn raise_own_fd_limit() {
 async fn echo_under_1024_fds_every_refused_client_is_told_server_full() {
     const CLIENTS: usize = 1_100;
     raise_own_fd_limit();
-    let mut server = Server::start("--addr 127.0.0.1:0", Some(1024));
+    let mut server = start_server("--addr 127.0.0.1:0", Some(1024));
     let _ = &mut server;
     let addr = server.addr;
     let mut tasks = tokio::task::JoinSet::new();
