@@ -126,6 +126,8 @@ for p in policies:
         r.append(rps(mix))
         bad += non2xx(mix) + non2xx(probe)
     rows[p] = (statistics.median(p50), statistics.median(p99), statistics.median(r), bad)
+    print(f"{p:>9}: cheap p99 per round {', '.join(f'{x:.0f}' for x in p99)} µs; "
+          f"req/s per round {', '.join(f'{x:.0f}' for x in r)}")
 
 print()
 print(f"{'policy':>9} | {'cheap p50':>10} | {'cheap p99':>10} | {'mix req/s':>10} | non-2xx (not in req/s)")
