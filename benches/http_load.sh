@@ -21,7 +21,8 @@ DURATION=${DURATION:-5}
 CONNS=${CONNS:-16}
 PROBE_CONNS=${PROBE_CONNS:-4}
 PROBE_EVERY_MS=${PROBE_EVERY_MS:-5}
-PORT=${PORT:-7880}
+# 0: an ephemeral port, read from the server's first line.
+PORT=${PORT:-0}
 POLICIES=(inline offload adaptive)
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -79,7 +80,7 @@ for round in $(seq 1 "$ROUNDS"); do
             sleep 0.1
         done
         grep -q "http server on" "$log" || { cat "$log"; echo "the server did not start" >&2; exit 1; }
-        url="http://127.0.0.1:$PORT"
+        url=$(grep -o "http server on http://[0-9.:]*" "$log" | head -1 | sed 's/^http server on //')
         # Warm-up: the adaptive model learns the routes' costs.
         wrk -t1 -c"$CONNS" -d1s -s "$work/mix.lua" "$url" >/dev/null
         wrk -t2 -c"$CONNS" -d"${DURATION}s" -s "$work/mix.lua" "$url" >"$work/mix-$policy-$round.txt" &
