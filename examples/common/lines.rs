@@ -1,9 +1,11 @@
 //! Bounded line I/O shared by the example servers (`echo_server`, `compute_server`).
 //!
 //! A server that reads "a line" must decide how much it is willing to hold for a client that
-//! never sends the newline. Here the answer is `max_line` bytes: the line buffer grows by
-//! doubling up to that cap and never past it, and a longer line is refused. The buffer's
-//! capacity is reported to [`ServerStats::buffer_high_water`], so a test can check the bound.
+//! never sends the newline. Here the answer is `max_line` bytes of content, plus the two of a
+//! `\r\n`: the line buffer grows by doubling up to that cap and never past it, and a longer line
+//! is refused. Lines keep their terminator, so a server can hand them back byte for byte. The
+//! buffer's capacity is reported to [`ServerStats::buffer_high_water`], so a test can check the
+//! bound.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
