@@ -189,11 +189,11 @@ async fn ask(c: &mut Conn, req: &str) -> String {
     s.trim_end().to_string()
 }
 
-/// The flood of the issue: one client loops the most expensive valid request over 8 connections,
-/// asking again at once when told busy, while another sends cheap ones. The cheap requests are all answered, none shed, their p99
-/// within 100 ms (one flood request takes about half a second in a debug build; a cheap one
-/// sent to the pool would wait behind up to 8 of them); the flooder's excess gets
-/// `ERR busy, retry`.
+/// The flood of the issue: one client loops the most expensive valid request over 8
+/// connections, asking again at once when told busy, while another sends cheap ones. The cheap
+/// requests are all answered, none shed, their p99 within 100 ms (one flood request takes about
+/// half a second in a debug build; a cheap one sent to the pool would wait behind up to 8 of
+/// them); the flooder's excess gets `ERR busy, retry`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compute_flood_gets_busy_and_others_cheap_requests_stay_fast() {
     const FLOOD: &str = "primes 2000000";
