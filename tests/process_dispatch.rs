@@ -81,9 +81,7 @@ fn cancel_of_a_written_task_fails_it_alone() -> Result<(), String> {
             check(behind.cancel(), || "cancel returns true".into())?;
             let e = tokio::time::timeout(Duration::from_millis(100), behind)
                 .await
-                .map_err(|_| {
-                    format!("round {round}: the cancelled task was not done at once")
-                })?
+                .map_err(|_| format!("round {round}: the cancelled task was not done at once"))?
                 .expect_err("cancelled");
             check(e.is_cancelled(), || format!("cancelled expected: {e}"))?;
             let between = submit(&pool, &ECHO, round).await?;
@@ -116,11 +114,7 @@ fn bounded(limit: Duration, what: &str, f: impl FnOnce() + Send + 'static) -> Re
 /// Issue 13, item 3: a withdrawn task in the queue must not make a drain hang.
 fn drain_after_a_withdrawn_task_ends() -> Result<(), String> {
     for round in 0..3 {
-        let pool = build(
-            ProcessPool::builder()
-                .workers(1)
-                .max_tasks_per_worker(1),
-        )?;
+        let pool = build(ProcessPool::builder().workers(1).max_tasks_per_worker(1))?;
         let a = pool
             .submit_blocking(&SLEEP_MS, 100)
             .map_err(|e| e.to_string())?;
@@ -152,7 +146,11 @@ fn a_panic_while_decoding_fails_only_its_task() -> Result<(), String> {
     }));
     let r = rt().block_on(async {
         // No own read: the pool's slot thread decodes the answer.
-        let pool = build(ProcessPool::builder().workers(1).result_wait(Duration::ZERO))?;
+        let pool = build(
+            ProcessPool::builder()
+                .workers(1)
+                .result_wait(Duration::ZERO),
+        )?;
         let h = submit(&pool, &BOMB, ()).await?;
         let out = tokio::time::timeout(Duration::from_secs(10), h)
             .await
@@ -216,7 +214,10 @@ fn main() {
             "a_panic_while_decoding_fails_only_its_task",
             a_panic_while_decoding_fails_only_its_task,
         ),
-        ("run_info_names_the_workers_pid", run_info_names_the_workers_pid),
+        (
+            "run_info_names_the_workers_pid",
+            run_info_names_the_workers_pid,
+        ),
     ]);
     std::process::exit(0);
 }

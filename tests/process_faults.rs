@@ -69,7 +69,10 @@ fn kill_pid_in(path: &std::path::Path) {
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .is_some_and(|zombie| !zombie)
 }
 
@@ -221,7 +224,9 @@ fn workers_exit_when_their_pool_process_dies() -> Result<(), String> {
         .split(',')
         .filter_map(|p| p.parse().ok())
         .collect();
-    check(pids.len() == 2, || format!("two worker pids expected: {line:?}"))?;
+    check(pids.len() == 2, || {
+        format!("two worker pids expected: {line:?}")
+    })?;
     let t0 = Instant::now();
     while pids.iter().any(|&p| alive(p)) && t0.elapsed() < Duration::from_secs(1) {
         std::thread::sleep(Duration::from_millis(10));

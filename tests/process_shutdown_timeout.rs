@@ -27,7 +27,9 @@ fn drain_past_its_limit_kills() -> Result<(), String> {
         )
         .await
         .map_err(|_| "shutdown_timeout hung".to_string())?;
-        check(!clean, || "a drain past its limit reports the escalation".into())?;
+        check(!clean, || {
+            "a drain past its limit reports the escalation".into()
+        })?;
         check(t0.elapsed() >= Duration::from_millis(300), || {
             "the drain waited its limit first".into()
         })?;
@@ -63,14 +65,11 @@ fn kill_mode_fails_running_tasks_as_shut_down() -> Result<(), String> {
     rt().block_on(async {
         let pool = build(ProcessPool::builder().workers(1))?;
         let running = submit(&pool, &SLEEP_MS, 60_000).await?;
-        let queued = submit(&pool, &ECHO, 1).await?;
+        let queued = submit(&pool, &SLEEP_MS, 1).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            pool.shutdown(ShutdownMode::Kill),
-        )
-        .await
-        .map_err(|_| "shutdown(Kill) hung".to_string())?;
+        tokio::time::timeout(Duration::from_secs(10), pool.shutdown(ShutdownMode::Kill))
+            .await
+            .map_err(|_| "shutdown(Kill) hung".to_string())?;
         for h in [running, queued] {
             let e = h.await.expect_err("killed");
             check(e.is_shut_down(), || format!("shut down expected: {e}"))?;
@@ -99,12 +98,18 @@ fn main() {
     offload::init(process_support::FUNCTIONS);
     process_support::run(&[
         ("drain_past_its_limit_kills", drain_past_its_limit_kills),
-        ("drain_within_its_limit_is_clean", drain_within_its_limit_is_clean),
+        (
+            "drain_within_its_limit_is_clean",
+            drain_within_its_limit_is_clean,
+        ),
         (
             "kill_mode_fails_running_tasks_as_shut_down",
             kill_mode_fails_running_tasks_as_shut_down,
         ),
-        ("cancel_past_its_limit_blocking", cancel_past_its_limit_blocking),
+        (
+            "cancel_past_its_limit_blocking",
+            cancel_past_its_limit_blocking,
+        ),
     ]);
     std::process::exit(0);
 }
