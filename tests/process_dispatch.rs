@@ -70,10 +70,11 @@ fn cancel_of_a_written_task_fails_it_alone() -> Result<(), String> {
     rt().block_on(async {
         let pool = build(ProcessPool::builder().workers(1))?;
         // The pool learns that `sleep_ms` is short, so it pipelines behind it.
-        for _ in 0..5 {
-            call(&pool, &SLEEP_MS, 0).await?;
-        }
         for round in 0..20 {
+            // Short again on average after the last round's 150 ms.
+            for _ in 0..8 {
+                call(&pool, &SLEEP_MS, 0).await?;
+            }
             let ahead = submit(&pool, &SLEEP_MS, 150).await?;
             tokio::time::sleep(Duration::from_millis(20)).await;
             let behind = submit(&pool, &SLEEP_MS, 0).await?;

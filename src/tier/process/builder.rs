@@ -404,7 +404,7 @@ impl ProcessPoolBuilder {
                         threads: Mutex::new(threads),
                         stopped: Mutex::new(false),
                     };
-                    owner.stop(ShutdownMode::Cancel, true);
+                    owner.stop(ShutdownMode::Kill, None);
                     return Err(BuildError::io("could not start a worker slot thread", e));
                 }
             }

@@ -72,6 +72,15 @@ pub const DEFAULT_MAX_START_FAILURES: u32 = 3;
 /// running one; the waiting one runs elsewhere.
 pub const DEFAULT_PIPELINE: usize = 2;
 
+/// A task is written behind the tasks a busy worker runs (pipelining, up to
+/// [`DEFAULT_PIPELINE`] in all) only when each of them is of a function whose learned run time
+/// is under this, and only when no worker is idle: then the worker never idles for a round
+/// trip between two short tasks, and a task never waits behind a long one. 10 ms: a round trip
+/// (tens of µs) is under 1% of it, and a task waits at most about this long for a worker that
+/// frees meanwhile; `map` chunks (about [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET))
+/// stay under it. A function not yet seen is not known to be short.
+pub(crate) const PIPELINE_SHORT: Duration = Duration::from_millis(10);
+
 /// Shared data of at least this many bytes goes to the workers as one sealed memory file that
 /// they all map, instead of inside each worker's setup frame: 64 KiB is a pipe's default
 /// capacity, past which an inline copy costs the pool's start thread blocking writes and each
@@ -147,7 +156,10 @@ impl fmt::Debug for ProcessPool {
             .field("workers", &st.slots.len())
             .field(
                 "live",
-                &st.slots.iter().filter(|s| s.conn.is_some()).count(),
+                &st.slots
+                    .iter()
+                    .filter(|s| s.phase == worker::Phase::Serving)
+                    .count(),
             )
             .field("queued", &(st.retry.len() + self.inner.shared.rx.len()))
             .field("broken", &st.broken.is_some())
@@ -277,6 +289,7 @@ impl ProcessPool {
         );
         let req = Req {
             id,
+            key: (name, batch),
             frame,
             task: Box::new(make(completer)),
             timeout: timeout.or(s.cfg.task_timeout),
@@ -532,32 +545,52 @@ impl ProcessPool {
     }
 
     /// Stops the pool: new submissions fail with "shut down"; queued tasks run
-    /// ([`ShutdownMode::Drain`]) or fail with "shut down" ([`ShutdownMode::Cancel`]); running
-    /// tasks finish. Returns when every worker has exited and been reaped and every thread of
-    /// the pool has ended. Safe to call twice.
+    /// ([`ShutdownMode::Drain`]) or fail with "shut down" ([`ShutdownMode::Cancel`],
+    /// [`ShutdownMode::Kill`]); running tasks finish, or with `Kill` are killed with their
+    /// workers and fail "shut down". Returns when every worker has exited and been reaped and
+    /// every thread of the pool has ended. Safe to call twice.
     pub async fn shutdown(&self, mode: ShutdownMode) {
+        self.stop_async(mode, None).await;
+    }
+
+    /// As [`shutdown`](Self::shutdown), blocking the calling thread (for sync code).
+    pub fn shutdown_blocking(&self, mode: ShutdownMode) {
+        self.inner.stop(mode, None);
+    }
+
+    /// As [`shutdown`](Self::shutdown) with a time limit (Python's `terminate_workers` after
+    /// a wait): shuts down per `mode`; if that has not finished within `limit`, escalates to
+    /// [`ShutdownMode::Kill`] (queued and running tasks fail "shut down"). Returns true when it
+    /// finished without escalating. On return no worker process is left (all reaped).
+    pub async fn shutdown_timeout(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        self.stop_async(mode, Some(limit)).await
+    }
+
+    /// As [`shutdown_timeout`](Self::shutdown_timeout), blocking the calling thread (for sync
+    /// code).
+    pub fn shutdown_timeout_blocking(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        self.inner.stop(mode, Some(limit))
+    }
+
+    /// Stops the pool on a thread of its own (joining threads and reaping children block).
+    async fn stop_async(&self, mode: ShutdownMode, limit: Option<Duration>) -> bool {
         let owner = self.inner.clone();
         let (tx, rx) = futures::channel::oneshot::channel();
         let joiner = std::thread::Builder::new()
             .name("offload-proc-shutdown".into())
             .spawn(move || {
-                owner.stop(mode, false);
-                let _ = tx.send(());
+                let _ = tx.send(owner.stop(mode, limit));
             });
         match joiner {
             Ok(j) => {
-                let _ = rx.await;
+                let clean = rx.await.unwrap_or(false);
                 let _ = j.join();
+                clean
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no thread for shutdown; stopping on the caller's thread");
-                self.inner.stop(mode, false);
+                self.inner.stop(mode, limit)
             }
         }
-    }
-
-    /// As [`shutdown`](Self::shutdown), blocking the calling thread (for sync code).
-    pub fn shutdown_blocking(&self, mode: ShutdownMode) {
-        self.inner.stop(mode, false);
     }
 }

@@ -44,15 +44,7 @@ impl<R: DeserializeOwned + Send + 'static> Pending for One<R> {
         self.completer.is_waited()
     }
     fn succeed(self: Box<Self>, body: &[u8], info: RunInfo) {
-        let outcome = postcard::from_bytes::<R>(body).map_err(|e| {
-            Error::new(
-                ErrorKind::Encoding,
-                format!(
-                    "could not decode the result as {}: {e}",
-                    std::any::type_name::<R>()
-                ),
-            )
-        });
+        let outcome = decode::<R>(body, "the result");
         self.completer.finish(outcome, info);
     }
     fn fail(self: Box<Self>, e: Error, info: RunInfo) {
@@ -83,17 +75,8 @@ impl<R: DeserializeOwned + Send + 'static> Pending for Batch<R> {
     fn succeed(self: Box<Self>, body: &[u8], info: RunInfo) {
         let run_ns = u64::try_from(info.run_time.as_nanos()).unwrap_or(u64::MAX);
         self.stats.record(self.items, run_ns);
-        let outcome = postcard::from_bytes::<Vec<ItemOutcome<R>>>(body)
-            .map(|v| v.into_iter().map(ItemOutcome::into_result).collect())
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Encoding,
-                    format!(
-                        "could not decode a batch of results as {}: {e}",
-                        std::any::type_name::<R>()
-                    ),
-                )
-            });
+        let outcome = decode::<Vec<ItemOutcome<R>>>(body, "a batch of results")
+            .map(|v| v.into_iter().map(ItemOutcome::into_result).collect());
         self.completer.finish(outcome, info);
     }
     fn fail(self: Box<Self>, e: Error, info: RunInfo) {
@@ -101,5 +84,32 @@ impl<R: DeserializeOwned + Send + 'static> Pending for Batch<R> {
     }
     fn discard(self: Box<Self>) {
         self.completer.disarm();
+    }
+}
+
+/// Decodes a `T` from `body`. A `Deserialize` that panics (user code, run here on whichever
+/// pool or caller thread reads the answer) fails this task with a panic error and leaves that
+/// thread serving: one task, one error.
+fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        postcard::from_bytes::<T>(body)
+    }));
+    match decoded {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::new(
+            ErrorKind::Encoding,
+            format!(
+                "could not decode {what} as {}: {e}",
+                std::any::type_name::<T>()
+            ),
+        )),
+        Err(p) => Err(Error::panicked(
+            format!(
+                "decoding {what} as {} panicked: {}",
+                std::any::type_name::<T>(),
+                crate::error::panic_message(p.as_ref())
+            ),
+            None,
+        )),
     }
 }

@@ -13,7 +13,7 @@
 //! ([`ReaderRole`]); the rules that make sure an awaited answer is always read are on
 //! [`Shared::pump`] and [`Shared::want_readers`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, Weak};
@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender};
 
 use super::Config;
-use super::worker::{BigWrite, InFlight, KillReason, MAX_FAILED_WRITES, Req, SlotState, not_run};
+use super::worker::{
+    BigWrite, Cancelled, FnKey, InFlight, MAX_FAILED_WRITES, Phase, Req, SlotState, Take, not_run,
+};
 use crate::error::{Error, ErrorKind};
 use crate::task::RemoteLink;
 
@@ -34,12 +36,20 @@ pub(crate) struct State {
     pub(crate) retry: VecDeque<Req>,
     /// Set by the crash-loop guard: the pool cannot start workers.
     pub(crate) broken: Option<Error>,
-    /// Consecutive start-up failures, over all slots.
+    /// Consecutive start-up failures, over all slots (kills from outside not counted).
     pub(crate) start_failures: u32,
+    /// Consecutive starting workers killed from outside (they only slow the next start).
+    pub(crate) start_kills: u32,
     /// No new tasks (shutdown called).
     pub(crate) closing: bool,
     /// Workers exit once idle and are not replaced.
     pub(crate) stopping: bool,
+    /// Stopping by killing the workers: a worker still in its handshake is killed too.
+    pub(crate) killing: bool,
+    /// Each function's learned run time (an average, in nanoseconds): dispatch writes a task
+    /// behind running ones only when they are known to be short
+    /// ([`PIPELINE_SHORT`](super::PIPELINE_SHORT)).
+    pub(crate) run_times: HashMap<FnKey, u64>,
 }
 
 /// Counters for stats.
@@ -173,6 +183,11 @@ impl Shared {
         if !(st.retry.is_empty() && self.rx.is_empty()) {
             self.want_readers(st);
         }
+        // Shutdown waits for the pool to become idle (and sets `closing` first): any change
+        // that empties it passes through here.
+        if st.closing && self.is_idle(st) {
+            self.changed.notify_all();
+        }
     }
 
     fn pump_queue(&self, st: &mut State) {
@@ -181,24 +196,13 @@ impl Shared {
         }
         let depth = self.cfg.pipeline.max(1);
         loop {
-            // The worker with the fewest unanswered tasks that can take one more.
-            let Some(w) = (0..st.slots.len())
-                .filter(|&i| {
-                    let s = &st.slots[i];
-                    s.conn.is_some()
-                        && !s.retiring
-                        // One writer at a time: nothing is written behind a frame being written.
-                        && s.big_write == BigWrite::None
-                        && s.inflight.len() < depth
-                        && self.cfg.max_tasks.is_none_or(|m| s.sent < m)
-                        // Nothing is queued behind a task with a deadline: the watchdog's kill
-                        // may land just after that task finished, and must not hit another.
-                        && !s.inflight.iter().any(|t| t.timeout.is_some())
-                })
-                .min_by_key(|&i| st.slots[i].inflight.len())
-            else {
+            if !st
+                .slots
+                .iter()
+                .any(|s| s.phase == Phase::Serving && s.big_write == BigWrite::None)
+            {
                 return;
-            };
+            }
             let req = match st.retry.pop_front() {
                 Some(r) => r,
                 None => match self.rx.try_recv() {
@@ -206,31 +210,40 @@ impl Shared {
                     Err(_) => return,
                 },
             };
+            // The worker with the fewest unanswered tasks that takes it (see
+            // `SlotState::takes`): an idle one first, behind short tasks only when none is.
+            let run_times = &st.run_times;
+            let short = |t: &InFlight| {
+                run_times
+                    .get(&t.key)
+                    .is_some_and(|&ns| ns < super::PIPELINE_SHORT.as_nanos() as u64)
+            };
+            let pick = (0..st.slots.len())
+                .filter_map(|i| {
+                    st.slots[i]
+                        .takes(&req, depth, self.cfg.max_tasks, short)
+                        .map(|t| (i, t))
+                })
+                .min_by_key(|&(i, _)| st.slots[i].inflight.len());
+            let Some((w, take)) = pick else {
+                // No worker takes it now: it waits at the front for the first that frees.
+                st.retry.push_front(req);
+                return;
+            };
             if !req.started && !req.task.start() {
                 // Cancelled while queued: its handle already has the outcome.
                 req.task.discard();
                 continue;
             }
+            let closing = st.closing;
             let slot = &mut st.slots[w];
-            if !slot.inflight.is_empty()
-                && (req.frame.len() > slot.pipeline_limit || req.timeout.is_some())
-            {
-                // Big frames wait for an idle worker (the chosen one has the fewest tasks, so
-                // none is idle), so that writing never blocks on a busy one; so do tasks with a
-                // deadline, so that their kill can only ever hit them.
-                let mut req = req;
-                req.started = true;
-                st.retry.push_front(req);
-                return;
-            }
-            if req.frame.len() > slot.unlocked_write_over(depth) {
-                // The worker is idle (checked above). Claimed for this task; its slot thread
-                // writes the frame with the lock released (see `BigWrite`).
-                let needs_reader = req.timeout.is_some() || st.closing || req.task.is_waited();
-                // A deadline counts from the claim: the write is part of the task's time, so a
-                // worker that never reads the frame cannot hold the task past its deadline
-                // (the watchdog kills it; it holds only this task).
-                let now = Instant::now();
+            let needs_reader = req.timeout.is_some() || closing || req.task.is_waited();
+            let now = Instant::now();
+            if take == Take::Claim {
+                // The worker is idle. Claimed for this task; its slot thread writes the frame
+                // with the lock released (see `BigWrite`). A deadline counts from the claim
+                // until the write ends (then from the write's end): a worker that never reads
+                // the frame cannot hold the task past its deadline.
                 let started = req.timeout.map(|_| now);
                 if started.is_some() {
                     self.deadlines.notify_one();
@@ -247,19 +260,18 @@ impl Shared {
             }
             let written = match &slot.conn {
                 Some(conn) => super::sys::write_all(conn, &req.frame, self.guard_sigpipe),
-                None => return,
+                None => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
             };
             if let Err(e) = written {
                 // The worker is going away; its reader will notice.
                 self.failed_write(st, w, req, &e);
                 continue;
             }
-            let now = Instant::now();
+            // Written to an idle worker, which is blocked reading: it starts the task now.
             let started = slot.inflight.is_empty().then_some(now);
             if started.is_some() && req.timeout.is_some() {
                 self.deadlines.notify_one();
             }
-            let needs_reader = req.timeout.is_some() || st.closing || req.task.is_waited();
             slot.inflight.push_back(InFlight::sent(req, started, now));
             slot.sent += 1;
             if needs_reader {
@@ -272,7 +284,7 @@ impl Shared {
     /// worker is sent nothing more (its reader notices its end), and the task is tried
     /// elsewhere, unless its frame already killed a worker before. Call with the lock held.
     pub(crate) fn failed_write(&self, st: &mut State, w: usize, mut req: Req, e: &std::io::Error) {
-        st.slots[w].conn = None;
+        st.slots[w].transition_to_killed();
         req.failed_writes += 1;
         if req.failed_writes >= MAX_FAILED_WRITES {
             let info = not_run(Some(w), req.task.as_ref());
@@ -325,46 +337,32 @@ impl Shared {
     /// fails it as cancelled) or fails it at once. Returns whether it found the task.
     pub(crate) fn cancel_running(&self, id: u64) -> bool {
         let mut st = self.lock();
-        for slot in st.slots.iter_mut() {
-            if let Some(pos) = slot.inflight.iter().position(|t| t.id == id) {
-                if slot.big_write == BigWrite::Claimed(id) {
-                    // Claimed for this worker, not written yet: take it back; the worker
-                    // never sees it, and is free for the next task.
-                    slot.big_write = BigWrite::None;
-                    let Some(t) = slot.inflight.remove(pos) else {
-                        return false;
-                    };
-                    self.pump(&mut st);
-                    let idle = st.closing && self.is_idle(&st);
-                    drop(st);
-                    if idle {
-                        self.changed.notify_all();
-                    }
-                    let info = not_run(None, t.task.as_ref());
-                    t.task.fail(Error::cancelled(), info);
+        for w in 0..st.slots.len() {
+            let failed = match st.slots[w].cancel(id) {
+                Cancelled::NotHere => continue,
+                Cancelled::Killing => {
+                    tracing::debug!(task = id, pid = ?st.slots[w].pid, "cancel: killed the worker running the task");
                     return true;
                 }
-                if pos == 0 {
-                    slot.inflight[0].killed = Some(KillReason::Cancel);
-                    if let Some(child) = slot.child.as_mut() {
-                        let _ = child.kill();
-                    }
-                    // Nothing more goes to a worker being killed (see `SlotState::conn`).
-                    slot.conn = None;
-                    tracing::debug!(task = id, pid = ?slot.pid, "cancel: killed the worker running the task");
-                } else {
-                    // Sent but not started: the worker will run it unless we stop it, and a
-                    // frame cannot be taken back. Mark it; the reader fails it as cancelled
-                    // (and kills the worker) when the task before it is answered.
-                    slot.inflight[pos].killed = Some(KillReason::Cancel);
-                    slot.want_reader();
-                }
-                return true;
+                Cancelled::TakenBack(t) => t.task,
+                Cancelled::Withdrawn(task) => Some(task),
+            };
+            self.pump(&mut st);
+            drop(st);
+            if let Some(task) = failed {
+                let info = not_run(None, task.as_ref());
+                task.fail(Error::cancelled(), info);
             }
+            return true;
         }
         if let Some(pos) = st.retry.iter().position(|r| r.id == id) {
             if let Some(r) = st.retry.remove(pos) {
+                self.pump(&mut st);
                 drop(st);
+                if !r.started && !r.task.start() {
+                    r.task.discard();
+                    return true;
+                }
                 let info = not_run(None, r.task.as_ref());
                 r.task.fail(Error::cancelled(), info);
                 return true;

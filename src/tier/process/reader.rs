@@ -13,8 +13,8 @@ use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use super::pool::Shared;
 use super::slot::End;
-use super::sys::{Deadline, pollfd, wait_fds};
-use super::worker::{BigWrite, KillReason, ReaderRole};
+use super::sys::{Deadline, ExitWatch, pollfd, wait_fds};
+use super::worker::{AfterAnswer, BigWrite, FnKey, KillReason, Phase, ReaderRole};
 use crate::error::{Error, ErrorKind};
 use crate::remote::wire::{self, Response};
 use crate::tier::{RunInfo, TierKind};
@@ -31,6 +31,8 @@ pub(crate) struct Inbox {
     broken: Option<Error>,
     /// Bounds a caller's wait (`None` without timer files: `ppoll`'s own timeout then).
     deadline: Option<Deadline>,
+    /// Tells the worker's exit, which a process it forked may hide from the pipe's end of file.
+    exit: Arc<ExitWatch>,
 }
 
 /// When the worker hung up while a caller holds the reader role: how often the slot thread
@@ -55,8 +57,14 @@ enum Got {
 }
 
 impl Inbox {
-    pub(crate) fn new(answers: Arc<File>, max_frame: usize, buf: BytesMut) -> Self {
+    pub(crate) fn new(
+        answers: Arc<File>,
+        max_frame: usize,
+        buf: BytesMut,
+        exit: Arc<ExitWatch>,
+    ) -> Self {
         Inbox {
+            exit,
             answers,
             codec: wire::codec(max_frame),
             buf,
@@ -103,8 +111,16 @@ impl Inbox {
                 Got::Frames => return Ok(true),
                 Got::End => return Ok(false),
                 Got::Nothing => {
-                    let mut fds = [pollfd(self.answers.as_raw_fd(), libc::POLLIN)];
-                    if wait_fds(&mut fds, None).is_err() {
+                    if self.exit.exited() {
+                        // Exited, and nothing left in the pipe: a process it forked holds the
+                        // pipe open, but the worker will say nothing more.
+                        return Ok(false);
+                    }
+                    let mut fds = [
+                        pollfd(self.answers.as_raw_fd(), libc::POLLIN),
+                        pollfd(self.exit.fd(), libc::POLLIN),
+                    ];
+                    if wait_fds(&mut fds, self.exit.poll_every()).is_err() {
                         // Cannot wait (not seen in practice): treat the worker as gone rather
                         // than spin; serving ends and the worker is reaped (or killed).
                         return Ok(false);
@@ -290,7 +306,7 @@ pub(crate) fn read_answers(
         {
             let mut st = shared.lock();
             let sl = &mut st.slots[slot];
-            if release && sl.inflight.is_empty() && sl.conn.is_some() {
+            if release && sl.inflight.is_empty() && sl.phase != Phase::Killed {
                 sl.reader = ReaderRole::Nobody;
                 sl.inbox = Some(inbox);
                 return None;
@@ -314,12 +330,7 @@ pub(crate) fn read_answers(
 }
 
 fn kill(shared: &Shared, slot: usize) {
-    let mut st = shared.lock();
-    let sl = &mut st.slots[slot];
-    if let Some(c) = sl.child.as_mut() {
-        let _ = c.kill();
-    }
-    sl.conn = None;
+    shared.lock().slots[slot].transition_to_killed();
 }
 
 /// Handles one frame from a running worker (on the thread that holds the reader role).
@@ -336,50 +347,40 @@ fn on_frame(shared: &Arc<Shared>, slot: usize, frame: &[u8]) -> Result<(), Error
             format!("the worker sent {resp:?} while serving"),
         ));
     };
-    let (task, idle) = {
+    let (task, pid) = {
         let mut st = shared.lock();
         let max_tasks = shared.cfg.max_tasks;
         let sl = &mut st.slots[slot];
-        if sl.inflight.front().is_none_or(|t| t.id != id) {
-            return Err(Error::new(
+        let (task, next) = sl.answered(id, max_tasks).map_err(|id| {
+            Error::new(
                 ErrorKind::Remote,
                 format!("the worker answered task {id}, which it was not running"),
-            ));
+            )
+        })?;
+        if sl.inflight.front().is_some_and(|t| t.timeout.is_some()) {
+            shared.deadlines.notify_one();
         }
-        let task = sl
-            .inflight
-            .pop_front()
-            .expect("checked: the front is task `id`");
-        if let Some(next) = sl.inflight.front_mut() {
-            next.started = Some(Instant::now());
-            if next.timeout.is_some() {
-                shared.deadlines.notify_one();
-            }
-            if next.killed == Some(KillReason::Cancel) {
-                if let Some(c) = sl.child.as_mut() {
-                    let _ = c.kill();
-                }
-            }
-        } else if max_tasks.is_some_and(|m| sl.sent >= m) && !sl.retiring {
+        if next == AfterAnswer::SendExit {
             // Served its quota: let it go; the slot thread starts a fresh one.
-            sl.retiring = true;
             if let Some(conn) = &sl.conn {
                 shared.send_exit(conn);
             }
         }
+        let pid = sl.pid;
+        learn(&mut st.run_times, task.key, run_ns);
         shared.pump(&mut st);
-        // Only shutdown waits for the pool to become idle (and sets `closing` first).
-        (task, st.closing && shared.is_idle(&st))
+        (task, pid)
     };
-    if idle {
-        shared.changed.notify_all();
-    }
+    let Some(pending) = task.task else {
+        // Withdrawn by a cancel: its handle has its outcome.
+        return Ok(());
+    };
     let info = RunInfo {
         tier: TierKind::Processes,
         worker: Some(slot),
         run_time: Duration::from_nanos(run_ns),
-        queued: task.sent.saturating_duration_since(task.task.submitted()),
-        pid: None,
+        queued: task.sent.saturating_duration_since(pending.submitted()),
+        pid,
     };
     let c = &shared.counters;
     c.completed.fetch_add(1, Ordering::Relaxed);
@@ -391,19 +392,28 @@ fn on_frame(shared: &Arc<Shared>, slot: usize, frame: &[u8]) -> Result<(), Error
     };
     c.ewma_run_ns.store(new, Ordering::Relaxed);
     if task.killed == Some(KillReason::Cancel) {
-        task.task.fail(Error::cancelled(), info);
+        pending.fail(Error::cancelled(), info);
         return Ok(());
     }
     match outcome.into_error() {
-        None => task.task.succeed(body, info),
+        None => pending.succeed(body, info),
         Some(e) => {
             if e.is_panic() {
                 c.panicked.fetch_add(1, Ordering::Relaxed);
             } else {
                 c.failed.fetch_add(1, Ordering::Relaxed);
             }
-            task.task.fail(e, info);
+            pending.fail(e, info);
         }
     }
     Ok(())
+}
+
+/// Learns a function's run time (an average that follows changes within a few calls): what
+/// dispatch asks before it writes a task behind a running one.
+fn learn(run_times: &mut std::collections::HashMap<FnKey, u64>, key: FnKey, run_ns: u64) {
+    run_times
+        .entry(key)
+        .and_modify(|old| *old = *old - *old / 4 + run_ns / 4)
+        .or_insert(run_ns);
 }

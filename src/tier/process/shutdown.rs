@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::pool::Shared;
 use crate::error::Error;
@@ -15,8 +16,13 @@ pub(crate) struct Owner {
 }
 
 impl Owner {
-    pub(crate) fn stop(&self, mode: ShutdownMode, kill: bool) {
-        let kill = kill || mode == ShutdownMode::Kill;
+    /// Stops the pool per `mode`; past `limit` (if any) a drain or cancel that has not
+    /// finished escalates to [`ShutdownMode::Kill`]. Returns true when it finished without
+    /// escalating. Every worker is reaped and every thread of the pool joined on return.
+    pub(crate) fn stop(&self, mode: ShutdownMode, limit: Option<Duration>) -> bool {
+        let until = limit.map(|l| Instant::now() + l);
+        let mut kill = mode == ShutdownMode::Kill;
+        let mut clean = true;
         let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
         let s = &self.shared;
         s.tx.close();
@@ -28,25 +34,35 @@ impl Owner {
             if mode.fails_queued() {
                 s.fail_queued(&mut st, Error::shut_down);
             }
-            if kill {
-                st.stopping = true;
-                s.deadlines.notify_all();
-                for sl in st.slots.iter_mut() {
-                    if let Some(c) = sl.child.as_mut() {
-                        let _ = c.kill();
+            while !(kill || s.is_idle(&st) || st.broken.is_some()) {
+                st = match until {
+                    None => s.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    Some(until) => {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            tracing::debug!(?mode, "shutdown past its limit: killing the workers");
+                            kill = true;
+                            clean = false;
+                            break;
+                        }
+                        s.changed
+                            .wait_timeout(st, left)
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|p| p.into_inner().0)
                     }
-                }
-            } else {
-                while !(s.is_idle(&st) || st.broken.is_some()) {
-                    st = s.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-                }
-                st.stopping = true;
-                s.deadlines.notify_all();
-                s.fail_queued(&mut st, Error::shut_down);
-                for sl in st.slots.iter_mut() {
-                    if let Some(conn) = sl.conn.clone() {
-                        sl.retiring = true;
-                        s.send_exit(&conn);
+                };
+            }
+            st.stopping = true;
+            st.killing = kill;
+            s.deadlines.notify_all();
+            s.fail_queued(&mut st, Error::shut_down);
+            for sl in st.slots.iter_mut() {
+                if kill {
+                    // Its tasks fail "shut down" when its slot thread reaps it.
+                    sl.transition_to_killed();
+                } else if sl.transition_to_retiring() {
+                    if let Some(conn) = &sl.conn {
+                        s.send_exit(conn);
                     }
                 }
             }
@@ -57,6 +73,7 @@ impl Owner {
         }
         *stopped = true;
         tracing::debug!("process tier stopped; every worker reaped");
+        clean
     }
 }
 
@@ -65,7 +82,7 @@ impl Drop for Owner {
         let done = *self.stopped.lock().unwrap_or_else(|p| p.into_inner());
         if !done {
             // Dropped without shutdown: do not wait for running tasks; kill and reap.
-            self.stop(ShutdownMode::Cancel, true);
+            self.stop(ShutdownMode::Kill, None);
         }
     }
 }

@@ -18,7 +18,7 @@ use super::pool::Shared;
 use super::reader::{CALLER_RECHECK, drain_wakeups, read_answers};
 use super::start::{Started, join_stderr, reap, start};
 use super::sys::{self, pollfd, wait_fds};
-use super::worker::{BigWrite, InFlight, KillReason, ReaderRole, Req, not_run};
+use super::worker::{BigWrite, Gone, InFlight, KillReason, Phase, ReaderRole, Req, not_run};
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::tier::{RunInfo, TierKind};
 
@@ -29,6 +29,12 @@ pub(crate) enum End {
     /// The worker sent something we cannot read; it was killed.
     Protocol(Error),
 }
+
+/// Signals that end a starting worker from outside (an operator, a supervisor, the OOM
+/// killer), not by a fault of the program: the crash-loop guard does not count them toward
+/// [`max_start_failures`](super::ProcessPoolBuilder::max_start_failures), and backs off
+/// (10 ms doubling to 1.28 s) before it starts the next worker.
+const KILLED_FROM_OUTSIDE: [i32; 4] = [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 /// The slot thread's body.
 pub(crate) fn run(shared: Arc<Shared>, slot: usize) {
@@ -45,11 +51,33 @@ pub(crate) fn run(shared: Arc<Shared>, slot: usize) {
                 finish(&shared, slot, started, end);
             }
             Err((e, exit)) => {
-                let failures = {
+                let killed_from_outside = exit
+                    .and_then(|x| x.signal)
+                    .is_some_and(|sig| KILLED_FROM_OUTSIDE.contains(&sig));
+                let (failures, kills) = {
                     let mut st = shared.lock();
-                    st.start_failures += 1;
-                    st.start_failures
+                    if st.stopping {
+                        break;
+                    }
+                    if killed_from_outside {
+                        st.start_kills += 1;
+                    } else {
+                        st.start_failures += 1;
+                    }
+                    (st.start_failures, st.start_kills)
                 };
+                if killed_from_outside {
+                    // Not the program's fault (an operator, the OOM killer, a test): no step
+                    // toward breaking the pool, but a growing pause before the next try.
+                    tracing::info!(
+                        slot,
+                        kills,
+                        cause = e.detail().unwrap_or("unknown"),
+                        "a starting worker was killed; starting another"
+                    );
+                    std::thread::sleep(Duration::from_millis(10u64 << kills.min(7)));
+                    continue;
+                }
                 // Not `%e`: its text says "the pool is broken", which is only true at the
                 // last failure.
                 tracing::warn!(
@@ -125,10 +153,19 @@ fn serve(shared: &Arc<Shared>, slot: usize, s: &Started) -> End {
                 // Nobody reads, or a caller does. No POLLIN: an answer arriving must not wake
                 // this thread; POLLHUP (always reported) comes when the worker's end closes, a
                 // wake-up when the role changed.
-                let mut fds = [pollfd(answers, 0), pollfd(wake, libc::POLLIN)];
-                let _ = wait_fds(&mut fds, None);
+                // The worker's exit is watched too: a process its task forked may hold the
+                // answer pipe open after the worker died.
+                let mut fds = [
+                    pollfd(answers, 0),
+                    pollfd(wake, libc::POLLIN),
+                    pollfd(s.exit.fd(), libc::POLLIN),
+                ];
+                let _ = wait_fds(&mut fds, s.exit.poll_every());
                 drain_wakeups(&s.wake);
-                if fds[0].revents == 0 {
+                let gone = fds[0].revents != 0
+                    || fds[2].revents != 0
+                    || (s.exit.poll_every().is_some() && s.exit.exited());
+                if !gone {
                     continue;
                 }
                 // The worker went away (or the pipe failed): read what is left, then the
@@ -174,7 +211,9 @@ fn write_claimed(shared: &Arc<Shared>, slot: usize) {
         };
         let pos = sl.inflight.iter().position(|t| t.id == id);
         match (pos, sl.conn.clone()) {
-            (Some(pos), Some(conn)) if !stopping && sl.inflight[pos].killed.is_none() => {
+            (Some(pos), Some(conn))
+                if !stopping && sl.phase == Phase::Serving && sl.inflight[pos].killed.is_none() =>
+            {
                 sl.big_write = BigWrite::Writing(id);
                 let frame = std::mem::take(&mut sl.inflight[pos].frame);
                 (id, conn, frame)
@@ -193,12 +232,17 @@ fn write_claimed(shared: &Arc<Shared>, slot: usize) {
                         Some(KillReason::Timeout(limit)) => Error::timed_out(limit),
                         _ => Error::shut_down(),
                     };
+                    shared.pump(&mut st);
                     drop(st);
-                    let info = not_run(None, t.task.as_ref());
-                    shared.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    t.task.fail(e, info);
+                    if let Some(task) = t.task {
+                        let info = not_run(None, task.as_ref());
+                        shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        task.fail(e, info);
+                    }
                 } else {
-                    st.retry.push_front(t.unsent());
+                    if let Some(r) = t.unsent() {
+                        st.retry.push_front(r);
+                    }
                     shared.pump(&mut st);
                 }
                 shared.changed.notify_all();
@@ -226,7 +270,10 @@ fn write_claimed(shared: &Arc<Shared>, slot: usize) {
             let t = &mut sl.inflight[pos];
             t.frame = frame;
             t.sent = now;
-            if pos == 0 && t.started.is_none() {
+            if pos == 0 {
+                // The worker has its arguments (all but the pipe's last buffer-full) and
+                // starts now: a deadline counts from here on (it counted from the claim
+                // while the write lasted).
                 t.started = Some(now);
                 if t.timeout.is_some() {
                     shared.deadlines.notify_one();
@@ -240,12 +287,10 @@ fn write_claimed(shared: &Arc<Shared>, slot: usize) {
                 // the frame half written leaves it nothing to serve, and it holds no other
                 // task; then the failed-write path: elsewhere, or failed after
                 // `MAX_FAILED_WRITES`.
-                if let Some(c) = sl.child.as_mut() {
-                    let _ = c.kill();
-                }
-                if let Some(t) = sl.inflight.remove(pos) {
+                sl.transition_to_killed();
+                if let Some(r) = sl.inflight.remove(pos).and_then(InFlight::unsent) {
                     tracing::debug!(slot, task = id, error = %e, "a large frame's write failed");
-                    shared.failed_write(&mut st, slot, t.unsent(), &e);
+                    shared.failed_write(&mut st, slot, r, &e);
                 }
             }
             // Otherwise a cancel killed the worker (it held only this task) or the pool stops:
@@ -253,40 +298,23 @@ fn write_claimed(shared: &Arc<Shared>, slot: usize) {
         }
     }
     shared.pump(&mut st);
-    let idle = st.closing && shared.is_idle(&st);
-    drop(st);
-    if idle {
-        shared.changed.notify_all();
-    }
 }
 
 /// After the worker went away: reap it, fail its running task, re-queue the ones it had not
 /// started.
 fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
-    let (child, inflight, retiring, stopping, unsent) = {
+    let (gone, stopping) = {
         let mut st = shared.lock();
         let stopping = st.stopping;
-        let sl = &mut st.slots[slot];
-        // A frame claimed for this worker and not written (the worker hung up first). This
-        // thread writes claimed frames (`write_claimed`), so none is being written now.
-        let unsent = match std::mem::take(&mut sl.big_write) {
-            BigWrite::Claimed(id) => Some(id),
-            BigWrite::Writing(_) | BigWrite::None => None,
-        };
-        sl.conn = None;
-        sl.pid = None;
-        sl.reader = ReaderRole::Nobody;
-        sl.inbox = None;
-        sl.wake = None;
-        let retiring = std::mem::replace(&mut sl.retiring, false);
-        (
-            sl.child.take(),
-            std::mem::take(&mut sl.inflight),
-            retiring,
-            stopping,
-            unsent,
-        )
+        (st.slots[slot].transition_to_starting(), stopping)
     };
+    let Gone {
+        child,
+        inflight,
+        retiring,
+        killed,
+        unsent,
+    } = gone;
     let exit = match child {
         Some(c) => reap(c),
         None => ExitInfo {
@@ -305,6 +333,8 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
     let expected = inflight.is_empty() && (retiring || stopping) && front_error.is_none();
     if expected {
         tracing::debug!(slot, %exit, "worker exited");
+    } else if killed && front_error.is_none() {
+        tracing::debug!(slot, %exit, tasks = inflight.len(), "worker killed by the pool");
     } else {
         tracing::warn!(slot, %exit, tasks = inflight.len(), "worker died");
     }
@@ -312,6 +342,7 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
     for (i, t) in inflight.into_iter().enumerate() {
         let InFlight {
             id,
+            key,
             task,
             frame,
             timeout,
@@ -320,12 +351,16 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
             killed,
             failed_writes,
         } = t;
+        let Some(task) = task else {
+            // Withdrawn by a cancel: its handle has its outcome.
+            continue;
+        };
         let info = RunInfo {
             tier: TierKind::Processes,
             worker: Some(slot),
             run_time: started.map_or(Duration::ZERO, |s| s.elapsed()),
             queued: sent.saturating_duration_since(task.submitted()),
-            pid: None,
+            pid: started.map(|_| s.pid),
         };
         let never_sent = unsent == Some(id);
         let err = match killed {
@@ -346,6 +381,7 @@ fn finish(shared: &Arc<Shared>, slot: usize, s: Started, end: End) {
             }
             None => requeue.push(Req {
                 id,
+                key,
                 frame,
                 task,
                 timeout,
@@ -386,12 +422,9 @@ pub(crate) fn watchdog(shared: Arc<Shared>) {
             if due <= now {
                 t.killed = Some(KillReason::Timeout(limit));
                 tracing::debug!(slot = i, pid = ?sl.pid, ?limit, "deadline: killing the worker");
-                if let Some(c) = sl.child.as_mut() {
-                    let _ = c.kill();
-                }
                 // Nothing more goes to a worker being killed: a task written now would die
                 // with it (the kill may land after the timed-out task finished).
-                sl.conn = None;
+                sl.transition_to_killed();
             } else {
                 next = Some(next.map_or(due, |n| n.min(due)));
             }

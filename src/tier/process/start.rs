@@ -17,8 +17,8 @@ use super::SharedPayload;
 use super::child::WORKER_ENV;
 use super::pool::{PIPELINE_FRAME_LIMIT, Shared};
 use super::reader::Inbox;
-use super::sys::{self, pollfd, wait_fds};
-use super::worker::{BigWrite, ReaderRole};
+use super::sys::{self, ExitWatch, pollfd, wait_fds};
+use super::worker::{AfterAnswer, NewWorker};
 use crate::error::{Error, ErrorKind, ExitInfo};
 use crate::remote::Registry;
 use crate::remote::wire::{self, Request, Response, SharedData};
@@ -32,6 +32,8 @@ pub(crate) struct Started {
     pub(crate) stderr: Option<JoinHandle<()>>,
     /// Bytes read after the `Ready` frame (none, unless the worker misbehaves).
     pub(crate) buf: BytesMut,
+    /// Tells the worker's exit (see [`ExitWatch`]).
+    pub(crate) exit: Arc<ExitWatch>,
     /// Read end of the wake-up socket pair (nonblocking); the write end is in the slot's state.
     pub(crate) wake: UnixStream,
 }
@@ -66,7 +68,27 @@ pub(crate) fn reap(mut child: Child) -> ExitInfo {
 /// Makes the descriptors the worker inherits (its ends of the pipes, the shared-data file;
 /// -1: none) survive `exec` and applies the memory cap. Runs in the forked child before
 /// `exec`: only async-signal-safe calls.
-fn child_setup(fds: [i32; 3], memory_limit: Option<u64>) -> std::io::Result<()> {
+fn child_setup(fds: [i32; 3], memory_limit: Option<u64>, parent: i32) -> std::io::Result<()> {
+    // Killed when the thread that forked it ends: the slot thread, which lives until it has
+    // reaped this worker, so only when the pool's process dies (or the pool is dropped
+    // without the thread reaping it, which never happens). Then the check against the race:
+    // a parent that died before the prctl made this process an orphan already.
+    #[cfg(target_os = "linux")]
+    {
+        #[allow(unsafe_code)]
+        // SAFETY: prctl and getppid take integers only; both are async-signal-safe.
+        let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        if r == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: as above.
+        if unsafe { libc::getppid() } != parent {
+            return Err(std::io::Error::other("the pool's process died"));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
     for fd in fds.into_iter().filter(|&fd| fd >= 0) {
         #[allow(unsafe_code)]
         // SAFETY: fcntl on a descriptor we own in this (forked) process; F_SETFD with 0 only
@@ -169,6 +191,7 @@ pub(crate) fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartE
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped());
     let memory_limit = cfg.memory_limit;
+    let parent = std::process::id() as i32;
     // The shared-data file, inherited by this worker only (it is close-on-exec here).
     let shared_fd = match &cfg.shared {
         SharedPayload::Mapped(f) => f.raw_fd(),
@@ -178,7 +201,7 @@ pub(crate) fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartE
     // SAFETY: the closure runs in the forked child before exec and only calls `child_setup`,
     // which makes async-signal-safe calls (fcntl, setrlimit) and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || child_setup([out_fd, in_fd, shared_fd], memory_limit));
+        cmd.pre_exec(move || child_setup([out_fd, in_fd, shared_fd], memory_limit, parent));
     }
     let mut child = cmd.spawn().map_err(|e| {
         start_error(
@@ -202,7 +225,10 @@ pub(crate) fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartE
         if let Some(t) = stderr {
             join_stderr(t);
         }
-        Err(start_error(slot, detail, Some(exit)))
+        // The pool killed it: its signal is no observed cause (the error's text keeps the
+        // exit; the crash-loop guard must not take it for a kill from outside).
+        let (e, _) = start_error(slot, detail, Some(exit));
+        Err((e, None))
     };
     let silent = |pid: u32| {
         format!(
@@ -273,6 +299,7 @@ pub(crate) fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartE
                             pid,
                             stderr,
                             buf,
+                            exit: Arc::new(ExitWatch::new(pid)),
                             wake: wake_rx,
                         };
                         register(shared, slot, child, &started, conn, wake_tx, pipeline_limit);
@@ -299,8 +326,11 @@ pub(crate) fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartE
             Err(e) => return fail(child, format!("a bad handshake frame: {e}"), stderr),
         }
         let left = deadline.saturating_duration_since(Instant::now());
+        if shared.lock().killing {
+            return fail(child, "the pool was shut down".into(), stderr);
+        }
         let mut fds = [pollfd(answers.as_raw_fd(), libc::POLLIN)];
-        match wait_fds(&mut fds, Some(left)) {
+        match wait_fds(&mut fds, Some(left.min(HANDSHAKE_SLICE))) {
             Ok(0) if left.is_zero() => return fail(child, silent(pid), stderr),
             Ok(0) => continue,
             Ok(_) => {}
@@ -320,6 +350,10 @@ pub(crate) fn start(shared: &Arc<Shared>, slot: usize) -> Result<Started, StartE
         }
     }
 }
+
+/// How often a worker's handshake wait looks whether the pool is being killed (a worker
+/// still starting is killed too, so that a shutdown with a time limit keeps it).
+const HANDSHAKE_SLICE: Duration = Duration::from_millis(20);
 
 /// How long a dead worker's stderr forwarder may take to pass on its last lines (a panic's
 /// backtrace) before the pool goes on without it. The pipe's end of file comes when the last
@@ -354,10 +388,14 @@ fn eof_during_handshake(
 }
 
 fn exited_early(exit: ExitInfo) -> String {
-    format!(
-        "the worker exited before the handshake ({exit}): {}",
-        super::FORGOT_INIT
-    )
+    match exit.signal {
+        // Killed by a signal: a crash or a kill from outside, not evidence of a missing init.
+        Some(_) => format!("the worker was killed before the handshake ({exit})"),
+        None => format!(
+            "the worker exited before the handshake ({exit}): {}",
+            super::FORGOT_INIT
+        ),
+    }
 }
 
 /// Publishes a started worker to the pool and gives it work.
@@ -372,27 +410,25 @@ fn register(
 ) {
     let mut st = shared.lock();
     st.start_failures = 0;
+    st.start_kills = 0;
     let stopping = st.stopping;
     let sl = &mut st.slots[slot];
-    sl.conn = Some(conn.clone());
-    sl.pipeline_limit = pipeline_limit;
-    sl.big_write = BigWrite::None;
-    sl.child = Some(child);
-    sl.pid = Some(s.pid);
-    sl.sent = 0;
-    sl.retiring = false;
-    sl.reader = ReaderRole::Nobody;
-    sl.inbox = Some(Box::new(Inbox::new(
-        s.answers.clone(),
-        shared.cfg.max_frame,
-        s.buf.clone(),
-    )));
-    sl.wake = Some(wake);
-    if stopping {
-        sl.retiring = true;
-        shared.send_exit(&conn);
-    } else {
-        shared.pump(&mut st);
+    let worker = NewWorker {
+        conn: conn.clone(),
+        child,
+        pid: s.pid,
+        pipeline_limit,
+        inbox: Box::new(Inbox::new(
+            s.answers.clone(),
+            shared.cfg.max_frame,
+            s.buf.clone(),
+            s.exit.clone(),
+        )),
+        wake,
+    };
+    match sl.transition_to_serving(worker, stopping) {
+        AfterAnswer::SendExit => shared.send_exit(&conn),
+        AfterAnswer::Nothing => shared.pump(&mut st),
     }
     tracing::debug!(slot, pid = s.pid, "worker ready");
 }

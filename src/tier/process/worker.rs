@@ -11,9 +11,14 @@ use std::time::{Duration, Instant};
 use super::pending::Pending;
 use crate::tier::{RunInfo, TierKind};
 
+/// A function's name and whether the call is a `map` batch: what the pool learns run times by.
+pub(crate) type FnKey = (&'static str, bool);
+
 /// A queued task: its frame, ready to write, and its completer.
 pub(crate) struct Req {
     pub(crate) id: u64,
+    /// The function, and whether this is a `map` batch: the key of its learned run time.
+    pub(crate) key: FnKey,
     pub(crate) frame: Vec<u8>,
     pub(crate) task: Box<dyn Pending>,
     pub(crate) timeout: Option<Duration>,
@@ -28,7 +33,8 @@ impl InFlight {
     pub(crate) fn sent(req: Req, started: Option<Instant>, sent: Instant) -> InFlight {
         InFlight {
             id: req.id,
-            task: req.task,
+            key: req.key,
+            task: Some(req.task),
             frame: req.frame,
             timeout: req.timeout,
             started,
@@ -38,16 +44,18 @@ impl InFlight {
         }
     }
 
-    /// Back to the queue's form, for a task that did not run (claimed already).
-    pub(crate) fn unsent(self) -> Req {
-        Req {
+    /// Back to the queue's form, for a task that did not run (claimed already); `None` for a
+    /// task withdrawn by a cancel (already failed).
+    pub(crate) fn unsent(self) -> Option<Req> {
+        Some(Req {
             id: self.id,
+            key: self.key,
             frame: self.frame,
-            task: self.task,
+            task: self.task?,
             timeout: self.timeout,
             started: true,
             failed_writes: self.failed_writes,
-        }
+        })
     }
 }
 
@@ -78,7 +86,9 @@ pub(crate) enum KillReason {
 /// A task sent to a worker, not yet answered.
 pub(crate) struct InFlight {
     pub(crate) id: u64,
-    pub(crate) task: Box<dyn Pending>,
+    pub(crate) key: FnKey,
+    /// The task's completer; `None` once a cancel withdrew it (its handle has the outcome).
+    pub(crate) task: Option<Box<dyn Pending>>,
     pub(crate) frame: Vec<u8>,
     pub(crate) timeout: Option<Duration>,
     /// When the worker started it (when it became the worker's first unanswered task; for a
@@ -142,26 +152,90 @@ pub(crate) enum ReaderRole {
     Caller,
 }
 
-/// One worker slot as the pool sees it.
+/// Where a slot's worker is in its life (the diagram is in `README.md`, "The life of a
+/// worker"). Only the `transition_to_*` functions and [`SlotState::answered`] change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Phase {
+    /// No worker process: the slot thread is starting one (or the slot is done).
+    #[default]
+    Starting,
+    /// Handshake done: the worker takes tasks.
+    Serving,
+    /// Told to exit (its task quota is served, or the pool stops): takes nothing more and
+    /// exits once its tasks are answered.
+    Retiring,
+    /// Killed by the pool (a deadline, a cancel, a bad frame, a kill at shutdown): takes
+    /// nothing more, so that a kill can only ever hit the tasks it was meant for.
+    Killed,
+}
+
+/// How dispatch hands a task to a worker ([`SlotState::takes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Write its frame now, under the lock (it fits the request pipe's free buffer).
+    Write,
+    /// Claim the idle worker; its slot thread writes the frame with the lock released
+    /// ([`BigWrite`]).
+    Claim,
+}
+
+/// What the reader of an answer must do next ([`SlotState::answered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterAnswer {
+    /// Nothing: the worker runs its next task, or waits for one.
+    Nothing,
+    /// Send `Exit`: the worker served its quota and is now [`Phase::Retiring`].
+    SendExit,
+}
+
+/// What [`SlotState::cancel`] found and did.
+pub(crate) enum Cancelled {
+    /// The task is not on this worker.
+    NotHere,
+    /// Claimed for this worker and not written: taken back (the worker is free again); the
+    /// caller fails it "cancelled".
+    TakenBack(InFlight),
+    /// Running: the worker is killed ([`Phase::Killed`]); its slot thread fails the task
+    /// "cancelled" when it reaps the worker.
+    Killing,
+    /// Written behind the running task, not started: withdrawn now; the caller fails it
+    /// "cancelled" at once. The worker is killed if it reaches the task
+    /// ([`SlotState::answered`]), and the tasks behind it run elsewhere.
+    Withdrawn(Box<dyn Pending>),
+}
+
+/// What a worker left when it went away ([`SlotState::transition_to_starting`]).
+pub(crate) struct Gone {
+    pub(crate) child: Option<Child>,
+    pub(crate) inflight: VecDeque<InFlight>,
+    /// It was told to exit (its death was expected).
+    pub(crate) retiring: bool,
+    /// It was killed by the pool.
+    pub(crate) killed: bool,
+    /// The claimed task whose frame was never written.
+    pub(crate) unsent: Option<u64>,
+}
+
+/// One worker slot as the pool sees it: its [`Phase`], the tasks written to it, who reads its
+/// answers. Every change of phase is a named transition here, called under the pool's lock.
 #[derive(Default)]
 pub(crate) struct SlotState {
-    /// Write end of the worker's request pipe; `None` while no worker can take a task: none
-    /// started yet, it went away, or the pool is killing it (a deadline, a cancel, a bad
-    /// frame), so that no task is written to a worker about to die.
+    pub(crate) phase: Phase,
+    /// Write end of the worker's request pipe (from the handshake to its death); written only
+    /// while [`Phase::Serving`] (and `Exit` when retiring).
     pub(crate) conn: Option<Arc<File>>,
     /// Frames up to this size may wait in the request pipe behind a running task (see
-    /// [`PIPELINE_FRAME_LIMIT`]).
+    /// [`PIPELINE_FRAME_LIMIT`](super::pool::PIPELINE_FRAME_LIMIT)).
     pub(crate) pipeline_limit: usize,
     /// A frame written (or about to be) with the lock released; nothing else is written to
     /// this worker meanwhile.
     pub(crate) big_write: BigWrite,
     pub(crate) child: Option<Child>,
     pub(crate) pid: Option<u32>,
+    /// Tasks written to the worker and not answered, in order: the first one runs.
     pub(crate) inflight: VecDeque<InFlight>,
     /// Tasks sent to the current process.
     pub(crate) sent: u64,
-    /// Told to exit (max tasks reached, or shutdown).
-    pub(crate) retiring: bool,
     /// Who reads the worker's answers.
     pub(crate) reader: ReaderRole,
     /// The answer pipe and its undecoded bytes; taken out by the reader while it reads.
@@ -170,7 +244,178 @@ pub(crate) struct SlotState {
     pub(crate) wake: Option<UnixStream>,
 }
 
+/// A worker that passed its handshake, as [`SlotState::transition_to_serving`] takes it.
+pub(crate) struct NewWorker {
+    pub(crate) conn: Arc<File>,
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) pipeline_limit: usize,
+    pub(crate) inbox: Box<super::reader::Inbox>,
+    pub(crate) wake: UnixStream,
+}
+
 impl SlotState {
+    /// Starting → Serving, or → Retiring when the pool stops meanwhile (returns
+    /// [`AfterAnswer::SendExit`]: tell it to exit).
+    pub(crate) fn transition_to_serving(&mut self, w: NewWorker, stopping: bool) -> AfterAnswer {
+        debug_assert_eq!(self.phase, Phase::Starting);
+        self.conn = Some(w.conn);
+        self.pipeline_limit = w.pipeline_limit;
+        self.big_write = BigWrite::None;
+        self.child = Some(w.child);
+        self.pid = Some(w.pid);
+        self.sent = 0;
+        self.reader = ReaderRole::Nobody;
+        self.inbox = Some(w.inbox);
+        self.wake = Some(w.wake);
+        if stopping {
+            self.phase = Phase::Retiring;
+            AfterAnswer::SendExit
+        } else {
+            self.phase = Phase::Serving;
+            AfterAnswer::Nothing
+        }
+    }
+
+    /// Serving → Retiring: returns whether the caller must send `Exit` (false when the worker
+    /// was not serving).
+    pub(crate) fn transition_to_retiring(&mut self) -> bool {
+        if self.phase != Phase::Serving {
+            return false;
+        }
+        self.phase = Phase::Retiring;
+        true
+    }
+
+    /// Any live phase → Killed: sends `SIGKILL` once. Nothing is written to the worker after
+    /// this; its slot thread sees it die and reaps it.
+    pub(crate) fn transition_to_killed(&mut self) {
+        if matches!(self.phase, Phase::Killed | Phase::Starting) {
+            return;
+        }
+        self.phase = Phase::Killed;
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+        }
+    }
+
+    /// Any phase → Starting, when the worker went away: hands over what it left (the slot
+    /// thread reaps the child, fails the running task, puts the others back in the queue).
+    pub(crate) fn transition_to_starting(&mut self) -> Gone {
+        // A frame claimed for this worker and not written (it hung up first). The slot
+        // thread writes claimed frames, and it is the caller: none is being written now.
+        let unsent = match std::mem::take(&mut self.big_write) {
+            BigWrite::Claimed(id) => Some(id),
+            BigWrite::Writing(_) | BigWrite::None => None,
+        };
+        let phase = std::mem::take(&mut self.phase);
+        self.conn = None;
+        self.pid = None;
+        self.reader = ReaderRole::Nobody;
+        self.inbox = None;
+        self.wake = None;
+        Gone {
+            child: self.child.take(),
+            inflight: std::mem::take(&mut self.inflight),
+            retiring: phase == Phase::Retiring,
+            killed: phase == Phase::Killed,
+            unsent,
+        }
+    }
+
+    /// Whether dispatch may hand `req` to this worker now, and how.
+    ///
+    /// Only a serving worker takes tasks, one writer at a time (nothing is written behind a
+    /// frame being written), within its task quota. An idle worker takes any task. A busy
+    /// one takes a task behind its running ones (pipelining, at most `depth` in all) only when
+    /// every one of them is known to be short (`short`), the frame fits the request pipe's
+    /// share, and neither it nor any task ahead has a deadline (a deadline's kill may land
+    /// just after its task finished, and must not hit another). So a task never waits behind
+    /// a long one: it stays queued for the first worker that frees.
+    pub(crate) fn takes(
+        &self,
+        req: &Req,
+        depth: usize,
+        max_tasks: Option<u64>,
+        short: impl Fn(&InFlight) -> bool,
+    ) -> Option<Take> {
+        if self.phase != Phase::Serving
+            || self.big_write != BigWrite::None
+            || max_tasks.is_some_and(|m| self.sent >= m)
+        {
+            return None;
+        }
+        if self.inflight.is_empty() {
+            return Some(if req.frame.len() > self.unlocked_write_over(depth) {
+                Take::Claim
+            } else {
+                Take::Write
+            });
+        }
+        let pipelined = self.inflight.len() < depth
+            && req.frame.len() <= self.pipeline_limit
+            && req.timeout.is_none()
+            && self
+                .inflight
+                .iter()
+                .all(|t| t.timeout.is_none() && short(t));
+        pipelined.then_some(Take::Write)
+    }
+
+    /// The worker answered task `id`: takes it off (the caller completes it). The next task,
+    /// if any, starts now; if it was withdrawn by a cancel the worker is killed (Killed),
+    /// else when the worker served its quota it retires (the caller sends `Exit`).
+    pub(crate) fn answered(
+        &mut self,
+        id: u64,
+        max_tasks: Option<u64>,
+    ) -> Result<(InFlight, AfterAnswer), u64> {
+        if self.inflight.front().is_none_or(|t| t.id != id) {
+            return Err(id);
+        }
+        let task = self
+            .inflight
+            .pop_front()
+            .expect("checked: the front is task `id`");
+        let mut next = AfterAnswer::Nothing;
+        if let Some(front) = self.inflight.front_mut() {
+            front.started = Some(Instant::now());
+            if front.killed == Some(KillReason::Cancel) {
+                self.transition_to_killed();
+            }
+        } else if max_tasks.is_some_and(|m| self.sent >= m) && self.transition_to_retiring() {
+            next = AfterAnswer::SendExit;
+        }
+        Ok((task, next))
+    }
+
+    /// A cancel of task `id`; see [`Cancelled`].
+    pub(crate) fn cancel(&mut self, id: u64) -> Cancelled {
+        let Some(pos) = self.inflight.iter().position(|t| t.id == id) else {
+            return Cancelled::NotHere;
+        };
+        if self.big_write == BigWrite::Claimed(id) {
+            self.big_write = BigWrite::None;
+            return match self.inflight.remove(pos) {
+                Some(t) => Cancelled::TakenBack(t),
+                None => Cancelled::NotHere,
+            };
+        }
+        let t = &mut self.inflight[pos];
+        if t.killed.is_some() {
+            return Cancelled::NotHere;
+        }
+        t.killed = Some(KillReason::Cancel);
+        if pos == 0 {
+            self.transition_to_killed();
+            return Cancelled::Killing;
+        }
+        match t.task.take() {
+            Some(task) => Cancelled::Withdrawn(task),
+            None => Cancelled::NotHere,
+        }
+    }
+
     /// Frames over this size go to an idle worker by its slot thread, with the lock released
     /// ([`BigWrite`]): they may not fit the request pipe's buffer (sized for `depth` frames
     /// of up to [`pipeline_limit`](Self::pipeline_limit)), so their write may wait for the
@@ -188,7 +433,7 @@ impl SlotState {
     }
 
     /// Makes the slot thread the reader when unanswered tasks have none; see
-    /// [`Shared::want_readers`].
+    /// [`Shared::want_readers`](super::pool::Shared::want_readers).
     pub(crate) fn want_reader(&mut self) {
         if self.reader == ReaderRole::Nobody && !self.inflight.is_empty() {
             self.reader = ReaderRole::Thread;
