@@ -265,11 +265,14 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// A deadline for every task, counted from when its worker starts it; a task past it is
-    /// killed with its worker and fails with "timed out". For a frame larger than the request
-    /// pipe's buffer (`pipeline_depth` × 64 KiB by default), it counts from when an idle
-    /// worker is claimed for it, before the write: a worker that never reads the arguments
-    /// cannot hold the task past its deadline. Per task: [`ProcessPool::submit_timeout`].
+    /// A deadline for every task, counted from when its worker starts it (time in the queue
+    /// does not count); a task past it is killed with its worker and fails with "timed out".
+    /// A task with a deadline goes only to an idle worker, which starts it as soon as its
+    /// frame is written. For a frame larger than the request pipe's buffer
+    /// (`pipeline_depth` × 64 KiB by default), written while the worker reads it, it counts
+    /// from the end of that write, and during the write from when the worker was claimed for
+    /// it: a worker that never reads its arguments cannot hold the task past its deadline.
+    /// Per task: [`ProcessPool::submit_timeout`].
     pub fn task_timeout(&mut self, d: Duration) -> &mut Self {
         self.cfg.task_timeout = Some(d);
         self

@@ -2,11 +2,17 @@
 //!
 //! | file | concern |
 //! | --- | --- |
-//! | `mod.rs` | [`ProcessPool`], [`ProcessPoolBuilder`], the tuning constants |
-//! | `pool.rs` | the shared state: queue, in-flight tasks, dispatch |
-//! | `slot.rs` | one thread per worker slot: start, handshake, read answers, reap, replace |
+//! | `mod.rs` | [`ProcessPool`], the tuning constants |
+//! | `builder.rs` | [`ProcessPoolBuilder`], the settings, `build` |
+//! | `worker.rs` | one worker slot's state: its phase and every transition (see `README.md`) |
+//! | `pool.rs` | the shared state: queue, dispatch, cancel |
+//! | `pending.rs` | typed completers; decoding a result |
+//! | `reader.rs` | reading a worker's answers: by the waiting caller or the slot thread |
+//! | `slot.rs` | one thread per worker slot: serve, reap, replace; the deadline watchdog |
+//! | `start.rs` | starting a worker: pipes, `exec`, handshake |
+//! | `shutdown.rs` | drain, cancel, kill, time limits |
 //! | `child.rs` | the worker's side, run by [`init`](crate::init) |
-//! | `sys.rs` | the system calls std lacks: pipes, `ppoll`, `timerfd`, `SIGPIPE` blocking |
+//! | `sys.rs` | the system calls std lacks: pipes, `ppoll`, `timerfd`, `SIGPIPE`, exit watch |
 //! | `README.md` | the wire protocol and the life of a worker |
 //!
 //! Workers are the current executable started again; [`init`](crate::init) at the top of
@@ -193,7 +199,9 @@ impl ProcessPool {
         TierKind::Processes
     }
 
-    /// The process ids of the workers running now (slots between workers are skipped).
+    /// The process ids of the workers serving now (a worker still in its handshake, and a slot
+    /// between two workers, are skipped). A finished task's
+    /// [`RunInfo::pid`](crate::RunInfo::pid) names the worker that ran it.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.shared()
             .lock()
@@ -333,8 +341,9 @@ impl ProcessPool {
         self.submit_inner(f, args, None).await
     }
 
-    /// As [`submit`](Self::submit), with a deadline for this task: past `timeout` from its
-    /// start (see [`ProcessPoolBuilder::task_timeout`]) its worker is killed and it fails with
+    /// As [`submit`](Self::submit), with a deadline for this task: past `timeout` from when
+    /// its worker starts it (time in the queue does not count; see
+    /// [`ProcessPoolBuilder::task_timeout`]) its worker is killed and it fails with
     /// "timed out".
     pub async fn submit_timeout<A, R>(
         &self,
