@@ -106,24 +106,28 @@ impl Inbox {
     /// Reads the next bytes, waiting in `ppoll` while there are none. Returns false at end of
     /// file, an error for a bad frame.
     fn read_blocking(&mut self, shared: &Arc<Shared>, slot: usize) -> Result<bool, Error> {
+        let mut exited = false;
         loop {
             match self.read_now(shared, slot)? {
                 Got::Frames => return Ok(true),
                 Got::End => return Ok(false),
+                // Exited, and nothing left in the pipe: a process it forked holds the pipe
+                // open, but the worker will say nothing more.
+                Got::Nothing if exited => return Ok(false),
                 Got::Nothing => {
-                    if self.exit.exited() {
-                        // Exited, and nothing left in the pipe: a process it forked holds the
-                        // pipe open, but the worker will say nothing more.
-                        return Ok(false);
-                    }
                     let mut fds = [
                         pollfd(self.answers.as_raw_fd(), libc::POLLIN),
                         pollfd(self.exit.fd(), libc::POLLIN),
                     ];
-                    if wait_fds(&mut fds, self.exit.poll_every()).is_err() {
+                    let every = self.exit.poll_every();
+                    match wait_fds(&mut fds, every) {
                         // Cannot wait (not seen in practice): treat the worker as gone rather
                         // than spin; serving ends and the worker is reaped (or killed).
-                        return Ok(false);
+                        Err(_) => return Ok(false),
+                        // Read once more, then stop.
+                        Ok(_) if fds[1].revents != 0 => exited = true,
+                        Ok(0) if every.is_some() => exited = self.exit.exited(),
+                        Ok(_) => {}
                     }
                 }
             }

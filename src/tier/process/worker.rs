@@ -441,3 +441,132 @@ impl SlotState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    /// A task's completer that records nothing.
+    struct Nop;
+
+    impl Pending for Nop {
+        fn start(&self) -> bool {
+            true
+        }
+        fn submitted(&self) -> Instant {
+            Instant::now()
+        }
+        fn is_waited(&self) -> bool {
+            false
+        }
+        fn succeed(self: Box<Self>, _: &[u8], _: RunInfo) {}
+        fn fail(self: Box<Self>, _: Error, _: RunInfo) {}
+        fn discard(self: Box<Self>) {}
+    }
+
+    fn req(id: u64, len: usize, timeout: Option<Duration>) -> Req {
+        Req {
+            id,
+            key: ("f", false),
+            frame: vec![0; len],
+            task: Box::new(Nop),
+            timeout,
+            started: false,
+            failed_writes: 0,
+        }
+    }
+
+    fn serving() -> SlotState {
+        SlotState {
+            phase: Phase::Serving,
+            pipeline_limit: 1024,
+            ..SlotState::default()
+        }
+    }
+
+    fn push(sl: &mut SlotState, r: Req) {
+        let started = sl.inflight.is_empty().then(Instant::now);
+        sl.inflight
+            .push_back(InFlight::sent(r, started, Instant::now()));
+        sl.sent += 1;
+    }
+
+    #[test]
+    fn an_idle_worker_takes_any_task_and_claims_big_ones() {
+        let sl = serving();
+        assert_eq!(
+            sl.takes(&req(1, 10, None), 2, None, |_| false),
+            Some(Take::Write)
+        );
+        assert_eq!(
+            sl.takes(&req(1, 4096, None), 2, None, |_| false),
+            Some(Take::Claim)
+        );
+        let starting = SlotState::default();
+        assert_eq!(starting.takes(&req(1, 10, None), 2, None, |_| true), None);
+    }
+
+    #[test]
+    fn a_busy_worker_takes_a_task_only_behind_short_ones() {
+        let mut sl = serving();
+        push(&mut sl, req(1, 10, None));
+        assert_eq!(sl.takes(&req(2, 10, None), 2, None, |_| false), None);
+        assert_eq!(
+            sl.takes(&req(2, 10, None), 2, None, |_| true),
+            Some(Take::Write)
+        );
+        // Not past the depth, not a big frame, not one with a deadline.
+        assert_eq!(sl.takes(&req(2, 10, None), 1, None, |_| true), None);
+        assert_eq!(sl.takes(&req(2, 2048, None), 2, None, |_| true), None);
+        let limit = Some(Duration::from_secs(1));
+        assert_eq!(sl.takes(&req(2, 10, limit), 2, None, |_| true), None);
+        // Nor behind a task with a deadline, nor past the task quota.
+        let mut sl = serving();
+        push(&mut sl, req(1, 10, limit));
+        assert_eq!(sl.takes(&req(2, 10, None), 2, None, |_| true), None);
+        let mut sl = serving();
+        push(&mut sl, req(1, 10, None));
+        assert_eq!(sl.takes(&req(2, 10, None), 2, Some(1), |_| true), None);
+    }
+
+    #[test]
+    fn a_withdrawn_task_reaching_the_front_kills_the_worker() {
+        let mut sl = serving();
+        push(&mut sl, req(1, 10, None));
+        push(&mut sl, req(2, 10, None));
+        assert!(matches!(sl.cancel(2), Cancelled::Withdrawn(_)));
+        // It still serves the task ahead.
+        assert_eq!(sl.phase, Phase::Serving);
+        let (t, next) = sl.answered(1, None).ok().expect("task 1 runs");
+        assert_eq!((t.id, next), (1, AfterAnswer::Nothing));
+        assert_eq!(sl.phase, Phase::Killed);
+        assert_eq!(sl.takes(&req(3, 10, None), 2, None, |_| true), None);
+    }
+
+    #[test]
+    fn cancel_of_the_running_task_kills_and_of_a_claimed_one_takes_it_back() {
+        let mut sl = serving();
+        push(&mut sl, req(1, 10, None));
+        assert!(matches!(sl.cancel(1), Cancelled::Killing));
+        assert_eq!(sl.phase, Phase::Killed);
+        assert!(matches!(sl.cancel(1), Cancelled::NotHere));
+        let mut sl = serving();
+        push(&mut sl, req(1, 4096, None));
+        sl.big_write = BigWrite::Claimed(1);
+        assert!(matches!(sl.cancel(1), Cancelled::TakenBack(_)));
+        assert_eq!((sl.phase, sl.big_write), (Phase::Serving, BigWrite::None));
+    }
+
+    #[test]
+    fn the_quota_retires_and_a_wrong_answer_is_refused() {
+        let mut sl = serving();
+        push(&mut sl, req(1, 10, None));
+        assert_eq!(sl.answered(2, Some(1)).err(), Some(2));
+        let (_, next) = sl.answered(1, Some(1)).ok().expect("task 1 runs");
+        assert_eq!((next, sl.phase), (AfterAnswer::SendExit, Phase::Retiring));
+        let gone = sl.transition_to_starting();
+        assert!(gone.retiring && !gone.killed && gone.inflight.is_empty());
+        assert_eq!(sl.phase, Phase::Starting);
+    }
+}
