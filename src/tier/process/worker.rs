@@ -538,7 +538,7 @@ mod tests {
         assert!(matches!(sl.cancel(2), Cancelled::Withdrawn(_)));
         // It still serves the task ahead.
         assert_eq!(sl.phase, Phase::Serving);
-        let (t, next) = sl.answered(1, None).ok().expect("task 1 runs");
+        let (t, next) = sl.answered(1, None).expect("task 1 runs");
         assert_eq!((t.id, next), (1, AfterAnswer::Nothing));
         assert_eq!(sl.phase, Phase::Killed);
         assert_eq!(sl.takes(&req(3, 10, None), 2, None, |_| true), None);
@@ -563,7 +563,7 @@ mod tests {
         let mut sl = serving();
         push(&mut sl, req(1, 10, None));
         assert_eq!(sl.answered(2, Some(1)).err(), Some(2));
-        let (_, next) = sl.answered(1, Some(1)).ok().expect("task 1 runs");
+        let (_, next) = sl.answered(1, Some(1)).expect("task 1 runs");
         assert_eq!((next, sl.phase), (AfterAnswer::SendExit, Phase::Retiring));
         let gone = sl.transition_to_starting();
         assert!(gone.retiring && !gone.killed && gone.inflight.is_empty());
