@@ -12,9 +12,22 @@ use process_support::{ECHO, PID, SLEEP_MS, build, check, children, rt, submit};
 /// Forks a child that holds every inherited descriptor for 20 s (its pid goes to the file
 /// named by the argument), then, unless `ret`, sleeps for ever itself.
 fn fork_and_hold(path: &str, ret: bool) -> u32 {
+    fork_and_hold_by(path, ret, false)
+}
+
+/// As [`fork_and_hold`]; with `raw`, by the `fork` system call itself, which runs no
+/// `pthread_atfork` handler: the child keeps the worker's pipes open.
+fn fork_and_hold_by(path: &str, ret: bool, raw: bool) -> u32 {
     #[allow(unsafe_code)]
     // SAFETY: fork in the single-threaded worker; the child only sleeps and _exits.
-    let pid = unsafe { libc::fork() };
+    let pid = unsafe {
+        if raw {
+            // clone(SIGCHLD) is fork on every architecture (the other arguments are 0).
+            libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) as libc::pid_t
+        } else {
+            libc::fork()
+        }
+    };
     if pid == 0 {
         // SAFETY: async-signal-safe calls only in the forked child.
         unsafe {
@@ -33,6 +46,9 @@ fn fork_and_hold(path: &str, ret: bool) -> u32 {
 
 static FORK_HOLD_LOOP: RemoteFn<String, u32> =
     RemoteFn::new("fork_hold_loop", |path| fork_and_hold(&path, false));
+static RAW_FORK_HOLD_LOOP: RemoteFn<String, u32> = RemoteFn::new("raw_fork_hold_loop", |path| {
+    fork_and_hold_by(&path, false, true)
+});
 static FORK_HOLD_RETURN: RemoteFn<String, u32> =
     RemoteFn::new("fork_hold_return", |path| fork_and_hold(&path, true));
 /// `fork()` where both processes return from the task.
@@ -90,15 +106,21 @@ fn bounded(limit: Duration, what: &str, f: impl FnOnce() + Send + 'static) -> Re
 /// Issue 13, item 5a: the worker's forked child holds the answer pipe; the deadline's kill
 /// must still be seen at once.
 fn a_deadline_kills_a_worker_whose_fork_holds_the_pipes() -> Result<(), String> {
-    let path = pid_file("a");
+    deadline_with_a_fork(&FORK_HOLD_LOOP, "a")
+}
+
+/// Issue 13, item 5a, with a fork that runs no `pthread_atfork` handler: the child holds the
+/// answer pipe open, and the worker's death must be seen from the process itself.
+fn a_deadline_kills_a_worker_whose_raw_fork_holds_the_pipes() -> Result<(), String> {
+    deadline_with_a_fork(&RAW_FORK_HOLD_LOOP, "araw")
+}
+
+fn deadline_with_a_fork(f: &RemoteFn<String, u32>, tag: &str) -> Result<(), String> {
+    let path = pid_file(tag);
     let r = rt().block_on(async {
         let pool = build(ProcessPool::builder().workers(1))?;
         let h = pool
-            .submit_timeout(
-                &FORK_HOLD_LOOP,
-                path.display().to_string(),
-                Duration::from_millis(300),
-            )
+            .submit_timeout(f, path.display().to_string(), Duration::from_millis(300))
             .await
             .map_err(|e| e.to_string())?;
         let t0 = Instant::now();
@@ -287,6 +309,7 @@ fn main() {
         &PID,
         &SLEEP_MS,
         &FORK_HOLD_LOOP,
+        &RAW_FORK_HOLD_LOOP,
         &FORK_HOLD_RETURN,
         &FORK_BOTH_RETURN,
         &SLOW_INIT,
@@ -298,6 +321,10 @@ fn main() {
         (
             "a_deadline_kills_a_worker_whose_fork_holds_the_pipes",
             a_deadline_kills_a_worker_whose_fork_holds_the_pipes,
+        ),
+        (
+            "a_deadline_kills_a_worker_whose_raw_fork_holds_the_pipes",
+            a_deadline_kills_a_worker_whose_raw_fork_holds_the_pipes,
         ),
         (
             "drain_is_not_held_by_a_forked_child",
