@@ -96,12 +96,10 @@ fn tempfile_in_tmp() -> Option<std::fs::File> {
 
 /// Runs the cases, prints one line per case and the closing count; exits 1 on a failure.
 pub fn run(cases: &[Case]) {
-    // Quiet by default: the failures the cases provoke on purpose log warnings (a dead
-    // worker, a failed start); `RUST_LOG=warn` shows them.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
