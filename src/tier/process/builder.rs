@@ -14,9 +14,9 @@ use super::pool::{self, Shared, State};
 use super::shutdown::Owner;
 use super::worker::SlotState;
 use super::{
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_START_FAILURES, DEFAULT_PIPELINE, DEFAULT_RESULT_SPIN,
-    DEFAULT_RESULT_WAIT, DEFAULT_SHARED_MAP_THRESHOLD, FORGOT_INIT, ProcessPool,
-    not_registered_fix, slot, sys,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_START_FAILURES, DEFAULT_PIPELINE,
+    DEFAULT_PIPELINE_SHORT, DEFAULT_RESULT_SPIN, DEFAULT_RESULT_WAIT, DEFAULT_SHARED_MAP_THRESHOLD,
+    FORGOT_INIT, ProcessPool, not_registered_fix, slot, sys,
 };
 use crate::error::BuildError;
 use crate::remote::wire::DEFAULT_MAX_FRAME;
@@ -37,6 +37,7 @@ pub(crate) struct Config {
     pub(crate) shared_map_threshold: usize,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) pipeline: usize,
+    pub(crate) pipeline_short: Duration,
     pub(crate) max_start_failures: u32,
     pub(crate) program: PathBuf,
     pub(crate) arg0: Option<OsString>,
@@ -148,6 +149,7 @@ impl Default for ProcessPoolBuilder {
                 shared_map_threshold: DEFAULT_SHARED_MAP_THRESHOLD,
                 task_timeout: None,
                 pipeline: DEFAULT_PIPELINE,
+                pipeline_short: DEFAULT_PIPELINE_SHORT,
                 max_start_failures: DEFAULT_MAX_START_FAILURES,
                 program,
                 arg0,
@@ -282,6 +284,15 @@ impl ProcessPoolBuilder {
     /// an idle worker).
     pub fn pipeline_depth(&mut self, n: usize) -> &mut Self {
         self.cfg.pipeline = n.max(1);
+        self
+    }
+
+    /// A task is written behind the tasks of a busy worker only when each of them is of a
+    /// function whose learned run time is under `d`, and no worker is idle (default
+    /// [`DEFAULT_PIPELINE_SHORT`]); zero never writes a task behind another. The longest a
+    /// task may wait behind another when a worker frees meanwhile.
+    pub fn pipeline_short(&mut self, d: Duration) -> &mut Self {
+        self.cfg.pipeline_short = d;
         self
     }
 

@@ -84,8 +84,9 @@ pub const DEFAULT_PIPELINE: usize = 2;
 /// trip between two short tasks, and a task never waits behind a long one. 10 ms: a round trip
 /// (tens of µs) is under 1% of it, and a task waits at most about this long for a worker that
 /// frees meanwhile; `map` chunks (about [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET))
-/// stay under it. A function not yet seen is not known to be short.
-pub(crate) const PIPELINE_SHORT: Duration = Duration::from_millis(10);
+/// stay under it. A function not yet seen is not known to be short. Set
+/// [`ProcessPoolBuilder::pipeline_short`].
+pub const DEFAULT_PIPELINE_SHORT: Duration = Duration::from_millis(10);
 
 /// Shared data of at least this many bytes goes to the workers as one sealed memory file that
 /// they all map, instead of inside each worker's setup frame: 64 KiB is a pipe's default

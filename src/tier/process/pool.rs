@@ -48,7 +48,7 @@ pub(crate) struct State {
     pub(crate) killing: bool,
     /// Each function's learned run time (an average, in nanoseconds): dispatch writes a task
     /// behind running ones only when they are known to be short
-    /// ([`PIPELINE_SHORT`](super::PIPELINE_SHORT)).
+    /// ([`DEFAULT_PIPELINE_SHORT`](super::DEFAULT_PIPELINE_SHORT)).
     pub(crate) run_times: HashMap<FnKey, u64>,
 }
 
@@ -213,11 +213,8 @@ impl Shared {
             // The worker with the fewest unanswered tasks that takes it (see
             // `SlotState::takes`): an idle one first, behind short tasks only when none is.
             let run_times = &st.run_times;
-            let short = |t: &InFlight| {
-                run_times
-                    .get(&t.key)
-                    .is_some_and(|&ns| ns < super::PIPELINE_SHORT.as_nanos() as u64)
-            };
+            let short_ns = u64::try_from(self.cfg.pipeline_short.as_nanos()).unwrap_or(u64::MAX);
+            let short = |t: &InFlight| run_times.get(&t.key).is_some_and(|&ns| ns < short_ns);
             let pick = (0..st.slots.len())
                 .filter_map(|i| {
                     st.slots[i]
