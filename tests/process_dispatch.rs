@@ -179,6 +179,27 @@ fn a_panic_while_decoding_fails_only_its_task() -> Result<(), String> {
     r
 }
 
+/// Issue 13, item 9: a deadline counts from when the worker starts the task, not from its
+/// submission: a task that waits 600 ms in the queue and runs 100 ms meets a 400 ms deadline.
+fn a_deadline_counts_from_the_start() -> Result<(), String> {
+    rt().block_on(async {
+        let pool = build(ProcessPool::builder().workers(1))?;
+        warm(&pool, 1).await?;
+        let busy = submit(&pool, &SLEEP_MS, 600).await?;
+        let h = pool
+            .submit_timeout(&SLEEP_MS, 100, Duration::from_millis(400))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(10), h)
+            .await
+            .map_err(|_| "the task with a deadline hung".to_string())?
+            .map_err(|e| format!("the queue time counted against the deadline: {e}"))?;
+        busy.await.map_err(|e| e.to_string())?;
+        pool.shutdown(ShutdownMode::Drain).await;
+        Ok(())
+    })
+}
+
 /// Issue 13, item 10: a finished task's run info names the worker process that ran it.
 fn run_info_names_the_workers_pid() -> Result<(), String> {
     rt().block_on(async {
