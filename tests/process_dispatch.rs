@@ -237,6 +237,10 @@ fn main() {
             a_panic_while_decoding_fails_only_its_task,
         ),
         (
+            "a_deadline_counts_from_the_start",
+            a_deadline_counts_from_the_start,
+        ),
+        (
             "run_info_names_the_workers_pid",
             run_info_names_the_workers_pid,
         ),
