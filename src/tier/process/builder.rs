@@ -1,4 +1,4 @@
-//! The builder of a [`ProcessPool`](super::ProcessPool) and the settings it fixes.
+//! The builder of a [`ProcessPool`] and the settings it fixes.
 
 use std::ffi::OsString;
 use std::fmt;

@@ -1,5 +1,5 @@
-//! The pool's shared state: the queue, the workers' in-flight tasks, dispatch, and who reads
-//! each worker's answers.
+//! The pool's shared state: the queue, the worker slots ([`SlotState`], whose phase changes
+//! only through the transitions in `worker.rs`), dispatch, and cancel.
 //!
 //! One mutex guards the state. Dispatch ([`Shared::pump`]) runs under it, from a submitter
 //! (when a worker has room) or from whoever reads a worker's answers (when a result frees
@@ -10,7 +10,7 @@
 //! ([`BigWrite`]).
 //!
 //! A worker's answers are read by its slot thread or by a caller waiting for its own task
-//! ([`ReaderRole`]); the rules that make sure an awaited answer is always read are on
+//! ([`ReaderRole`](super::worker::ReaderRole)); the rules that make sure an awaited answer is always read are on
 //! [`Shared::pump`] and [`Shared::want_readers`].
 
 use std::collections::{HashMap, VecDeque};

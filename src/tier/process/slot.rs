@@ -2,7 +2,7 @@
 //! does, notices its death, fails or re-queues its tasks, and starts the next one.
 //!
 //! A worker's answers are read by whoever holds the slot's [`ReaderRole`]: the caller waiting
-//! for its own answer ([`read_own_answer`], bounded), or this thread, blocked in `read`. While
+//! for its own answer ([`read_own_answer`](super::reader::read_own_answer), bounded), or this thread, blocked in `read`. While
 //! nobody holds it the thread waits in `poll` for the worker's end of file or a wake-up only,
 //! so an answer the caller reads itself wakes no thread of the pool: the round trip is the
 //! caller's write, the worker's wake-up, the worker's write, the caller's wake-up, as in a
