@@ -410,7 +410,11 @@ impl SlotState {
             self.transition_to_killed();
             return Cancelled::Killing;
         }
-        match t.task.take() {
+        let task = t.task.take();
+        // The answer ahead must be read without a waiting handle: that is when the worker
+        // reaches the withdrawn task and is killed.
+        self.want_reader();
+        match task {
             Some(task) => Cancelled::Withdrawn(task),
             None => Cancelled::NotHere,
         }
