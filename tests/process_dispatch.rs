@@ -130,6 +130,40 @@ fn drain_after_a_withdrawn_task_ends() -> Result<(), String> {
     Ok(())
 }
 
+/// Issue 13, item 3, second form: a worker killed during the drain; the drain still ends.
+fn drain_with_a_worker_killed_meanwhile_ends() -> Result<(), String> {
+    let pool = build(ProcessPool::builder().workers(1).max_tasks_per_worker(1))?;
+    let running = pool
+        .submit_blocking(&SLEEP_MS, 2_000)
+        .map_err(|e| e.to_string())?;
+    drop(pool.submit_blocking(&ECHO, 1).map_err(|e| e.to_string())?);
+    let queued = pool.submit_blocking(&ECHO, 2).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    while pool.worker_pids().is_empty() {
+        check(t0.elapsed() < Duration::from_secs(10), || {
+            "no worker".into()
+        })?;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = pool.worker_pids()[0];
+    let p = pool.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        p.shutdown_blocking(ShutdownMode::Drain);
+        let _ = tx.send(());
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    process_support::sigkill(pid);
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "shutdown(Drain) did not return 10 s after the kill".to_string())?;
+    let e = running.blocking_wait().expect_err("its worker was killed");
+    check(e.is_worker_died(), || format!("worker died expected: {e}"))?;
+    let v = queued
+        .blocking_wait()
+        .map_err(|e| format!("the queued task: {e}"))?;
+    check(v == 2, || format!("echo gave {v}"))
+}
+
 /// Issue 13, item 4: a result whose decoding panics on a pool thread fails that task with a
 /// panic; the worker's later tasks finish and the pool drains.
 fn a_panic_while_decoding_fails_only_its_task() -> Result<(), String> {
@@ -231,6 +265,10 @@ fn main() {
         (
             "drain_after_a_withdrawn_task_ends",
             drain_after_a_withdrawn_task_ends,
+        ),
+        (
+            "drain_with_a_worker_killed_meanwhile_ends",
+            drain_with_a_worker_killed_meanwhile_ends,
         ),
         (
             "a_panic_while_decoding_fails_only_its_task",
