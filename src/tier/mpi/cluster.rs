@@ -48,6 +48,7 @@ pub(super) const SMALL_REQUEST: usize = 64 << 10;
 pub(super) const STOP_NONE: u8 = 0;
 pub(super) const STOP_DRAIN: u8 = 1;
 pub(super) const STOP_CANCEL: u8 = 2;
+pub(super) const STOP_KILL: u8 = 3;
 
 /// Default capacity of the queue to the MPI thread, per worker rank: enough to keep every rank
 /// fed through a burst, small enough that an endless producer waits (DESIGN.md §3.3).
@@ -91,12 +92,23 @@ pub(super) struct RankInfo {
     pub(super) dead: bool,
     /// A task on it timed out: it is never given work again (see [`ClusterBuilder::task_timeout`]).
     pub(super) retired: bool,
+    /// Told to end mid-task by a Kill shutdown: it finalizes on its own, without an exit
+    /// message.
+    pub(super) killed: bool,
+    /// The first liveness ping it has not answered yet was sent then (see `liveness.rs`).
+    pub(super) unanswered_since: Option<Instant>,
 }
 
 impl RankInfo {
     /// Whether the rank may be given work.
     pub(super) fn usable(&self) -> bool {
-        !self.dead && !self.retired
+        !self.dead && !self.retired && !self.killed
+    }
+
+    /// Whether rank 0 pings it: set up, neither lost nor killed (retired ranks too: they must
+    /// not take rank 0 for gone).
+    pub(super) fn watched(&self) -> bool {
+        self.ready && !self.dead && !self.killed
     }
 }
 
@@ -149,7 +161,7 @@ pub(super) struct ServiceState {
 /// with a dead one (under `--enable-recovery`) that fence sometimes never completes (about 1
 /// run in 20–50 on the development VM). A healthy finalize takes milliseconds. (A rank that
 /// was only retired after a timeout is waited for: it finalizes once its task ends.)
-pub(super) const FINALIZE_GRACE: Duration = Duration::from_secs(10);
+pub(super) const FINALIZE_GRACE: Duration = Duration::from_secs(2);
 
 /// The body of the exit message to the worker ranks when a rank of the job died: they then
 /// bound their own `MPI_Finalize` by [`FINALIZE_GRACE`]. An empty body: no rank died.
@@ -256,8 +268,11 @@ pub(crate) fn start_up() {
                 tracing::debug!(launcher = %l.launcher, size = ?l.size, "rank 0: starting the MPI thread");
                 start_service();
             } else {
-                match mpi::initialize_with_threading(mpi::Threading::Funneled) {
-                    Some((universe, _)) => worker::serve(universe),
+                // SERIALIZED: the watcher thread answers for the rank while a task runs.
+                match mpi::initialize_with_threading(mpi::Threading::Serialized) {
+                    Some((universe, t)) => {
+                        worker::serve(universe, t >= mpi::Threading::Serialized)
+                    }
                     None => tracing::error!("MPI was initialised before offload::init"),
                 }
             }
@@ -519,22 +534,17 @@ impl Drop for Inner {
     }
 }
 
-/// Tells the MPI thread to stop (drain or cancel its queue, stop the ranks, finalize MPI)
-/// without waiting for it.
+/// Tells the MPI thread to stop (drain or cancel its queue, kill running tasks for
+/// [`ShutdownMode::Kill`], stop the ranks, finalize MPI) without waiting for it. A later call
+/// may only make the stop harsher (Drain, then Cancel, then Kill).
 fn request_stop(service: &Service, mode: ShutdownMode) {
     let flag = match mode {
         ShutdownMode::Drain => STOP_DRAIN,
-        // Ranks run one task at a time and cannot be interrupted mid-task over MPI yet: Kill
-        // is Cancel here until the cluster kills running tasks.
-        ShutdownMode::Cancel | ShutdownMode::Kill => STOP_CANCEL,
+        ShutdownMode::Cancel => STOP_CANCEL,
+        ShutdownMode::Kill => STOP_KILL,
     };
-    let _ =
-        service
-            .state
-            .stop
-            .compare_exchange(STOP_NONE, flag, Ordering::AcqRel, Ordering::Acquire);
+    service.state.stop.fetch_max(flag, Ordering::AcqRel);
     if mode.fails_queued() {
-        service.state.stop.store(STOP_CANCEL, Ordering::Release);
         // Queued tasks fail with "shut down" as their completers drop.
         while service.rx.try_recv().is_ok() {}
     }
@@ -545,6 +555,34 @@ fn request_stop(service: &Service, mode: ShutdownMode) {
 fn shutdown_service(service: &Service, mode: ShutdownMode) {
     request_stop(service, mode);
     join_service(service, mode);
+}
+
+/// Shuts down per `mode`; past `limit`, escalates to [`ShutdownMode::Kill`]. True when it
+/// finished within `limit`.
+fn shutdown_service_within(service: &Service, mode: ShutdownMode, limit: Duration) -> bool {
+    request_stop(service, mode);
+    let t0 = Instant::now();
+    let in_time = loop {
+        let done = service
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|t| t.is_finished());
+        if done {
+            break true;
+        }
+        if t0.elapsed() >= limit {
+            break false;
+        }
+        std::thread::sleep((limit.saturating_sub(t0.elapsed())).min(Duration::from_millis(2)));
+    };
+    if !in_time && mode != ShutdownMode::Kill {
+        tracing::warn!(?mode, ?limit, "the cluster did not stop in time: killing its running tasks");
+        request_stop(service, ShutdownMode::Kill);
+    }
+    join_service(service, mode);
+    in_time
 }
 
 /// Waits for the MPI thread to end (after [`request_stop`]).
@@ -1017,26 +1055,32 @@ impl Cluster {
     }
 
     /// Stops the cluster: new submissions fail with "shut down"; queued tasks run
-    /// ([`ShutdownMode::Drain`]) or fail with "shut down" ([`ShutdownMode::Cancel`]); tasks
-    /// running on ranks finish. Then every worker rank finalizes MPI and exits 0, and rank 0
-    /// finalizes MPI. Returns when that is done. MPI cannot be started again in this process.
+    /// ([`ShutdownMode::Drain`]) or fail with "shut down" ([`ShutdownMode::Cancel`],
+    /// [`ShutdownMode::Kill`]); tasks running on ranks finish, except under `Kill`, where each
+    /// fails at once with "shut down" and its rank is told to end (its watcher thread finalizes
+    /// MPI and exits the process mid-task). Then every other worker rank finalizes MPI and exits
+    /// 0, and rank 0 finalizes MPI. Returns when that is done. MPI cannot be started again in
+    /// this process.
     pub async fn shutdown(&self, mode: ShutdownMode) {
         self.inner.closed.store(true, Ordering::Release);
         let service = self.inner.service;
-        let (tx, rx) = futures::channel::oneshot::channel();
-        let joiner = std::thread::Builder::new()
-            .name("offload-mpi-shutdown".into())
-            .spawn(move || {
-                shutdown_service(service, mode);
-                let _ = tx.send(());
-            });
-        match joiner {
-            Ok(j) => {
-                let _ = rx.await;
-                let _ = j.join();
-            }
-            Err(_) => shutdown_service(service, mode),
-        }
+        off_thread(move || shutdown_service(service, mode)).await;
+    }
+
+    /// As [`shutdown`](Self::shutdown), but if the cluster has not stopped within `limit`,
+    /// escalates to [`ShutdownMode::Kill`] (running tasks fail with "shut down", their ranks
+    /// end). True when it finished within `limit` without escalating. (A `Drain` with a
+    /// deadline: `shutdown_timeout(ShutdownMode::Drain, limit)`.)
+    pub async fn shutdown_timeout(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        self.inner.closed.store(true, Ordering::Release);
+        let service = self.inner.service;
+        off_thread(move || shutdown_service_within(service, mode, limit)).await
+    }
+
+    /// As [`shutdown_timeout`](Self::shutdown_timeout), blocking the calling thread.
+    pub fn shutdown_timeout_blocking(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        self.inner.closed.store(true, Ordering::Release);
+        shutdown_service_within(self.inner.service, mode, limit)
     }
 
     /// As [`shutdown`](Self::shutdown), blocking the calling thread.
@@ -1044,6 +1088,30 @@ impl Cluster {
         self.inner.closed.store(true, Ordering::Release);
         shutdown_service(self.inner.service, mode);
     }
+}
+
+/// Runs `f` on a thread of its own and awaits its result (on this thread if none can start).
+async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    // Shared so that the closure is still here to run if no thread starts.
+    let f = Arc::new(Mutex::new(Some(f)));
+    let f2 = f.clone();
+    let joiner = std::thread::Builder::new()
+        .name("offload-mpi-shutdown".into())
+        .spawn(move || {
+            let f = f2.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(f) = f {
+                let _ = tx.send(f());
+            }
+        });
+    if let Ok(j) = joiner {
+        if let Ok(v) = rx.await {
+            let _ = j.join();
+            return v;
+        }
+    }
+    let f = f.lock().unwrap_or_else(|p| p.into_inner()).take();
+    f.expect("the shutdown thread neither started nor ran it")()
 }
 
 /// The smallest request frame a call of `func` with `args_len` bytes of arguments makes: the

@@ -172,6 +172,10 @@ pub mod detect;
 #[cfg(feature = "mpi")]
 mod cluster;
 #[cfg(feature = "mpi")]
+mod liveness;
+#[cfg(feature = "mpi")]
+mod outbox;
+#[cfg(feature = "mpi")]
 mod service;
 #[cfg(feature = "mpi")]
 mod worker;
@@ -186,6 +190,9 @@ pub use cluster::{
     Cluster, ClusterBuilder, DEFAULT_QUEUE_PER_RANK, DIRECT_SPIN, RESULT_SPIN, SPIN_MIN_CORES,
     finish, launched_with_workers,
 };
+#[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+pub use liveness::{PING_INTERVAL, RANK0_SILENCE, SILENCE_LIMIT};
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use service::{LIVENESS_INTERVAL, MAX_POLL_INTERVAL, SPIN};

@@ -39,11 +39,13 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::cluster::{
-    Command, EXIT_AFTER_LOSS, RankInfo, SMALL_REQUEST, STOP_CANCEL, ServiceState, TAG_BIG,
+    Command, EXIT_AFTER_LOSS, RankInfo, SMALL_REQUEST, STOP_CANCEL, STOP_KILL, ServiceState, TAG_BIG,
     TAG_BIG_BODY, TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, Task, WorldInfo,
     write_setup_broadcast,
 };
-use crate::error::{Error, ErrorKind, ExitInfo};
+use super::liveness::SILENCE_LIMIT;
+use super::outbox::Outbox;
+use crate::error::{Error, ErrorKind};
 use crate::remote::wire::{
     DEFAULT_MAX_FRAME, Request, Response, WIRE_VERSION, decode_payload, encode_payload,
     frame_too_large,
@@ -84,10 +86,10 @@ pub(super) const KEEP_BUFFER: usize = 64 << 10;
 
 pub(super) struct InFlight {
     id: u64,
-    deliver: Box<dyn Pending>,
-    func: &'static str,
-    dispatched: Instant,
-    queued: Duration,
+    pub(super) deliver: Box<dyn Pending>,
+    pub(super) func: &'static str,
+    pub(super) dispatched: Instant,
+    pub(super) queued: Duration,
     /// The task's time limit and when it runs out (from the send), if it has one.
     deadline: Option<(Duration, Instant)>,
     /// Some: a caller watches the reply until then (the direct path); None: the MPI thread's.
@@ -106,12 +108,16 @@ pub(super) struct Table {
     /// The MPI thread is parked without a deadline: a caller that leases a task must wake it
     /// so that it parks until the lease ends instead.
     pub(super) parked_idle: bool,
-    ranks: Vec<RankInfo>,
-    inflight: Vec<Option<InFlight>>,
-    free: VecDeque<usize>,
+    pub(super) ranks: Vec<RankInfo>,
+    pub(super) inflight: Vec<Option<InFlight>>,
+    pub(super) free: VecDeque<usize>,
     next_id: u64,
-    my_host: String,
+    pub(super) my_host: String,
+    /// When rank 0 pings the worker ranks next (see `liveness.rs`).
+    pub(super) next_ping: Instant,
     send_buf: Vec<u8>,
+    /// Sends to worker ranks still in progress.
+    pub(super) outbox: Outbox,
     recv_buf: Vec<u8>,
     /// No task's deadline runs out before this (the earliest deadline set since the last
     /// look; the task may have ended since): [`Table::expire`] looks only from then on.
@@ -129,7 +135,9 @@ impl Table {
             free: VecDeque::new(),
             next_id: 0,
             my_host: String::new(),
+            next_ping: Instant::now(),
             send_buf: Vec::new(),
+            outbox: Outbox::default(),
             recv_buf: Vec::new(),
             next_deadline: None,
         }
@@ -233,9 +241,10 @@ impl Table {
             task.deliver.fail(e, run_info(rank, 0, queued));
             return None;
         }
-        send_request(world, rank, &buf);
-        if buf.capacity() <= KEEP_BUFFER {
-            self.send_buf = buf;
+        if let Some(buf) = send_request(&mut self.outbox, world, rank, buf) {
+            if buf.capacity() <= KEEP_BUFFER {
+                self.send_buf = buf;
+            }
         }
         let deadline = task.timeout.map(|d| (d, now + d));
         if let Some((_, end)) = deadline {
@@ -292,43 +301,6 @@ impl Table {
             }
         }
         n
-    }
-
-    /// A worker on this host whose process is gone (only seen when OpenMPI runs with
-    /// `--enable-recovery`; by default it kills the whole job first) fails its task.
-    fn check_liveness(&mut self) {
-        for rank in 1..self.inflight.len() {
-            let Some(f) = &self.inflight[rank] else {
-                continue;
-            };
-            let info = &self.ranks[rank];
-            let Some(pid) = info.pid else { continue };
-            if info.host != self.my_host || process_alive(pid) {
-                continue;
-            }
-            let host = info.host.clone();
-            tracing::error!(rank, pid, func = f.func, running_for = ?f.dispatched.elapsed(),
-                "a cluster worker rank died; its task fails and the rank is not used again");
-            let f = self.inflight[rank].take();
-            self.ranks[rank].dead = true;
-            self.free.retain(|&r| r != rank);
-            if let Some(f) = f {
-                let e = Error::new(
-                    ErrorKind::WorkerDied,
-                    format!(
-                        "MPI rank {rank} (pid {pid} on {}) died while running it; OpenMPI \
-                         aborts the job next unless mpiexec ran with --enable-recovery",
-                        host
-                    ),
-                )
-                .with_exit(ExitInfo {
-                    pid: Some(pid),
-                    code: None,
-                    signal: None,
-                });
-                f.deliver.fail(e, run_info(rank, 0, f.queued));
-            }
-        }
     }
 
     /// Fails every task whose deadline has passed with "timed out" and retires its rank: the
@@ -395,20 +367,32 @@ impl Table {
             peer.send_with_tag(&u64::from(i), TAG_PING);
             peer.receive_into_with_tag(&mut x, TAG_PING);
             out.push(t0.elapsed());
+            // The other ranks must keep hearing from rank 0 however long this runs.
+            if t0 >= self.next_ping {
+                self.send_pings(world, t0, Some(rank));
+            }
         }
+        // Its pings wait behind the exchange; it just answered.
+        self.ranks[rank].unanswered_since = None;
         Ok(out)
     }
 }
 
-/// Sends a request to worker `rank`: in one message up to [`SMALL_REQUEST`] bytes, else
-/// announced by its length first (see [`TAG_BIG`]).
-fn send_request(world: &SimpleCommunicator, rank: usize, bytes: &[u8]) {
-    let peer = world.process_at_rank(rank as i32);
+/// Posts a request to worker `rank` (see `outbox.rs`): in one message up to
+/// [`SMALL_REQUEST`] bytes, else announced by its length first (see [`TAG_BIG`]). Returns the
+/// buffer when the send completed at once.
+fn send_request(
+    outbox: &mut Outbox,
+    world: &SimpleCommunicator,
+    rank: usize,
+    bytes: Vec<u8>,
+) -> Option<Vec<u8>> {
     if bytes.len() <= SMALL_REQUEST {
-        peer.send_with_tag(bytes, TAG_TO_WORKER);
+        outbox.post(world, rank, TAG_TO_WORKER, bytes)
     } else {
-        peer.send_with_tag(&(bytes.len() as u64).to_le_bytes()[..], TAG_BIG);
-        peer.send_with_tag(bytes, TAG_BIG_BODY);
+        let len = (bytes.len() as u64).to_le_bytes().to_vec();
+        outbox.post(world, rank, TAG_BIG, len);
+        outbox.post(world, rank, TAG_BIG_BODY, bytes)
     }
 }
 
@@ -464,10 +448,13 @@ pub(super) fn run(rx: Receiver<Command>, state: Arc<ServiceState>) {
     let lost = size > 1 && serve(&world, &rx, &state, my_host, direct);
     drop(world);
     if lost {
-        *state
-            .finalize_unsure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        // MPI_Finalize ends with a fence over every process of the job, which a lost rank
+        // never joins: it would wait for ever. Leave MPI as it is and end the job when this
+        // process exits (see `liveness::end_job_at_exit`).
+        tracing::debug!("a rank was lost: rank 0 does not finalize MPI; the job ends at exit");
+        super::liveness::end_job_at_exit();
+        std::mem::forget(universe);
+        return;
     }
     finalize(universe);
 }
@@ -529,7 +516,10 @@ fn serve(
         let _ = reply.send(Err(
             Error::new(ErrorKind::Pool, refusals.join("; ")).with_tier(TierKind::Cluster)
         ));
-        return stop_ranks(world, &ranks);
+        let mut outbox = Outbox::default();
+        let lost = stop_ranks(&mut outbox, world, &ranks);
+        flush(&mut outbox);
+        return lost;
     }
     {
         let mut t = state.lock_table();
@@ -545,13 +535,28 @@ fn serve(
     let _ = reply.send(Ok(ranks));
     serve_loop(world, rx, state);
     // Nothing is in flight and the direct path is closed (serve_loop did both under the lock).
-    let t = state.lock_table();
-    stop_ranks(world, &t.ranks)
+    let mut t = state.lock_table();
+    let t = &mut *t;
+    let lost = stop_ranks(&mut t.outbox, world, &t.ranks);
+    flush(&mut t.outbox);
+    lost
+}
+
+/// Waits for the sends still in progress, for at most [`SILENCE_LIMIT`] (a rank that cannot
+/// take its exit message is lost), then abandons what is left.
+fn flush(outbox: &mut Outbox) {
+    let t0 = Instant::now();
+    outbox.progress();
+    while !outbox.is_empty() && t0.elapsed() < SILENCE_LIMIT {
+        std::thread::sleep(Duration::from_micros(100));
+        outbox.progress();
+    }
+    outbox.abandon_all();
 }
 
 /// Tells every live worker rank to exit; true when a rank died (the exit message says so, see
 /// [`EXIT_AFTER_LOSS`]).
-fn stop_ranks(world: &SimpleCommunicator, ranks: &[RankInfo]) -> bool {
+fn stop_ranks(outbox: &mut Outbox, world: &SimpleCommunicator, ranks: &[RankInfo]) -> bool {
     let lost = ranks.iter().skip(1).any(|r| r.dead);
     let body: &[u8] = if lost { &[EXIT_AFTER_LOSS] } else { &[] };
     let Ok(exit) = encode_payload(&Request::Exit, body) else {
@@ -560,8 +565,8 @@ fn stop_ranks(world: &SimpleCommunicator, ranks: &[RankInfo]) -> bool {
     for (r, info) in ranks.iter().enumerate().skip(1) {
         // A rank retired after a timeout gets it too: it leaves once its task ends (MPI
         // cannot stop it sooner), and finalizes.
-        if info.ready && !info.dead {
-            send_request(world, r, &exit);
+        if info.ready && !info.dead && !info.killed {
+            send_request(outbox, world, r, exit.clone());
         }
     }
     lost
@@ -575,10 +580,9 @@ enum Wait {
     Spin,
     /// Tasks of its own in flight: park for the poll interval.
     Poll,
-    /// Only leased tasks in flight: park until this instant.
+    /// Only leased tasks in flight, or nothing: park until this instant (a lease's end, the
+    /// next liveness ping).
     Until(Instant),
-    /// Nothing in flight: park until woken.
-    Idle,
 }
 
 fn serve_loop(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &ServiceState) {
@@ -587,19 +591,25 @@ fn serve_loop(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &Servic
     let mut sleep = FIRST_POLL_SLEEP;
     let mut last_liveness = Instant::now();
     let mut prev_owned = 0;
+    state.lock_table().send_pings(world, Instant::now(), None);
     loop {
         let wait = {
             let mut t = state.lock_table();
             t.parked_idle = false;
+            t.outbox.progress();
             let mut progressed = false;
             if t.in_flight() > 0 {
                 progressed |= t.poll_results(world, state) > 0;
             }
-            let cancelling = state.stop.load(Ordering::Acquire) == STOP_CANCEL;
-            if cancelling {
+            let stop = state.stop.load(Ordering::Acquire);
+            if stop >= STOP_CANCEL {
                 // Queued work fails with "shut down" as its completers drop.
                 stash = None;
                 while rx.try_recv().is_ok() {}
+            }
+            if stop == STOP_KILL && t.in_flight() > 0 {
+                t.kill_running(world);
+                progressed = true;
             }
             // Hand out work while a rank is free.
             loop {
@@ -658,9 +668,11 @@ fn serve_loop(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &Servic
             if now.duration_since(last_liveness) >= LIVENESS_INTERVAL {
                 last_liveness = now;
                 if t.in_flight() > 0 {
-                    t.check_liveness();
+                    t.check_local_processes();
                 }
             }
+            t.keep_alive(world, now);
+            let next_ping = t.next_ping;
             let (owned, lease_end) = t.ownership(now);
             // A task handed over by its caller (or whose lease ended) is new work here.
             progressed |= owned > prev_owned;
@@ -679,13 +691,13 @@ fn serve_loop(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &Servic
             } else if owned > 0 || stash.is_some() {
                 if recent { Wait::Spin } else { Wait::Poll }
             } else if let Some(end) = lease_end {
-                Wait::Until(end)
+                Wait::Until(end.min(next_ping))
             } else if recent {
                 Wait::Spin
             } else {
                 // Set under the lock: a caller that leases a task next sees it and wakes us.
                 t.parked_idle = true;
-                Wait::Idle
+                Wait::Until(next_ping)
             }
         };
         match wait {
@@ -698,7 +710,6 @@ fn serve_loop(world: &SimpleCommunicator, rx: &Receiver<Command>, state: &Servic
             Wait::Until(end) => {
                 std::thread::park_timeout(end.saturating_duration_since(Instant::now()));
             }
-            Wait::Idle => std::thread::park(),
         }
     }
 }
@@ -729,17 +740,4 @@ fn fail_unrunnable(task: Task) {
         "no worker rank left: every one died or was retired after a task timed out",
     );
     task.deliver.fail(e, run_info(0, 0, queued));
-}
-
-/// Whether process `pid` exists on this host and is not a zombie.
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state letter follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|s| s != 'Z' && s != 'X'),
-        // No /proc (not Linux): assume alive rather than fail healthy work.
-        Err(_) => !std::path::Path::new("/proc/self").exists(),
-    }
 }

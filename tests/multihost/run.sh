@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The multi-host harness (issue 16): two simulated hosts, h1 and h2, each a network namespace
+# with a host name of its own, joined by a bridge; OpenMPI starts its daemons on h2 through
+# agent.sh (in place of ssh). Runs the MPI tests and examples with the ranks spread over both
+# hosts, then the failure cases: a rank on h2 that dies, stops, or loses its link mid-task.
+# Needs root (ip netns, unshare). Removes everything it made on exit, even after a failure.
+#
+#   tests/multihost/run.sh [--release]        # after: cargo build --features mpi --tests --examples
+#   tests/multihost/run.sh SCENARIO...        # only some: cluster primes pi roundtrip die stop cut
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+here=tests/multihost
+export OFFLOAD_MH_PREFIX="offload-mh-$$-"
+# shellcheck source=net.sh
+source "$here/net.sh"
+trap 'net_down' EXIT
+trap 'exit 130' INT TERM
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+hosts=$(mktemp)
+trap 'net_down; rm -f "$hosts"' EXIT
+printf '%s slots=2\n' "$SUBNET.1" "$SUBNET.2" >"$hosts"
+# The settings the README recommends for multi-host runs (see there for why).
+MCA=(--mca plm_rsh_agent "$PWD/$here/agent.sh"
+    --mca oob_tcp_if_include "$SUBNET.0/24" --mca btl_tcp_if_include "$SUBNET.0/24"
+    --mca oob_tcp_keepalive_time 1 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 2)
+# mpirun N ARGS...: mpiexec on h1 with N ranks spread one per host in turn, under a time limit.
+mpirun() {
+    local n=$1 limit=$2
+    shift 2
+    on 1 timeout -k 5 "$limit" mpiexec --hostfile "$hosts" --map-by node -n "$n" \
+        --oversubscribe "${MCA[@]}" "$@"
+}
+# The processes left in the simulated hosts (none once a job has ended).
+leftovers() { local i; for i in 1 2; do ip netns pids "${OFFLOAD_MH_PREFIX}h$i"; done; }
+
+test_bin() {
+    cargo test --features mpi --test "$1" --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$1"
+}
+
+net_up 2
+on 1 hostname >/dev/null
+
+# scenario MODE: a rank on h2 dies / stops / loses its link mid-task (tests/mpi_remote_rank.rs).
+# Passes when rank 0 reports it and serves on, and every process of the job, on both hosts,
+# has ended within 10 s of the failure. OpenMPI's own complaints go to a log, shown on failure.
+scenario() {
+    local mode=$1 bin rc=0 log acts end
+    bin=$(test_bin mpi_remote_rank)
+    log=target/multihost-$mode.log
+    mpirun 4 40 ${MH_RECOVERY---enable-recovery} "$bin" "$mode" >"$log" 2>&1 || rc=$?
+    end=$(date +%s%3N)
+    grep -E '^(test|  )' "$log" || true
+    # With a host cut off, mpiexec loses its daemon there and says so with status 1 (and a
+    # misleading "unable to reliably start one or more daemons"): the job still ended.
+    local ok_rc=0
+    [ "$mode" = cut ] && ok_rc=1
+    if ! grep -q "^test remote_rank_${mode}_is_reported ... ok" "$log" ||
+        { [ "$rc" -ne 0 ] && [ "$rc" -ne "$ok_rc" ]; }; then
+        cat "$log"
+        echo "FAILED: $mode (status $rc)"
+        return 1
+    fi
+    acts=$(sed -n 's/^remote ranks act at unix ms //p' "$log")
+    echo "== $mode: the job ended $((end - acts)) ms after the failure, status $rc"
+    if ((end - acts > 10000)); then echo "FAILED: $mode: the job ended too late"; return 1; fi
+    # Ranks and daemons cut off from mpiexec end by themselves: wait up to the same bound.
+    while [ -n "$(leftovers)" ] && (($(date +%s%3N) - acts < 10000)); do sleep 0.1; done
+    if [ -n "$(leftovers)" ]; then echo "FAILED: processes left after $mode: $(leftovers)"; return 1; fi
+    echo "== $mode: every process on every host ended $(($(date +%s%3N) - acts)) ms after the failure"
+    link_up 2
+}
+
+for s in "${@:-die}"; do
+    case $s in
+    die | stop | cut) scenario "$s" ;;
+    *) echo "unknown scenario $s"; exit 2 ;;
+    esac
+done
