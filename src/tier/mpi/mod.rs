@@ -170,7 +170,13 @@
 pub mod detect;
 
 #[cfg(feature = "mpi")]
+mod builder;
+#[cfg(feature = "mpi")]
 mod cluster;
+#[cfg(feature = "mpi")]
+mod direct;
+#[cfg(feature = "mpi")]
+mod lifecycle;
 #[cfg(feature = "mpi")]
 mod liveness;
 #[cfg(feature = "mpi")]
@@ -183,13 +189,16 @@ mod worker;
 pub use detect::{Detected, Launch, Launcher, detect};
 
 #[cfg(feature = "mpi")]
-pub(crate) use cluster::start_up;
+pub(crate) use lifecycle::start_up;
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
-pub use cluster::{
-    Cluster, ClusterBuilder, DEFAULT_QUEUE_PER_RANK, DIRECT_SPIN, RESULT_SPIN, SPIN_MIN_CORES,
-    finish, launched_with_workers,
-};
+pub use builder::{ClusterBuilder, DIRECT_SPIN, RESULT_SPIN, SPIN_MIN_CORES};
+#[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+pub use cluster::Cluster;
+#[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+pub use lifecycle::{DEFAULT_QUEUE_PER_RANK, finish, launched_with_workers};
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use liveness::{PING_INTERVAL, RANK0_SILENCE, SILENCE_LIMIT};

@@ -11,7 +11,7 @@
 //! one lock that also guards which rank runs what. With MPI granting
 //! `MPI_THREAD_SERIALIZED` (asked for at start-up; OpenMPI 4.1 grants it) a caller that finds
 //! that lock free, the queue empty and a rank free sends its task itself and later polls for
-//! its reply itself, for a bounded time (see `cluster.rs`, the direct path): no thread
+//! its reply itself, for a bounded time (see `direct.rs`, the direct path): no thread
 //! hand-off on the round trip. Such a task carries a *lease* (a deadline) saying that a caller
 //! is watching it; the MPI thread leaves it alone until the caller hands it over or the lease
 //! ends, so that it does not wake up and contend for the core the caller spins on. When MPI
@@ -38,7 +38,7 @@ use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use super::cluster::{
+use super::lifecycle::{
     Command, EXIT_AFTER_LOSS, RankInfo, SMALL_REQUEST, STOP_CANCEL, STOP_KILL, ServiceState, TAG_BIG,
     TAG_BIG_BODY, TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, Task, WorldInfo,
     write_setup_broadcast,

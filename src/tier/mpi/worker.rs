@@ -17,7 +17,7 @@ use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use super::cluster::{
+use super::lifecycle::{
     FINALIZE_GRACE, SMALL_REQUEST, TAG_BIG, TAG_BIG_BODY, TAG_HOST, TAG_PING, TAG_TO_MASTER,
     TAG_TO_WORKER, read_setup_broadcast,
 };
