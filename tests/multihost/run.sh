@@ -21,7 +21,7 @@ hosts=$(mktemp)
 trap 'net_down; rm -f "$hosts"' EXIT
 printf '%s slots=2\n' "$SUBNET.1" "$SUBNET.2" >"$hosts"
 # The settings the README recommends for multi-host runs (see there for why).
-MCA=(--mca plm_rsh_agent "$PWD/$here/agent.sh"
+MCA=(--mca plm_rsh_agent "$PWD/$here/agent.sh" --mca mpi_yield_when_idle 1
     --mca oob_tcp_if_include "$SUBNET.0/24" --mca btl_tcp_if_include "$SUBNET.0/24"
     --mca oob_tcp_keepalive_time 1 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 2)
 # mpirun N ARGS...: mpiexec on h1 with N ranks spread one per host in turn, under a time limit.

@@ -289,7 +289,7 @@ fn serve_inner(
             }
             TAG_PING => {
                 let rounds = small[..len].try_into().map_or(0, u32::from_le_bytes);
-                ping_pong(world, rounds);
+                ping_pong(world, rounds, shared);
                 continue;
             }
             TAG_TO_WORKER => &small[..len],
@@ -423,13 +423,17 @@ fn encode_into<H: serde::Serialize>(
     Ok(())
 }
 
-/// The raw MPI baseline: echo `rounds` 8-byte messages back to rank 0.
-fn ping_pong(world: &SimpleCommunicator, rounds: u32) {
+/// The raw MPI baseline: echo `rounds` 8-byte messages back to rank 0 (which is heard from
+/// meanwhile: the watcher must not take a long exchange for silence).
+fn ping_pong(world: &SimpleCommunicator, rounds: u32, shared: &Rank) {
     let root = world.process_at_rank(0);
     let mut x = 0u64;
-    for _ in 0..rounds {
+    for i in 0..rounds {
         root.receive_into_with_tag(&mut x, TAG_PING);
         root.send_with_tag(&x, TAG_PING);
+        if i % 16 == 0 {
+            shared.heard();
+        }
     }
 }
 
