@@ -5,8 +5,9 @@
 # hosts, then the failure cases: a rank on h2 that dies, stops, or loses its link mid-task.
 # Needs root (ip netns, unshare). Removes everything it made on exit, even after a failure.
 #
-#   tests/multihost/run.sh [--release]        # after: cargo build --features mpi --tests --examples
-#   tests/multihost/run.sh SCENARIO...        # only some: cluster primes pi roundtrip die stop cut
+#   tests/multihost/run.sh                    # after building the MPI tests (debug) and
+#                                             # examples (release) with --features mpi
+#   tests/multihost/run.sh SCENARIO...        # only some: tests examples die cut stop netem figures
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=tests/multihost
@@ -121,12 +122,24 @@ figures() {
     mpirun 3 120 "$ex/mpi_primes" 2>&1 | grep took
 }
 
-[ $# -eq 0 ] && set -- tests examples die cut stop
+# With 0.5 ms added each way on h2's cable (1 ms round trip), when the kernel has sch_netem.
+netem_run() {
+    if ! netem 2 0.5ms; then
+        echo "netem: tc netem is not available in this kernel (sch_netem); skipped"
+        return 0
+    fi
+    echo "-- round trip at 1 ms RTT, rank 0 on h1, rank 1 on h2"
+    mpirun 2 120 target/release/examples/mpi_roundtrip 500 --tcp "$SUBNET.2" 2>&1 |
+        grep -E 'ratio|median'
+}
+
+[ $# -eq 0 ] && set -- tests examples die cut stop netem
 for s in "$@"; do
     case $s in
     tests) run_tests ;;
     examples) run_examples ;;
     figures) figures ;;
+    netem) netem_run ;;
     die | stop | cut) scenario "$s" ;;
     *) echo "unknown scenario $s"; exit 2 ;;
     esac

@@ -249,8 +249,8 @@ impl Cluster {
     /// As [`submit`](Self::submit), with a time limit for this task in place of
     /// [`ClusterBuilder::task_timeout`]: once sent to a rank, the task fails with
     /// [`Error::is_timeout`] if it has not ended within `limit`, and that rank is retired
-    /// (never given work again: the task cannot be stopped). Use it where a rank may become
-    /// unreachable on another host, where rank 0 cannot see it die.
+    /// (never given work again: the task cannot be stopped on its own). A lost rank needs no
+    /// limit (see the module docs on dead ranks): this is for tasks that may run too long.
     pub async fn submit_timeout<A, R>(
         &self,
         f: &RemoteFn<A, R>,

@@ -112,21 +112,13 @@ pub(super) struct ServiceState {
     pub(super) completed: AtomicU64,
     pub(super) failed: AtomicU64,
     pub(super) ewma_run_ns: AtomicU64,
-    /// Set by the MPI thread as it enters `MPI_Finalize` after a rank died: the closing fence
-    /// may never complete (see [`FINALIZE_GRACE`]).
-    pub(super) finalize_unsure: Mutex<Option<Instant>>,
 }
 
-/// How long the wait for rank 0's `MPI_Finalize`, and a worker rank's own, may last once a
-/// rank of the job died. OpenMPI 4.1 ends `MPI_Finalize` with a fence over every process;
-/// with a dead one (under `--enable-recovery`) that fence sometimes never completes (about 1
-/// run in 20–50 on the development VM). A healthy finalize takes milliseconds. (A rank that
-/// was only retired after a timeout is waited for: it finalizes once its task ends.)
+/// How long a worker rank's `MPI_Finalize` may last before the rank exits without it.
+/// OpenMPI 4.1 ends `MPI_Finalize` with a fence over every process of the job, which a lost
+/// rank never joins (nor rank 0, which skips finalizing after a loss: see `liveness.rs`). A
+/// healthy finalize takes milliseconds.
 pub(super) const FINALIZE_GRACE: Duration = Duration::from_secs(2);
-
-/// The body of the exit message to the worker ranks when a rank of the job died: they then
-/// bound their own `MPI_Finalize` by [`FINALIZE_GRACE`]. An empty body: no rank died.
-pub(super) const EXIT_AFTER_LOSS: u8 = 1;
 
 impl ServiceState {
     pub(super) fn set_world(&self, w: Result<WorldInfo, String>) {
@@ -196,7 +188,6 @@ pub(super) fn start_service() -> &'static Service {
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             ewma_run_ns: AtomicU64::new(0),
-            finalize_unsure: Mutex::new(None),
         });
         let (rx2, st2) = (rx.clone(), state.clone());
         let thread = std::thread::Builder::new()
@@ -361,25 +352,8 @@ pub(super) fn join_service(service: &Service, mode: ShutdownMode) {
         if t.thread().id() == std::thread::current().id() {
             return;
         }
-        // A finalize after a lost rank may never end (see FINALIZE_GRACE): wait for it that
-        // long, then leave the MPI thread in it. The process may exit meanwhile; mpiexec
-        // with --enable-recovery takes that as a normal end.
-        while !t.is_finished() {
-            let unsure = *service
-                .state
-                .finalize_unsure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if unsure.is_some_and(|since| since.elapsed() > FINALIZE_GRACE) {
-                tracing::warn!(
-                    grace = ?FINALIZE_GRACE,
-                    "MPI_Finalize has not ended after a rank of the job was lost (OpenMPI \
-                     waits for every process there); going on without it"
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // After a lost rank the MPI thread does not finalize (the closing fence would wait
+        // for it for ever), so this ends in milliseconds.
         if t.join().is_err() {
             tracing::error!("the MPI thread panicked");
         }

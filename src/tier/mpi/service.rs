@@ -39,7 +39,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::lifecycle::{
-    Command, EXIT_AFTER_LOSS, RankInfo, SMALL_REQUEST, STOP_CANCEL, STOP_KILL, ServiceState, TAG_BIG,
+    Command, RankInfo, SMALL_REQUEST, STOP_CANCEL, STOP_KILL, ServiceState, TAG_BIG,
     TAG_BIG_BODY, TAG_HOST, TAG_PING, TAG_TO_MASTER, TAG_TO_WORKER, Task, WorldInfo,
     write_setup_broadcast,
 };
@@ -554,12 +554,11 @@ fn flush(outbox: &mut Outbox) {
     outbox.abandon_all();
 }
 
-/// Tells every live worker rank to exit; true when a rank died (the exit message says so, see
-/// [`EXIT_AFTER_LOSS`]).
+/// Tells every live worker rank to exit; true when a rank was lost (rank 0 then does not
+/// finalize).
 fn stop_ranks(outbox: &mut Outbox, world: &SimpleCommunicator, ranks: &[RankInfo]) -> bool {
     let lost = ranks.iter().skip(1).any(|r| r.dead);
-    let body: &[u8] = if lost { &[EXIT_AFTER_LOSS] } else { &[] };
-    let Ok(exit) = encode_payload(&Request::Exit, body) else {
+    let Ok(exit) = encode_payload(&Request::Exit, &[]) else {
         return lost;
     };
     for (r, info) in ranks.iter().enumerate().skip(1) {
