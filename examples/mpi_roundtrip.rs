@@ -99,7 +99,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Positional: rounds, result spin, direct spin; `--tcp ADDR` anywhere.
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let tcp = args.iter().position(|a| a == "--tcp").map(|i| {
-        let addr = args.get(i + 1).cloned().unwrap_or_else(|| "127.0.0.1".into());
+        let addr = args
+            .get(i + 1)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1".into());
         args.drain(i..(i + 2).min(args.len()));
         addr
     });
@@ -123,7 +126,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = line("raw MPI ping-pong (8 B)", raw, None);
     let tcp_base = match &tcp {
         Some(addr) if cluster.workers() == 1 => {
-            let listening = cluster.submit_blocking(&TCP_ECHO, rounds + 1000)?.blocking_wait()?;
+            let listening = cluster
+                .submit_blocking(&TCP_ECHO, rounds + 1000)?
+                .blocking_wait()?;
             if !listening {
                 return Err(format!("rank 1 could not listen on port {TCP_PORT}").into());
             }
@@ -164,7 +169,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok::<_, offload::Error>(v)
     })?;
-    vs_tcp(line("cluster submit + await (async)", async_times, Some(base)));
+    vs_tcp(line(
+        "cluster submit + await (async)",
+        async_times,
+        Some(base),
+    ));
 
     let mut sync_times = Vec::with_capacity(rounds as usize);
     for i in 0..rounds {
@@ -175,7 +184,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sync_times.push(t0.elapsed());
         assert_eq!(r, u64::from(i));
     }
-    vs_tcp(line("cluster submit_blocking + wait", sync_times, Some(base)));
+    vs_tcp(line(
+        "cluster submit_blocking + wait",
+        sync_times,
+        Some(base),
+    ));
 
     // The same ping-pong again after the tier's traffic, to show the baseline did not drift.
     let raw2 = cluster.raw_ping_pong(1, rounds)?;

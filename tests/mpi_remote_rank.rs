@@ -97,9 +97,14 @@ fn main() {
         }
     }
     let took = t0.elapsed();
-    assert!(lost > 0, "no rank sat on another host: spread the ranks (--map-by node)");
+    assert!(
+        lost > 0,
+        "no rank sat on another host: spread the ranks (--map-by node)"
+    );
     assert!(took < Duration::from_secs(5), "reported after {took:?}");
-    println!("test remote_rank_{mode}_is_reported ... ok ({lost} lost, {answered} answered, {took:?})");
+    println!(
+        "test remote_rank_{mode}_is_reported ... ok ({lost} lost, {answered} answered, {took:?})"
+    );
     if answered > 0 {
         for _ in 0..4 {
             let h = cluster.submit_blocking(&WHERE, ()).expect("submit");

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use offload::tier::mpi::{Cluster, launched_with_workers};
 use offload::{RemoteFn, ShutdownMode};
 
-static FOREVER: RemoteFn<(), ()> = RemoteFn::new("forever", |()| loop {
-    std::thread::sleep(Duration::from_millis(50));
+static FOREVER: RemoteFn<(), ()> = RemoteFn::new("forever", |()| {
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 });
 static SQUARE: RemoteFn<u64, u64> = RemoteFn::new("square", |x| x * x);
 

@@ -97,7 +97,7 @@ impl ClusterBuilder {
 
     /// The longest a task (or a [`Cluster::map`] chunk: one message) may run on a worker
     /// rank, from when it is sent (default: no limit). Past it the task fails with
-    /// [`Error::is_timeout`] and its rank is *retired*: never given work again, since a
+    /// [`Error::is_timeout`](crate::Error::is_timeout) and its rank is *retired*: never given work again, since a
     /// running MPI task cannot be stopped on its own. For tasks that run too long: a rank that
     /// dies, freezes or becomes unreachable fails its task without any limit (see the module
     /// docs on dead ranks). [`Cluster::submit_timeout`] sets a limit for one task.

@@ -65,7 +65,7 @@ impl Drop for Inner {
 ///   runs on the runtime's blocking pool. Dropping the runtime waits for it, so a
 ///   `#[tokio::main]` that drops its cluster still finalizes MPI before it returns (after the
 ///   remaining tasks end). A runtime shut down with `shutdown_background` or
-///   `shutdown_timeout` does not wait: call [`shutdown`](Self::shutdown) (or [`finish`])
+///   `shutdown_timeout` does not wait: call [`shutdown`](Self::shutdown) (or [`finish`](super::finish))
 ///   before that, or rank 0 may exit before `MPI_Finalize`.
 /// - **elsewhere** (a plain thread, another executor): the drop blocks that thread until every
 ///   queued and running task has ended and MPI is finalized, as
@@ -237,7 +237,7 @@ impl Cluster {
     ///
     /// A short task may go straight from this thread to a free rank (the direct path, see the
     /// module docs on the round trip); its handle's first poll then watches for the reply for
-    /// up to [`DIRECT_SPIN`] before it parks.
+    /// up to [`DIRECT_SPIN`](super::DIRECT_SPIN) before it parks.
     pub async fn submit<A, R>(&self, f: &RemoteFn<A, R>, args: A) -> Result<TaskHandle<R>, Error>
     where
         A: Serialize,

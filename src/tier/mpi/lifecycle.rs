@@ -16,7 +16,8 @@ use crate::tier::ShutdownMode;
 use crate::tier::process::Pending;
 
 use super::detect::{Detected, detect};
-use super::service::{self, Table};
+use super::service;
+use super::table::Table;
 use super::worker;
 
 pub(super) const TAG_TO_WORKER: i32 = 11;
@@ -222,9 +223,7 @@ pub(crate) fn start_up() {
             } else {
                 // SERIALIZED: the watcher thread answers for the rank while a task runs.
                 match mpi::initialize_with_threading(mpi::Threading::Serialized) {
-                    Some((universe, t)) => {
-                        worker::serve(universe, t >= mpi::Threading::Serialized)
-                    }
+                    Some((universe, t)) => worker::serve(universe, t >= mpi::Threading::Serialized),
                     None => tracing::error!("MPI was initialised before offload::init"),
                 }
             }
@@ -255,7 +254,7 @@ pub fn launched_with_workers() -> bool {
     }
 }
 
-/// Tells the worker ranks to exit and finalizes MPI on rank 0 when no [`Cluster`] was built
+/// Tells the worker ranks to exit and finalizes MPI on rank 0 when no [`Cluster`](super::Cluster) was built
 /// (a built cluster does this at shutdown). Returns once MPI is finalized; does nothing outside
 /// an MPI job.
 pub fn finish() {
@@ -315,7 +314,11 @@ pub(super) fn shutdown_service(service: &Service, mode: ShutdownMode) {
 
 /// Shuts down per `mode`; past `limit`, escalates to [`ShutdownMode::Kill`]. True when it
 /// finished within `limit`.
-pub(super) fn shutdown_service_within(service: &Service, mode: ShutdownMode, limit: Duration) -> bool {
+pub(super) fn shutdown_service_within(
+    service: &Service,
+    mode: ShutdownMode,
+    limit: Duration,
+) -> bool {
     request_stop(service, mode);
     let t0 = Instant::now();
     let in_time = loop {
@@ -334,7 +337,11 @@ pub(super) fn shutdown_service_within(service: &Service, mode: ShutdownMode, lim
         std::thread::sleep((limit.saturating_sub(t0.elapsed())).min(Duration::from_millis(2)));
     };
     if !in_time && mode != ShutdownMode::Kill {
-        tracing::warn!(?mode, ?limit, "the cluster did not stop in time: killing its running tasks");
+        tracing::warn!(
+            ?mode,
+            ?limit,
+            "the cluster did not stop in time: killing its running tasks"
+        );
         request_stop(service, ShutdownMode::Kill);
     }
     join_service(service, mode);

@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use super::service::{Table, run_info};
+use super::service::run_info;
+use super::table::Table;
 use crate::error::{Error, ErrorKind, ExitInfo};
 
 /// Rank 0's liveness ping and a worker's answer (both empty).
@@ -185,7 +186,9 @@ impl Table {
             tracing::debug!(rank, func = f.func, "killed mid-task by a Kill shutdown");
             let e = Error::new(
                 ErrorKind::ShutDown,
-                format!("the cluster was shut down (Kill) while it ran; MPI rank {rank} was stopped"),
+                format!(
+                    "the cluster was shut down (Kill) while it ran; MPI rank {rank} was stopped"
+                ),
             )
             .with_worker(rank);
             f.deliver.fail(e, run_info(rank, 0, f.queued));

@@ -207,18 +207,20 @@ mod outbox;
 #[cfg(feature = "mpi")]
 mod service;
 #[cfg(feature = "mpi")]
+mod table;
+#[cfg(feature = "mpi")]
 mod worker;
 
 pub use detect::{Detected, Launch, Launcher, detect};
 
-#[cfg(feature = "mpi")]
-pub(crate) use lifecycle::start_up;
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use builder::{ClusterBuilder, DIRECT_SPIN, RESULT_SPIN, SPIN_MIN_CORES};
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use cluster::Cluster;
+#[cfg(feature = "mpi")]
+pub(crate) use lifecycle::start_up;
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use lifecycle::{DEFAULT_QUEUE_PER_RANK, finish, launched_with_workers};

@@ -75,8 +75,7 @@ impl Outbox {
     /// Abandons the sends to the lost `rank`: their requests are freed and their buffers
     /// leaked (MPI may still read them; a few small messages per lost rank).
     pub(super) fn abandon(&mut self, rank: usize) {
-        let (lost, kept): (Vec<_>, Vec<_>) =
-            self.pending.drain(..).partition(|p| p.rank == rank);
+        let (lost, kept): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|p| p.rank == rank);
         self.pending = kept;
         for mut p in lost {
             free(&mut p.request);
