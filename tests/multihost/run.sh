@@ -63,7 +63,7 @@ scenario() {
     [ "$mode" = stop ] && recovery=
     mpirun 4 40 $recovery "$bin" "$mode" >"$log" 2>&1 || rc=$?
     end=$(date +%s%3N)
-    grep -E '^(test|  )' "$log" || true
+    grep -E '^(test |  (die|cut|stop): )' "$log" || true
     # With a host cut off, mpiexec loses its daemon there and says so with status 1 (and a
     # misleading "unable to reliably start one or more daemons"): the job still ended.
     local ok_rc=0

@@ -31,6 +31,12 @@
 //!   ends the process (a rank that finished its task meanwhile takes it in its serving loop and
 //!   finalizes too). Killed ranks get no exit message.
 //!
+//! A worker's serving loop holds the MPI lock while it receives a request or sends a reply, so
+//! a single transfer that takes longer than [`SILENCE_LIMIT`] (a frame near
+//! [`DEFAULT_MAX_FRAME`](crate::remote::wire::DEFAULT_MAX_FRAME), 64 MiB, over a link slower than
+//! about 500 Mbit/s) leaves pings unanswered and its rank is taken for lost. A reply received
+//! counts as an answer.
+//!
 //! The pings cost each idle rank five tiny messages a second, and rank 0's MPI thread wakes
 //! five times a second when idle (it used to park without a deadline).
 //!

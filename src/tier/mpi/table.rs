@@ -231,6 +231,11 @@ impl Table {
             buf.resize(len, 0);
             msg.matched_receive_into(&mut buf[..]);
             let rank = usize::try_from(status.source_rank()).unwrap_or(0);
+            // A reply is as good as an answer to a ping (a worker sending a big reply cannot
+            // answer pings meanwhile).
+            if let Some(r) = self.ranks.get_mut(rank) {
+                r.unanswered_since = None;
+            }
             match self.inflight.get_mut(rank).and_then(Option::take) {
                 Some(f) => {
                     self.free.push_back(rank);
@@ -241,6 +246,9 @@ impl Table {
                         rank,
                         "a late reply from a rank retired after a timeout; ignored"
                     );
+                }
+                None if self.ranks.get(rank).is_some_and(|r| r.killed || r.dead) => {
+                    tracing::debug!(rank, "a late reply from a killed or lost rank; ignored");
                 }
                 None => tracing::warn!(rank, "a reply from a rank with no task; ignored"),
             }
