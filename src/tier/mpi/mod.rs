@@ -71,7 +71,7 @@
 //! Worker ranks bound their own finalize by 2 s. Measured with `tests/multihost/run.sh`
 //! (two simulated hosts, the failing rank on the other one), from the failure to the end of
 //! every process of the job on both hosts: a dead rank 5–6 s (status 0), a cut link 3–5 s
-//! (`mpiexec` loses its daemon there and exits 1), a frozen rank 1–2 s (without
+//! (`mpiexec` loses its daemon there and exits 1), a frozen rank 1–3 s (without
 //! `--enable-recovery`). **Limit**: under `--enable-recovery`, OpenMPI 4.1 never reaps a
 //! frozen (SIGSTOPped) process: `mpiexec` waits for it even after rank 0's `MPI_Abort`.
 //!
