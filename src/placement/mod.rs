@@ -88,15 +88,15 @@ mod site;
 mod stats;
 
 pub use config::{
-    DEV_SMOOTHING_SHIFT, DEV_WEIGHT, EXPLORE_EVERY, EXPLORE_INLINE_LIMIT, FORGIVE_AFTER,
-    INITIAL_DEV, INLINE_BUDGET, MISPREDICT_FACTOR, PlacementConfig, SAMPLE_EVERY, SMOOTHING_SHIFT,
-    TIMING_RATIO,
+    CLEAN_STREAK, DEV_SMOOTHING_SHIFT, DEV_WEIGHT, EXPLORE_EVERY, INITIAL_DEV, INLINE_BUDGET,
+    LEAVE_FACTOR, MAX_STRIKES, MISPREDICT_FACTOR, PlacementConfig, SAMPLE_AFTER, SAMPLE_EVERY,
+    SMOOTHING_SHIFT, STRIKE_DECAY, TIMING_RATIO,
 };
 pub use policy::PlacementTier;
 pub use site::{Call, CallSite, Stage};
 pub use stats::{BucketStats, KeyStats, PlacementStats, TierCost};
 
-use model::{BUCKETS, Bucket, Params, UNKNOWN, UNSIZED};
+use model::{BUCKETS, Bucket, Params, UNKNOWN, UNSIZED, bucket_floor};
 use policy::TierSlot;
 use stats::{KeyCounters, tier_index};
 
@@ -141,16 +141,20 @@ impl SiteState {
             .iter()
             .enumerate()
             .filter_map(|(i, b)| {
-                let (out, into) = (b.flipped_out.load(Relaxed), b.flipped_in.load(Relaxed));
-                let inline = (b.inline.load(Relaxed) + into).saturating_sub(out);
-                let off_core = (b.off.load(Relaxed) + out).saturating_sub(into);
+                let out = b.flipped_out.load(Relaxed);
+                let inline = b.inline.load(Relaxed).saturating_sub(out);
+                let off_core = b.off.load(Relaxed) + out;
                 (inline + off_core > 0).then(|| BucketStats {
-                    size_from: (i < UNSIZED).then(|| if i == 0 { 0 } else { 1u64 << (i - 1) }),
+                    size_from: (i < UNSIZED).then(|| bucket_floor(i)),
                     inline,
                     off_core,
-                    prediction: Some(b.prediction())
+                    prediction: Some(b.upper())
                         .filter(|&p| p != UNKNOWN)
                         .map(Duration::from_nanos),
+                    typical: Some(b.typical())
+                        .filter(|&p| p != UNKNOWN)
+                        .map(Duration::from_nanos),
+                    strikes: b.gate().strikes,
                 })
             })
             .collect();
@@ -158,7 +162,7 @@ impl SiteState {
         let explored: u64 = self
             .buckets
             .iter()
-            .map(|b| b.flipped_out.load(Relaxed) + b.flipped_in.load(Relaxed))
+            .map(|b| b.flipped_out.load(Relaxed))
             .sum();
         let tier = |t| c.tiers[tier_index(t)].load(Relaxed);
         let (threads, processes, cluster) = (
@@ -190,7 +194,6 @@ pub(crate) struct Shared {
     pub(crate) sample_every: u64,
     pub(crate) timing_ratio: u64,
     pub(crate) explore_every: u64,
-    pub(crate) explore_inline_ns: u64,
     pub(crate) clock_pair_ns: u64,
     pub(crate) tiers: Vec<TierSlot>,
     sites: Mutex<HashMap<Arc<str>, Arc<SiteState>>>,
@@ -262,9 +265,6 @@ impl Placement {
         }
         let params = Params::new(config);
         let clock_pair_ns = clock_pair_cost();
-        let explore_inline_ns = params
-            .budget_ns
-            .saturating_mul(u64::from(config.explore_inline_limit));
         tracing::debug!(
             clock_pair_ns,
             budget_ns = params.budget_ns,
@@ -277,7 +277,6 @@ impl Placement {
                 sample_every: config.sample_every,
                 timing_ratio: config.timing_ratio,
                 explore_every: config.explore_every,
-                explore_inline_ns,
                 clock_pair_ns,
                 tiers: tiers
                     .into_iter()
