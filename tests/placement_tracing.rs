@@ -75,8 +75,16 @@ fn each_decision_is_an_event_with_key_prediction_tier_and_actual() {
     // The first calls of an unknown key went off-core (until a clean streak of
     // CLEAN_STREAK samples) and were timed there.
     let n = offload::placement::CLEAN_STREAK as usize;
-    assert!(decisions[..n].iter().all(|e| e.tier == "threads" && e.actual));
+    assert!(
+        decisions[..n]
+            .iter()
+            .all(|e| e.tier == "threads" && e.actual)
+    );
     // Then inline; an inline bucket times every call until it is confident.
-    assert!(decisions[n..].iter().all(|e| e.tier == "inline" && e.actual));
+    assert!(
+        decisions[n..]
+            .iter()
+            .all(|e| e.tier == "inline" && e.actual)
+    );
     sched.shutdown(Duration::from_secs(5));
 }

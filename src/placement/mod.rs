@@ -117,21 +117,28 @@ impl SiteState {
         }
     }
 
-    /// The prediction of bucket `idx`. A sized bucket never timed borrows the prediction of the
-    /// nearest larger bucket that has one, when that one is under the budget: a larger input of
-    /// the same key being cheap says this one is too. Otherwise [`UNKNOWN`] (go off-core).
-    pub(crate) fn predict(&self, idx: usize, budget_ns: u64) -> u64 {
-        let p = self.buckets[idx].prediction();
-        if p != UNKNOWN || idx >= UNSIZED {
-            return p;
+    /// The gate value of bucket `idx` (≤ budget: inline). A sized bucket that is off-core only
+    /// for want of evidence — never timed, or no strikes and an estimate that says short but
+    /// its clean streak not yet long enough — borrows from the nearest larger bucket of the key
+    /// that was timed, when that one is inline or, with no strikes, says short: a larger input
+    /// of the same key being cheap says this one is too. Otherwise its own value ([`UNKNOWN`]
+    /// when never timed).
+    pub(crate) fn predict(&self, idx: usize, p: &Params) -> u64 {
+        let b = &self.buckets[idx];
+        let own = b.prediction();
+        if own <= p.budget_ns || idx >= UNSIZED {
+            return own;
         }
-        for b in &self.buckets[idx + 1..UNSIZED] {
-            let q = b.prediction();
+        if own != UNKNOWN && (b.gate().strikes > 0 || !b.view().short(p)) {
+            return own;
+        }
+        for larger in &self.buckets[idx + 1..UNSIZED] {
+            let q = larger.prediction();
             if q != UNKNOWN {
-                return if q <= budget_ns { q } else { UNKNOWN };
+                return larger.lends(p).unwrap_or(own);
             }
         }
-        UNKNOWN
+        own
     }
 
     fn snapshot(&self) -> KeyStats {

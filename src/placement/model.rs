@@ -98,8 +98,12 @@ pub(crate) fn exp2_fixed(l: i64) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Params {
     pub(crate) budget_ns: u64,
-    /// Above this a sample is a spike, and an inline bucket's estimate above it leaves inline.
+    /// Above this a sample is a spike, and an inline bucket whose upper estimate passes it
+    /// leaves inline.
     pub(crate) leave_ns: u64,
+    /// A bucket enters inline only with its upper estimate at or under this (¾ of `leave_ns`:
+    /// the hysteresis band of the upper estimate).
+    pub(crate) enter_upper_ns: u64,
     pub(crate) factor: u64,
     pub(crate) alpha_div: i64,
     pub(crate) beta_div: i64,
@@ -114,9 +118,11 @@ pub(crate) struct Params {
 impl Params {
     pub(crate) fn new(cfg: &PlacementConfig) -> Self {
         let budget_ns = u64::try_from(cfg.inline_budget.as_nanos()).unwrap_or(MAX_FINITE);
+        let leave_ns = budget_ns.saturating_mul(u64::from(cfg.leave_factor));
         Params {
             budget_ns,
-            leave_ns: budget_ns.saturating_mul(u64::from(cfg.leave_factor)),
+            leave_ns,
+            enter_upper_ns: (leave_ns / 4).saturating_mul(3).max(budget_ns),
             factor: u64::from(cfg.mispredict_factor),
             alpha_div: 1 << cfg.smoothing_shift,
             beta_div: 1 << cfg.dev_smoothing_shift,
@@ -192,6 +198,37 @@ pub(crate) fn is_overrun(ns: u64, predicted: u64, p: &Params) -> bool {
     ns > p.budget_ns && predicted != UNKNOWN && ns > predicted.saturating_mul(p.factor)
 }
 
+/// What the estimate says about a bucket: its typical duration (`2^mean`) and its upper
+/// estimate (`2^(mean + k·dev)`), both [`UNKNOWN`] before the first sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct View {
+    pub(crate) typical: u64,
+    pub(crate) upper: u64,
+}
+
+impl View {
+    /// Before any sample.
+    pub(crate) const UNKNOWN: View = View {
+        typical: UNKNOWN,
+        upper: UNKNOWN,
+    };
+
+    /// What `e` says.
+    pub(crate) fn of(e: &Estimate, p: &Params) -> View {
+        View {
+            typical: e.typical_ns(),
+            upper: e.predict_ns(p),
+        }
+    }
+
+    /// Whether the estimate says "short": the typical call is within the budget and the upper
+    /// estimate within ¾ of the leave threshold (so a bucket that enters is not at once near
+    /// leaving again).
+    pub(crate) fn short(&self, p: &Params) -> bool {
+        self.typical <= p.budget_ns && self.upper <= p.enter_upper_ns
+    }
+}
+
 /// What one timed sample did to a bucket's gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transition {
@@ -201,7 +238,7 @@ pub(crate) enum Transition {
     /// enough.
     Enter,
     /// A surprise: a spike (a sample over the leave threshold) while the bucket was inline or
-    /// its estimate said short. The bucket is off-core now, its clean streak restarts, and the
+    /// its estimate said short ([`View::short`]). The bucket is off-core now, its clean streak restarts, and the
     /// streak it needs doubles.
     Surprise,
     /// An inline bucket whose estimate drifted past the leave threshold goes off-core (a strike
@@ -216,11 +253,12 @@ const STREAK_MASK: u64 = (1 << 40) - 1;
 ///
 /// States: **off** (calls go off-core) and **inline**. Transitions, each made only by
 /// [`Gate::step`] on a timed sample:
-/// - off → inline (`Enter`): the upper estimate is ≤ budget and `streak ≥ need`;
-/// - inline → off (`Surprise`): a sample over the leave threshold (2 × budget by default);
+/// - off → inline (`Enter`): the estimate says short ([`View::short`]: typical ≤ budget, upper
+///   ≤ ¾ × leave threshold) and `streak ≥ need`;
+/// - inline → off (`Surprise`): a spike, a sample over the leave threshold (2 × budget);
 /// - inline → off (`Drift`): the upper estimate passed the leave threshold;
-/// - off → off (`Surprise`): a spike while the upper estimate said ≤ budget restarts the streak
-///   and adds a strike.
+/// - off → off (`Surprise`): a spike while the estimate said short restarts the streak and adds
+///   a strike.
 ///
 /// `need = clean_streak × 2^strikes`; a strike is forgiven after `strike_decay × need` clean
 /// samples in a row.
@@ -230,7 +268,7 @@ pub(crate) struct Gate {
     pub(crate) inline: bool,
     /// Surprises not yet forgiven (at most `max_strikes`).
     pub(crate) strikes: u32,
-    /// Timed samples in a row at or under the budget.
+    /// Timed samples in a row that were not spikes (at or under the leave threshold).
     pub(crate) streak: u64,
 }
 
@@ -261,26 +299,25 @@ impl Gate {
         self.inline && self.streak >= p.sample_after.saturating_mul(1u64 << self.strikes.min(63))
     }
 
-    /// One timed sample of `ns`; `before` and `after` are the bucket's upper estimate before and
-    /// after it was folded in ([`UNKNOWN`] before the first sample).
-    pub(crate) fn step(self, ns: u64, before: u64, after: u64, p: &Params) -> (Gate, Transition) {
+    /// One timed sample of `ns`; `before` and `after` are what the bucket's estimate said
+    /// before and after it was folded in.
+    pub(crate) fn step(self, ns: u64, before: View, after: View, p: &Params) -> (Gate, Transition) {
         let mut g = self;
-        if ns > p.leave_ns && (g.inline || before <= p.budget_ns) {
-            g.strikes = (g.strikes + 1).min(p.max_strikes);
+        if ns > p.leave_ns {
             g.streak = 0;
-            g.inline = false;
-            return (g, Transition::Surprise);
+            if g.inline || before.short(p) {
+                g.strikes = (g.strikes + 1).min(p.max_strikes);
+                g.inline = false;
+                return (g, Transition::Surprise);
+            }
+            return (g, Transition::Stay);
         }
-        g.streak = if ns <= p.budget_ns {
-            g.streak.saturating_add(1)
-        } else {
-            0
-        };
+        g.streak = g.streak.saturating_add(1);
         if g.strikes > 0 && g.streak >= g.need(p).saturating_mul(p.strike_decay) {
             g.strikes -= 1;
         }
         if g.inline {
-            if after > p.leave_ns {
+            if after.upper > p.leave_ns {
                 g.inline = false;
                 g.strikes = (g.strikes + 1).min(p.max_strikes);
                 g.streak = 0;
@@ -288,7 +325,7 @@ impl Gate {
             }
             return (g, Transition::Stay);
         }
-        if after <= p.budget_ns && g.streak >= g.need(p) {
+        if after.short(p) && g.streak >= g.need(p) {
             g.inline = true;
             return (g, Transition::Enter);
         }
@@ -296,15 +333,16 @@ impl Gate {
     }
 
     /// The number the fast path compares with the budget: ≤ budget exactly when the gate is
-    /// inline (the upper estimate, capped at the budget), above it otherwise ([`UNKNOWN`]
-    /// before the first sample).
-    pub(crate) fn gate_value(&self, upper: u64, p: &Params) -> u64 {
+    /// inline (then the typical duration, capped at the budget: what sampling and the
+    /// misprediction count go by), above it otherwise (the upper estimate, at least budget + 1;
+    /// [`UNKNOWN`] before the first sample).
+    pub(crate) fn gate_value(&self, v: View, p: &Params) -> u64 {
         if self.inline {
-            upper.min(p.budget_ns)
-        } else if upper == UNKNOWN {
+            v.typical.min(p.budget_ns)
+        } else if v.upper == UNKNOWN {
             UNKNOWN
         } else {
-            upper.max(p.budget_ns.saturating_add(1))
+            v.upper.max(p.budget_ns.saturating_add(1))
         }
     }
 }
@@ -406,10 +444,31 @@ impl Bucket {
         Gate::unpack(self.gate.load(Relaxed))
     }
 
-    /// Folds a timed call in (`ran_inline`: where it ran) and steps the gate. A bucket's first
-    /// sample starts its gate where that call ran (inline when it borrowed a larger bucket's
-    /// inline decision) with the key's strikes so far: a key that surprised elsewhere starts
-    /// each new bucket wary.
+    /// What this bucket lends a smaller, less known bucket of its key: an inline gate value
+    /// when it is inline, or has no strikes and its estimate says short.
+    pub(crate) fn lends(&self, p: &Params) -> Option<u64> {
+        let q = self.prediction();
+        if q <= p.budget_ns {
+            return Some(q);
+        }
+        let v = self.view();
+        (q != UNKNOWN && self.gate().strikes == 0 && v.short(p)).then(|| v.typical.min(p.budget_ns))
+    }
+
+    /// What the bucket's estimate says now.
+    pub(crate) fn view(&self) -> View {
+        View {
+            typical: self.typical(),
+            upper: self.upper(),
+        }
+    }
+
+    /// Folds a timed call in (`ran_inline`: where it ran) and steps the gate. A call that ran
+    /// inline while the gate was off (it borrowed a larger bucket's inline decision, or a user
+    /// probe said short) moves the gate inline first, when the bucket has no strikes and its
+    /// estimate says short; a bucket's first sample starts its gate where that call ran. A new
+    /// bucket starts with the key's strikes so far: a key that surprised elsewhere starts each
+    /// new bucket wary.
     pub(crate) fn observe(
         &self,
         ns: u64,
@@ -418,26 +477,29 @@ impl Bucket {
         p: &Params,
     ) -> (Gate, Transition) {
         let e = self.estimate();
-        let (g, before) = if e.samples == 0 {
+        let (mut g, before) = if e.samples == 0 {
             let g = Gate {
                 inline: ran_inline,
                 strikes: key_strikes.min(p.max_strikes),
                 streak: 0,
             };
-            (g, UNKNOWN)
+            (g, View::UNKNOWN)
         } else {
-            (self.gate(), e.predict_ns(p))
+            (self.gate(), View::of(&e, p))
         };
+        if ran_inline && !g.inline && g.strikes == 0 && before.short(p) {
+            g.inline = true;
+        }
         let e = e.observe(ns, p);
-        let upper = e.predict_ns(p);
-        let (g, t) = g.step(ns, before, upper, p);
+        let after = View::of(&e, p);
+        let (g, t) = g.step(ns, before, after, p);
         self.mean.store(e.mean, Relaxed);
         self.dev.store(e.dev, Relaxed);
         self.samples.store(e.samples, Relaxed);
         self.gate.store(g.pack(), Relaxed);
-        self.upper.store(upper, Relaxed);
-        self.typical.store(e.typical_ns(), Relaxed);
-        self.predict.store(g.gate_value(upper, p), Relaxed);
+        self.upper.store(after.upper, Relaxed);
+        self.typical.store(after.typical, Relaxed);
+        self.predict.store(g.gate_value(after, p), Relaxed);
         (g, t)
     }
 }

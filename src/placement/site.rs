@@ -281,7 +281,7 @@ impl CallSite {
     /// when it does not know yet (such a call goes off-core).
     pub fn prediction(&self, size: Option<u64>) -> Option<Duration> {
         let idx = size.map_or(UNSIZED, size_bucket);
-        shown(self.state.predict(idx, self.shared.params.budget_ns)).map(Duration::from_nanos)
+        shown(self.state.predict(idx, &self.shared.params)).map(Duration::from_nanos)
     }
 
     /// A snapshot of this site's key.
@@ -344,7 +344,7 @@ impl CallSite {
         let b = &self.state.buckets[idx];
         let (pred, user) = match hint.prediction() {
             Some(p) => (p, true),
-            None => (self.state.predict(idx, budget), false),
+            None => (self.state.predict(idx, &sh.params), false),
         };
         if !self.killable && pred <= budget {
             let n = b.inline.fetch_add(1, Relaxed);
@@ -643,7 +643,7 @@ impl Call<'_> {
                 st.buckets[self.bucket].off.fetch_add(1, Relaxed);
                 let pred = match self.hint.prediction() {
                     Some(p) => p,
-                    None => st.predict(self.bucket, sh.params.budget_ns),
+                    None => st.predict(self.bucket, &sh.params),
                 };
                 site.off_core(self.bucket, pred, lead, Closure(rest)).await
             }
