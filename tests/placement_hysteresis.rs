@@ -1,14 +1,16 @@
 //! Hysteresis: a size bucket whose cost sits at the inline budget (25–50 µs against 50 µs) must
 //! not flip between inline and off-core call by call. Exploration is off, so every change of
-//! place is the model's own decision; over the last 300 of 400 calls at most 12 changes are
-//! allowed (a preempted call may cost one round trip off-core and back).
+//! place is the model's own decision; over the last 300 of 400 calls at most 4 changes are
+//! allowed, plus 2 for each call that a busy machine stretched past twice the budget (a
+//! preempted call is a spike: off-core for a few calls, then back).
 
 mod common;
 
 use common::spin;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use offload::placement::INLINE_BUDGET;
 use offload::{PlacementConfig, Scheduler};
 
 #[test]
@@ -22,7 +24,7 @@ fn a_bucket_that_straddles_the_budget_does_not_alternate() {
         .build()
         .expect("scheduler starts");
     let site = sched.site("straddle");
-    let places: Vec<bool> = sched.block_on(async {
+    let places: Vec<(bool, Duration)> = sched.block_on(async {
         let mut out = Vec::new();
         let mut x = 1u64;
         for _ in 0..400 {
@@ -31,22 +33,31 @@ fn a_bucket_that_straddles_the_budget_does_not_alternate() {
             let frac = (x >> 40) as f64 / (1u64 << 24) as f64;
             let cost = Duration::from_nanos((25_000.0 * 2f64.powf(frac)) as u64);
             let caller = thread::current().id();
-            let here = site
+            let placed = site
                 .sized(3000)
                 .call(move || {
+                    let t0 = Instant::now();
                     spin(cost);
-                    thread::current().id() == caller
+                    (thread::current().id() == caller, t0.elapsed())
                 })
                 .await
                 .expect("no panic");
-            out.push(here);
+            out.push(placed);
         }
         out
     });
     let tail = &places[100..];
-    let changes = tail.windows(2).filter(|w| w[0] != w[1]).count();
-    let inline = tail.iter().filter(|&&h| h).count();
-    eprintln!("straddle: {changes} change(s) of place in 300 calls, {inline} inline");
-    assert!(changes <= 12, "{changes} changes: {:?}", site.stats());
+    let changes = tail.windows(2).filter(|w| w[0].0 != w[1].0).count();
+    let inline = tail.iter().filter(|p| p.0).count();
+    let spikes = tail.iter().filter(|p| p.1 > 2 * INLINE_BUDGET).count();
+    eprintln!(
+        "straddle: {changes} change(s) of place in 300 calls, {inline} inline, {spikes} \
+         stretched past two budgets"
+    );
+    assert!(
+        changes <= 4 + 2 * spikes,
+        "{changes} changes, {spikes} spikes: {:?}",
+        site.stats()
+    );
     sched.shutdown(Duration::from_secs(5));
 }

@@ -1,18 +1,22 @@
 //! Placement: adaptive backgrounding (DESIGN.md §4), decided per call, before it runs.
 //!
 //! A [`CallSite`] names a place in the program that calls CPU work ("parse", "resize"). Each call
-//! through it runs **inline** when its predicted duration is under the inline budget, and moves
-//! **off-core** otherwise, to the tier with the lowest expected completion. Predictions come
-//! from, in order: a user probe ([`Call::probe`], [`Call::expect`]), else the model: per key and
-//! per log2-size bucket ([`CallSite::sized`]), the smoothed durations of past calls wherever they
-//! ran. Unknown keys start off-core; an inline call that overran its prediction moves its bucket
-//! off-core at once; a small exploration share keeps the model honest.
+//! through it runs **inline** when the model says it is short and safe, and moves **off-core**
+//! otherwise, to the tier with the lowest expected completion. Predictions come from, in order:
+//! a user probe ([`Call::probe`], [`Call::expect`]), else the model: per key and per size bucket
+//! (a quarter octave of the size hint, [`CallSite::sized`]), the smoothed durations of past
+//! calls wherever they ran, and a **gate** per bucket that decides from the risk of overrunning
+//! the budget: a bucket goes inline after a streak of calls without a spike, a streak that
+//! doubles with each surprise, so a key whose cost cannot be predicted (bimodal, heavy-tailed)
+//! settles off-core instead of coming back inline every few calls, and a bucket whose cost sits
+//! at the budget does not flip (hysteresis). Unknown keys start off-core; each tier's learned
+//! overhead is its hand-off, queueing is read live. The formulas are in `README.md` here.
 //!
 //! | file | concern |
 //! | --- | --- |
 //! | `config.rs` | the tuning constants and [`PlacementConfig`] |
-//! | `model.rs` | the duration estimate per bucket, its arithmetic, misprediction handling |
-//! | `policy.rs` | inline or off-core, which tier, exploration, learned tier overheads |
+//! | `model.rs` | the duration estimate per bucket, its arithmetic, the gate (risk, back-off, hysteresis) |
+//! | `policy.rs` | which tier, exploration, each tier's learned hand-off |
 //! | `site.rs` | [`CallSite`], [`Call`], [`Stage`]: the calls themselves and their timing |
 //! | `stats.rs` | [`PlacementStats`]: per-key counts, mean and p99, tier overheads |
 //! | `README.md` | the formulas, the constants, and why |

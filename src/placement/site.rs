@@ -1,12 +1,12 @@
 //! Call sites and the calls through them: the fast path (decided inline), the off-core path,
 //! and the staged call (Listing 4 of the source article, without the generator trick).
 //!
-//! The fast path is three loads from the bucket's cache line (prediction, sampling and
+//! The fast path is three loads from the bucket's cache line (gate value, sampling and
 //! exploration masks), one compare, one `fetch_add` (the bucket's inline counter, which picks
 //! the sampled and explored calls), the call itself under `catch_unwind` (free unless it
-//! panics), and on the sampled calls only (at most 2 % of the calls' time, see
-//! [`TIMING_RATIO`]) two clock reads and the model update. No allocation, no lock, no string
-//! hashing: the key was interned when the site was made.
+//! panics), and on the timed calls only (every call until the bucket is confident, then at most
+//! 2 % of the calls' time, see [`TIMING_RATIO`]) two clock reads and the model update. No
+//! allocation, no lock, no string hashing: the key was interned when the site was made.
 //!
 //! [`TIMING_RATIO`]: super::TIMING_RATIO
 
