@@ -255,6 +255,18 @@ const STREAK_MASK: u64 = (1 << 32) - 1;
 /// "never" too.
 const QUIET_MAX: u64 = (1 << 25) - 1;
 
+/// How many octaves a spike of `ns` went past the leave threshold, rounded up: after a surprise
+/// (a repeated spike) a bucket needs at least `clean_streak × ns / leave` clean samples, so that
+/// a key let back inline risks, per call, about a quarter of the leave threshold of I/O-thread
+/// time to its long calls (a 20 ms spike asks for ~800 clean calls, a 200 µs one for 8).
+fn overrun_octaves(ns: u64, p: &Params) -> u32 {
+    let ratio = ns / p.leave_ns.max(1);
+    if ratio <= 1 {
+        return 0;
+    }
+    64 - (ratio - 1).leading_zeros()
+}
+
 /// A bucket's gate, as plain numbers (the state machine, testable without atomics).
 ///
 /// States: **off** (calls go off-core) and **inline**. Transitions, each made only by
@@ -338,7 +350,9 @@ impl Gate {
                 if lone {
                     return (g, Transition::Spike);
                 }
-                g.strikes = (g.strikes + 1).min(p.max_strikes);
+                g.strikes = (g.strikes + 1)
+                    .max(overrun_octaves(ns, p))
+                    .min(p.max_strikes);
                 return (g, Transition::Surprise);
             }
             g.quiet = (g.quiet + 1).min(QUIET_MAX);
@@ -689,6 +703,19 @@ mod tests {
     }
 
     #[test]
+    fn strikes_grow_with_the_octaves_a_spike_went_past() {
+        let p = params();
+        assert_eq!(overrun_octaves(p.leave_ns, &p), 0);
+        assert_eq!(overrun_octaves(2 * p.leave_ns, &p), 1);
+        assert_eq!(overrun_octaves(3 * p.leave_ns, &p), 2);
+        assert_eq!(overrun_octaves(200 * p.leave_ns, &p), 8);
+        assert_eq!(
+            overrun_octaves(u64::MAX, &p),
+            64 - (u64::MAX / p.leave_ns - 1).leading_zeros()
+        );
+    }
+
+    #[test]
     fn the_gate_packs_into_one_word() {
         for g in [
             Gate::default(),
@@ -743,14 +770,22 @@ mod tests {
             n += 1;
             assert!(n <= 30, "{:?}", b.gate());
         }
-        // A second one soon after: a strike, and twice the base streak to come back.
+        // A second one soon after: strikes, as many as the octaves it went past the leave
+        // threshold (5 ms / 100 µs = 50: 6), and 4 × 2^6 clean samples to come back.
         let (g, t) = b.observe(five_ms, true, 0, &p);
         assert_eq!(t, Transition::Surprise);
-        assert!(!g.inline && g.strikes == 1, "{g:?}");
-        for _ in 1..2 * p.clean_streak {
+        assert!(!g.inline && g.strikes == 6, "{g:?}");
+        assert_eq!(g.need(&p), p.clean_streak << 6);
+        for _ in 1..g.need(&p) {
             assert!(!b.observe(1_000, false, 0, &p).0.inline);
         }
         assert!(b.observe(1_000, false, 0, &p).0.inline);
+        // A spike after more than the horizon of clean samples is lone again: no strike.
+        let (g, t) = b.observe(150_000, true, 0, &p);
+        assert_eq!((t, g.strikes), (Transition::Spike, 6));
+        // And a small one (150 µs) right after it adds one strike.
+        let (g, t) = b.observe(150_000, false, 0, &p);
+        assert_eq!((t, g.strikes), (Transition::Surprise, 7));
     }
 
     #[test]
