@@ -237,8 +237,8 @@ pub(crate) enum Transition {
     /// The bucket goes inline: its estimate says short and its clean streak is long enough.
     Enter,
     /// A lone spike (a sample over the leave threshold) while the bucket was inline or its
-    /// estimate said short ([`View::short`]), the first in a while: the bucket is off-core now
-    /// and its clean streak restarts, without a strike.
+    /// estimate said short ([`View::short`]), the first in a while: the bucket is off-core now,
+    /// without a strike (an inline one without strikes until one clean sample).
     Spike,
     /// A spike like [`Transition::Spike`] that came soon after another: as well, the streak the
     /// bucket needs doubles (a strike).
@@ -281,7 +281,8 @@ fn overrun_octaves(ns: u64, p: &Params) -> u32 {
 ///
 /// A spike where the bucket was inline or its estimate said short is a `Surprise`, and adds a
 /// strike, when another came within the last `strike_decay × clean_streak` (64) samples; a lone
-/// one is a `Spike`, without a strike (a preempted call on a busy machine looks like a long call; one
+/// one is a `Spike`, without a strike (an inline bucket without strikes then comes back after
+/// one clean sample with a short estimate) (a preempted call on a busy machine looks like a long call; one
 /// such sample in a while must not make a cheap key wary). `need = clean_streak × 2^strikes`;
 /// a strike is forgiven after `strike_decay × need` clean samples in a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,6 +349,12 @@ impl Gate {
                 g.quiet = 0;
                 g.inline = false;
                 if lone {
+                    // An inline bucket without strikes comes back after one clean sample: a
+                    // preempted call among many concurrent ones must not send a whole burst of
+                    // them off-core. A wary bucket starts its streak over.
+                    if self.inline && g.strikes == 0 {
+                        g.streak = g.need(p).saturating_sub(1);
+                    }
                     return (g, Transition::Spike);
                 }
                 g.strikes = (g.strikes + 1)
@@ -762,7 +769,7 @@ mod tests {
         // The first spike in a while: off-core at once, no strike.
         let (g, t) = b.observe(five_ms, true, 0, &p);
         assert_eq!(t, Transition::Spike);
-        assert!(!g.inline && g.strikes == 0 && g.streak == 0);
+        assert!(!g.inline && g.strikes == 0 && g.streak == p.clean_streak - 1);
         assert!(b.prediction() > p.budget_ns);
         let mut n = 0;
         while !b.gate().inline {
