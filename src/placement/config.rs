@@ -36,8 +36,8 @@ pub const EXPLORE_EVERY: u64 = 64;
 /// expected to hold the I/O thread longer than two budgets.
 pub const LEAVE_FACTOR: u32 = 2;
 
-/// Clean samples in a row (none over the budget) a bucket needs before it goes inline, doubled
-/// per strike. 4: after four clean samples, a cost that is a function of the size is known well
+/// Clean samples in a row (no spike over [`LEAVE_FACTOR`] budgets) a bucket needs before it
+/// goes inline, doubled per strike. 4: after four clean samples, a cost that is a function of the size is known well
 /// enough (its estimate is under the budget too); a bucket that surprised `k` times needs
 /// `4 × 2^k`, so a key whose long calls come every ~20 calls needs more than 20 after three
 /// surprises and stays off-core (the "rule of three": `n` clean samples bound the over-budget
@@ -49,7 +49,9 @@ pub const MAX_STRIKES: u32 = 16;
 
 /// A strike is forgiven after this many times the streak the bucket needs, clean: a preempted
 /// call long ago does not keep a cheap key wary forever, a key whose long calls are merely rare
-/// (one in ~`4 × 16 × 2^k`) does not get forgiven between them.
+/// (one in ~`4 × 16 × 2^k`) does not get forgiven between them. It also sets the lone-spike
+/// horizon: a spike with no other in the last `STRIKE_DECAY × CLEAN_STREAK` (64) samples adds
+/// no strike (on a busy machine a preempted call looks long).
 pub const STRIKE_DECAY: u64 = 16;
 
 /// An inline bucket times every call until its clean streak reaches this (times `2^strikes`);
