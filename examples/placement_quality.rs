@@ -86,6 +86,11 @@ struct Args {
     /// Worker threads of the library's thread tier (default: the scheduler's default).
     #[arg(long)]
     cpu_workers: Option<usize>,
+    /// Build the runtime here with this tokio `global_queue_interval` (how many local polls a
+    /// busy I/O thread makes between looks at tasks woken from outside, such as the heartbeat)
+    /// and attach the scheduler to it.
+    #[arg(long)]
+    global_queue_interval: Option<u32>,
     /// Policies to run (default: all), comma-separated.
     #[arg(long, value_delimiter = ',')]
     policies: Option<Vec<String>>,
@@ -397,12 +402,28 @@ fn run(policy: Policy, plan: &Plan, args: &Args, ipms: u64) -> Result<Run, offlo
     if let Some(n) = args.cpu_workers {
         b.cpu_workers(n);
     }
-    let sched = b.build()?;
+    // With --global-queue-interval the runtime is built here (tokio's knob for how often a busy
+    // worker looks at tasks woken from outside it) and the scheduler attaches to it.
+    let rt = args.global_queue_interval.map(|n| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.io_threads)
+            .global_queue_interval(n)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts")
+    });
+    let sched = match &rt {
+        Some(rt) => {
+            let _entered = rt.enter();
+            b.attach()?
+        }
+        None => b.build()?,
+    };
     let sites: Arc<Vec<CallSite>> = Arc::new(LAWS.iter().map(|l| sched.site(l.name())).collect());
     let exec = sched.executor().clone();
     let drift = Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
     let stop = Arc::new(AtomicBool::new(false));
-    let (wall, heartbeat, recs) = sched.block_on(async {
+    let work = async {
         let hb = tokio::spawn(heartbeat(stop.clone()));
         let t0 = Instant::now();
         let loops: Vec<_> = plan
@@ -428,9 +449,16 @@ fn run(policy: Policy, plan: &Plan, args: &Args, ipms: u64) -> Result<Run, offlo
         stop.store(true, Ordering::Relaxed);
         let hb = hb.await.expect("the heartbeat finished");
         (wall, hb, recs)
-    });
+    };
+    let (wall, heartbeat, recs) = match &rt {
+        Some(rt) => rt.block_on(work),
+        None => sched.block_on(work),
+    };
     let stats = (policy == Policy::Adaptive).then(|| sched.placement_stats());
-    sched.shutdown(Duration::from_secs(10));
+    match rt {
+        Some(rt) => rt.block_on(sched.close(Duration::from_secs(10))),
+        None => sched.shutdown(Duration::from_secs(10)),
+    }
     Ok(Run {
         wall,
         heartbeat,
