@@ -748,6 +748,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ));
         }
         println!();
+        if calls < 1000 {
+            println!(
+                "({calls} calls per loop: the model's warm-up weighs on every figure; the floors \
+                 are meant for the full run)"
+            );
+        }
         for (what, ok) in &checks {
             println!("floor {what}: {}", if *ok { "met" } else { "MISSED" });
         }
