@@ -681,7 +681,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(a) = adaptive {
         println!();
         println!(
-            "adaptive, per key (drift keys leave out the {DRIFT_GRACE} calls after the change):"
+            "adaptive, per key (agreement over all rounds, drift keys without the {DRIFT_GRACE} \
+             calls after the change; inline .. p99 from the last round's stats):"
         );
         println!(
             "{:<11} {:>7} {:>7} {:>8} {:>8} {:>7} {:>9}",
