@@ -4,7 +4,7 @@
 //! Durations go into a log-scale histogram per key, four bins per octave, in atomics: recording
 //! is two `fetch_add`s; the p99 is read as the upper edge of its bin (at most 19 % high).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::tier::TierKind;
@@ -82,6 +82,8 @@ pub(crate) struct KeyCounters {
     /// Off-core calls per tier, indexed by [`tier_index`].
     pub(crate) tiers: [AtomicU64; 4],
     pub(crate) mispredictions: AtomicU64,
+    /// The most strikes any bucket of the key has had: a new bucket starts with them.
+    pub(crate) strikes: AtomicU32,
     pub(crate) hist: Histogram,
 }
 
@@ -125,7 +127,8 @@ pub struct KeyStats {
     pub buckets: Vec<BucketStats>,
 }
 
-/// One size bucket of a key: calls of sizes `size_from ..= 2 × size_from − 1` (one bit length).
+/// One size bucket of a key: calls of sizes from `size_from` up to the next bucket's, a quarter
+/// of an octave (sizes 1024..=1279, 1280..=1535, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketStats {
     /// The smallest size in the bucket; `None` for calls without a size hint.
@@ -134,20 +137,19 @@ pub struct BucketStats {
     pub inline: u64,
     /// Calls placed off-core.
     pub off_core: u64,
-    /// The model's prediction now, `None` while unknown.
+    /// The model's upper estimate now (`2^(mean + k·dev)` in octaves), `None` while unknown.
     pub prediction: Option<Duration>,
+    /// The model's typical duration now (`2^mean`, a median), `None` while unknown.
+    pub typical: Option<Duration>,
+    /// Surprises not yet forgiven: the bucket needs `CLEAN_STREAK × 2^strikes` clean samples in
+    /// a row to go inline (see `src/placement/README.md`).
+    pub strikes: u32,
 }
 
 impl KeyStats {
     /// The bucket holding calls of size `n` (`None`: calls without a size hint), if used.
     pub fn bucket(&self, n: Option<u64>) -> Option<&BucketStats> {
-        let from = n.map(|n| {
-            if n == 0 {
-                0
-            } else {
-                1u64 << (63 - n.leading_zeros())
-            }
-        });
+        let from = n.map(|n| super::model::bucket_floor(super::model::size_bucket(n)));
         self.buckets.iter().find(|b| b.size_from == from)
     }
 }
