@@ -370,7 +370,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     // The handlers are done or stopped (the grace period is over): nothing is left but the
     // runtime, and no CPU work was ever queued.
-    sched.shutdown(Duration::from_secs(2));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
     result?;
     Ok(())
 }

@@ -253,7 +253,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         dispatch.late(),
         sched.stats().slow_polls
     );
-    sched.shutdown(Duration::from_secs(2));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
     result?;
     Ok(())
 }

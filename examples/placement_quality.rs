@@ -456,10 +456,11 @@ fn run(policy: Policy, plan: &Plan, args: &Args, ipms: u64) -> Result<Run, offlo
         None => sched.block_on(work),
     };
     let stats = (policy == Policy::Adaptive).then(|| sched.placement_stats());
+    let limit = Duration::from_secs(10);
     match rt {
-        Some(rt) => rt.block_on(sched.close(Duration::from_secs(10))),
-        None => sched.shutdown(Duration::from_secs(10)),
-    }
+        Some(rt) => rt.block_on(sched.shutdown_timeout(offload::ShutdownMode::Drain, limit)),
+        None => sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, limit),
+    };
     Ok(Run {
         wall,
         heartbeat,
@@ -619,7 +620,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let s = b.build()?;
         let w = s.executor().stats().workers;
-        s.shutdown(Duration::from_secs(1));
+        s.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(1));
         w
     };
     println!(

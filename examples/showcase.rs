@@ -425,7 +425,7 @@ fn run_round(
             );
         }
     }
-    sched.shutdown(Duration::from_secs(2));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
 
     Ok(Round {
         hist,
@@ -787,7 +787,7 @@ fn flood_round(
     });
     let _ = stop_server.send(());
     let _ = sched.block_on(server);
-    sched.shutdown(Duration::from_secs(2));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
     let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
     Ok(FloodResult {
         policy,

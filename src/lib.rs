@@ -73,7 +73,7 @@
 //!     parse.sized(text.len() as u64).call(move || text.split(' ').count()).await
 //! })?;
 //! assert_eq!(words, 3);
-//! # sched.shutdown(std::time::Duration::from_secs(1));
+//! # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

@@ -75,7 +75,9 @@ async fn compute_every_policy_answers_the_same_and_places_as_it_says() {
             Policy::Adaptive => {}
         }
     }
-    sched.close(Duration::from_secs(2)).await;
+    sched
+        .shutdown_timeout(offload::ShutdownMode::Drain, Duration::from_secs(2))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +140,9 @@ async fn compute_server_serves_pipelined_requests_on_loopback() {
     server.await.expect("listener");
     // Counted after each reply is written; the server has stopped, so all are counted now.
     assert_eq!(stats.lines.load(Ordering::Relaxed), 6);
-    sched.close(Duration::from_secs(2)).await;
+    sched
+        .shutdown_timeout(offload::ShutdownMode::Drain, Duration::from_secs(2))
+        .await;
 }
 
 /// Starts a compute server on loopback in this runtime.
@@ -273,7 +277,9 @@ async fn compute_flood_gets_busy_and_others_cheap_requests_stay_fast() {
     );
     let _ = stop.send(());
     server.await.expect("listener");
-    sched.close(Duration::from_secs(5)).await;
+    sched
+        .shutdown_timeout(offload::ShutdownMode::Drain, Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,7 +318,9 @@ async fn compute_pooled_request_past_its_deadline_gets_err_deadline() {
     assert_eq!(dispatch.late(), late);
     let _ = stop.send(());
     server.await.expect("listener");
-    sched.close(Duration::from_secs(5)).await;
+    sched
+        .shutdown_timeout(offload::ShutdownMode::Drain, Duration::from_secs(5))
+        .await;
 }
 
 /// Set in a child's environment: the server's arguments.

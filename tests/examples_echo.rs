@@ -38,7 +38,9 @@ impl Running {
             .await
             .expect("the server stops within the limit")
             .expect("the listener task does not panic");
-        self.sched.close(Duration::from_secs(2)).await;
+        self.sched
+            .shutdown_timeout(offload::ShutdownMode::Drain, Duration::from_secs(2))
+            .await;
     }
 }
 

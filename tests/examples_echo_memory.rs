@@ -108,5 +108,7 @@ async fn echo_10mb_line_is_refused_without_buffering_it() {
     assert_eq!(s, "still here\n");
     let _ = tx.send(());
     let _ = server.await;
-    sched.close(Duration::from_secs(2)).await;
+    sched
+        .shutdown_timeout(offload::ShutdownMode::Drain, Duration::from_secs(2))
+        .await;
 }

@@ -123,7 +123,9 @@ async fn http_every_route_answers_under_every_policy() {
         let finished = server.await.expect("the server task").expect("serve");
         assert!(finished, "{policy:?}: stopped within the grace period");
     }
-    sched.close(Duration::from_secs(5)).await;
+    sched
+        .shutdown_timeout(offload::ShutdownMode::Drain, Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +171,9 @@ async fn http_past_the_cpu_queue_bound_gets_503_with_retry_after() {
     assert!(ok >= 1 && shed >= 1, "{ok} answered, {shed} shed");
     let _ = stop.send(());
     let _ = server.await;
-    sched.close(Duration::from_secs(5)).await;
+    sched
+        .shutdown_timeout(offload::ShutdownMode::Drain, Duration::from_secs(5))
+        .await;
 }
 
 /// Set in a child's environment: the server's arguments.

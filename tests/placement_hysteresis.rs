@@ -59,5 +59,5 @@ fn a_bucket_that_straddles_the_budget_does_not_alternate() {
         "{changes} changes, {spikes} spikes: {:?}",
         site.stats()
     );
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

@@ -94,5 +94,5 @@ fn small_calls_run_inline_and_large_ones_off_core_after_warm_up() {
     assert_eq!(after.calls, 400);
     assert_eq!(after.inline + after.off_core(), 400);
     assert!(after.p99 >= Duration::from_millis(5), "{:?}", after.p99);
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

@@ -54,5 +54,5 @@ fn learned_overhead_stays_near_the_hand_off_after_a_burst() {
         after.overhead < Duration::from_millis(2),
         "the burst's queueing leaked into the learned overhead: {after:?} (idle: {before:?})"
     );
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

@@ -77,5 +77,5 @@ fn a_bimodal_key_keeps_its_long_calls_off_the_io_thread() {
         inline_long <= 2,
         "{inline_long} of {long} long calls ran inline after the warm-up: {s:?}"
     );
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

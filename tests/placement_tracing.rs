@@ -86,5 +86,5 @@ fn each_decision_is_an_event_with_key_prediction_tier_and_actual() {
             .iter()
             .all(|e| e.tier == "inline" && e.actual)
     );
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

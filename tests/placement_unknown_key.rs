@@ -51,5 +51,5 @@ fn the_first_call_of_a_key_goes_off_core() {
     assert_eq!(stats.tiers.len(), 1);
     assert_eq!(stats.tiers[0].samples, 1 + streak);
     assert!(stats.tiers[0].overhead > Duration::ZERO);
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

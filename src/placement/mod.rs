@@ -43,7 +43,7 @@
 //! })?;
 //! let stats = sched.placement_stats();
 //! assert_eq!(stats.key("parse").map(|k| k.calls), Some(2));
-//! # sched.shutdown(std::time::Duration::from_secs(1));
+//! # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -359,7 +359,7 @@ impl Scheduler {
     /// let site = sched.site("sum");
     /// let total = sched.block_on(site.call(|| (1..=100u64).sum::<u64>()))?;
     /// assert_eq!(total, 5050);
-    /// # sched.shutdown(std::time::Duration::from_secs(1));
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn site(&self, key: &str) -> CallSite {

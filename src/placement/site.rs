@@ -604,7 +604,7 @@ impl Call<'_> {
     /// assert_eq!(sched.block_on(sum_below(100_000))?, 4_999_950_000);
     /// let s = site.stats();
     /// assert_eq!((s.inline, s.threads), (1, 1));
-    /// # sched.shutdown(std::time::Duration::from_secs(1));
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
