@@ -222,23 +222,81 @@ impl CallSite {
     }
 
     /// A call with a size hint (bytes, items, n): the model learns duration per log2 of it.
+    ///
+    /// ```
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let checksum = sched.site("checksum");
+    /// let data = vec![7u8; 4096];
+    /// // The model learns this key's duration per size band of `data.len()`.
+    /// let sum = sched.block_on(
+    ///     checksum
+    ///         .sized(data.len() as u64)
+    ///         .call(move || data.iter().map(|&b| u64::from(b)).sum::<u64>()),
+    /// )?;
+    /// assert_eq!(sum, 7 * 4096);
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sized(&self, n: u64) -> Call<'_> {
         self.with(size_bucket(n), Hint::Model)
     }
 
     /// A call the caller expects to take `d`: that is the prediction, whatever the model says.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let render = sched.site("render");
+    /// // 20 ms is far over the inline budget: this call goes off-core at once.
+    /// let px = sched.block_on(render.expect(Duration::from_millis(20)).call(|| 640 * 480))?;
+    /// assert_eq!(px, 307_200);
+    /// assert_eq!(render.stats().threads, 1);
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn expect(&self, d: Duration) -> Call<'_> {
         self.with(UNSIZED, Hint::Expect(nanos(d)))
     }
 
     /// A call with a user probe, evaluated now: `true` means "long" (off-core), `false` means
     /// "short" (inline). It overrides the model.
+    ///
+    /// ```
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let sort = sched.site("sort");
+    /// let mut v: Vec<u32> = (0..100).rev().collect();
+    /// let len = v.len();
+    /// // The caller knows its own cost law: short inputs are sorted inline.
+    /// let v = sched.block_on(sort.probe(|| len > 100_000).call(move || {
+    ///     v.sort_unstable();
+    ///     v
+    /// }))?;
+    /// assert_eq!(v[0], 0);
+    /// assert_eq!(sort.stats().inline, 1);
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn probe(&self, long: impl FnOnce() -> bool) -> Call<'_> {
         self.with(UNSIZED, if long() { Hint::Long } else { Hint::Short })
     }
 
     /// Runs `f` where the model says: inline when its prediction is under the inline budget,
     /// else off-core. See [`Call::call`].
+    ///
+    /// ```
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let fib = sched.site("fib");
+    /// fn fib_of(n: u64) -> u64 { (0..n).fold((0u64, 1u64), |(a, b), _| (b, a + b)).0 }
+    /// // A key never seen goes off-core; once learned cheap, its calls run inline.
+    /// for _ in 0..50 {
+    ///     assert_eq!(sched.block_on(fib.call(|| fib_of(50)))?, 12_586_269_025);
+    /// }
+    /// let s = fib.stats();
+    /// assert_eq!(s.calls, 50);
+    /// assert!(s.inline > 0 && s.off_core() > 0, "{s}");
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn call<F, T>(&self, f: F) -> impl Future<Output = Result<T, Error>> + use<'_, F, T>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -263,6 +321,23 @@ impl CallSite {
 
     /// A staged call: `first` runs inline, and decides with what it computed whether the rest
     /// goes off-core. See [`Call::staged`].
+    ///
+    /// ```
+    /// use offload::Stage;
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let site = sched.site("parse-then-index");
+    /// let words = sched.block_on(site.staged(|| {
+    ///     let words: Vec<String> = "a short text".split(' ').map(String::from).collect();
+    ///     if words.len() < 1_000 {
+    ///         Stage::Done(words.len()) // small: finish here
+    ///     } else {
+    ///         Stage::Offload(move || words.len()) // large: the rest goes off-core
+    ///     }
+    /// }))?;
+    /// assert_eq!(words, 3);
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn staged<F, G, T>(
         &self,
         first: F,

@@ -177,6 +177,25 @@ impl fmt::Debug for ProcessPool {
 
 impl ProcessPool {
     /// Settings for a new pool.
+    ///
+    /// ```
+    /// use offload::{ProcessPool, RemoteFn, ShutdownMode};
+    ///
+    /// static LEN: RemoteFn<String, usize> = RemoteFn::new("len", |s| s.len());
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     offload::init(&[&LEN]); // first: in a worker process, this serves tasks
+    ///     let pool = ProcessPool::builder()
+    ///         .workers(2)
+    ///         .memory_limit(512 << 20)      // each worker's address space
+    ///         .max_tasks_per_worker(1_000)  // recycle a worker after 1,000 tasks
+    ///         .build()?;
+    ///     let n = pool.submit_blocking(&LEN, "four".to_string())?.blocking_wait()?;
+    ///     assert_eq!(n, 4);
+    ///     pool.shutdown_blocking(ShutdownMode::Drain);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn builder() -> ProcessPoolBuilder {
         ProcessPoolBuilder::default()
     }
@@ -346,6 +365,32 @@ impl ProcessPool {
     /// its worker starts it (time in the queue does not count; see
     /// [`ProcessPoolBuilder::task_timeout`]) its worker is killed and it fails with
     /// "timed out".
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use offload::{ProcessPool, RemoteFn, ShutdownMode};
+    ///
+    /// static SLEEP_MS: RemoteFn<u64, u64> = RemoteFn::new("sleep_ms", |ms| {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// });
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     offload::init(&[&SLEEP_MS]);
+    ///     let pool = ProcessPool::new(1)?;
+    ///     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    ///     rt.block_on(async {
+    ///         let h = pool.submit_timeout(&SLEEP_MS, 10_000, Duration::from_millis(100)).await?;
+    ///         let e = h.await.unwrap_err();
+    ///         assert!(e.is_timeout(), "{e}");
+    ///         // The worker was killed and replaced: the pool serves on.
+    ///         assert_eq!(pool.submit(&SLEEP_MS, 1).await?.await?, 1);
+    ///         pool.shutdown(ShutdownMode::Drain).await;
+    ///         Ok::<(), offload::Error>(())
+    ///     })?;
+    ///     Ok(())
+    /// }
+    /// ```
     pub async fn submit_timeout<A, R>(
         &self,
         f: &RemoteFn<A, R>,
