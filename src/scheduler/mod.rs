@@ -167,7 +167,7 @@ impl SchedulerBuilder {
 
     /// Builds a scheduler on the runtime this code already runs in (inside `#[tokio::main]`).
     /// The runtime keeps its own threads (tokio's default: one per core); the scheduler adds
-    /// its CPU workers beside them. Shut it down with [`Scheduler::close`]`.await`.
+    /// its CPU workers beside them. Shut it down with [`Scheduler::shutdown`]`.await`.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
@@ -328,7 +328,7 @@ impl Scheduler {
     }
 
     /// Spawns a named task on the runtime; its polls are watched, and
-    /// [`close`](Self::close) waits for it (then cancels it past the deadline).
+    /// [`shutdown`](Self::shutdown) waits for it ([`shutdown_timeout`](Self::shutdown_timeout) cancels it past the limit).
     pub fn spawn<F>(&self, name: &str, fut: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
