@@ -15,10 +15,10 @@ use super::lifecycle::{Command, SERVICE};
 
 /// How long a waiter spins for a result before it parks, while the cluster's recent tasks are
 /// this short: one thread wake-up (~25 µs here). Longer tasks park at once. Used only when
-/// rank 0 may run on at least [`SPIN_MIN_CORES`] cores: with fewer, the waiter, the MPI thread
+/// rank 0 may run on at least 3 cores: with fewer, the waiter, the MPI thread
 /// and a local worker rank fight for the cores and spinning makes the round trip slower, not
 /// faster (measured: 37 µs spinning against 12 µs parking on a 2-core VM, `mpiexec -n 2`).
-pub const RESULT_SPIN: Duration = Duration::from_micros(25);
+pub(crate) const RESULT_SPIN: Duration = Duration::from_micros(25);
 
 /// How long a caller that sent its task itself (the direct path, see the module docs) polls
 /// for the reply before it hands the task to the MPI thread and parks; also the longest recent
@@ -26,12 +26,12 @@ pub const RESULT_SPIN: Duration = Duration::from_micros(25);
 /// (~25 µs each): what handing over costs a task that ends just after the spin, so a task
 /// never pays much more than twice its run time to the spin, and a long task (ms) never
 /// spins.
-pub const DIRECT_SPIN: Duration = Duration::from_micros(50);
+pub(crate) const DIRECT_SPIN: Duration = Duration::from_micros(50);
 
 /// The fewest cores rank 0 must be allowed to run on (its CPU affinity, which `mpiexec`'s
 /// binding sets) before its waiters spin: one for the caller, one for the MPI thread, one
 /// spare.
-pub const SPIN_MIN_CORES: usize = 3;
+pub(crate) const SPIN_MIN_CORES: usize = 3;
 
 fn default_result_spin() -> Duration {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -114,7 +114,7 @@ impl ClusterBuilder {
     }
 
     /// How long a waiter spins for a short task's result before it parks (default
-    /// [`RESULT_SPIN`] when rank 0 may use [`SPIN_MIN_CORES`] cores or more, else zero: park
+    /// 25 µs when rank 0 may use 3 cores or more, else zero: park
     /// at once).
     pub fn result_spin(&mut self, d: Duration) -> &mut Self {
         self.result_spin = d;
@@ -122,7 +122,7 @@ impl ClusterBuilder {
     }
 
     /// How long a caller that sent its task itself polls for the reply before handing it to
-    /// the MPI thread (default [`DIRECT_SPIN`]); zero turns the direct path off, so that every
+    /// the MPI thread (default 50 µs); zero turns the direct path off, so that every
     /// task goes through rank 0's MPI thread. See the module docs on the round trip.
     pub fn direct_spin(&mut self, d: Duration) -> &mut Self {
         self.direct_spin = d;

@@ -237,7 +237,7 @@ impl Cluster {
     ///
     /// A short task may go straight from this thread to a free rank (the direct path, see the
     /// module docs on the round trip); its handle's first poll then watches for the reply for
-    /// up to [`DIRECT_SPIN`](super::DIRECT_SPIN) before it parks.
+    /// up to 50 µs before it parks.
     pub async fn submit<A, R>(&self, f: &RemoteFn<A, R>, args: A) -> Result<TaskHandle<R>, Error>
     where
         A: Serialize,

@@ -43,7 +43,7 @@ pub(super) const STOP_KILL: u8 = 3;
 
 /// Default capacity of the queue to the MPI thread, per worker rank: enough to keep every rank
 /// fed through a burst, small enough that an endless producer waits (DESIGN.md §3.3).
-pub const DEFAULT_QUEUE_PER_RANK: usize = 64;
+pub(crate) const DEFAULT_QUEUE_PER_RANK: usize = 64;
 
 /// What rank 0 knows of a worker rank after the setup.
 #[derive(Debug, Clone, Default)]

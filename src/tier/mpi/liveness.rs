@@ -58,17 +58,17 @@ pub(super) const TAG_KILL: i32 = 18;
 
 /// How often rank 0 pings every worker rank. Five a second: a lost rank is found well within
 /// a second and a half, for a few tiny messages per rank per second.
-pub const PING_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const PING_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How long a ping may go unanswered before rank 0 declares its rank lost ("worker died":
 /// dead, hung outside a task, or unreachable). Five ping intervals: long against a scheduling
 /// hiccup of a loaded host (tens of milliseconds), short against what a user waits for.
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(1);
+pub(crate) const SILENCE_LIMIT: Duration = Duration::from_secs(1);
 
 /// How long a worker rank waits without any message from rank 0 (which pings every
 /// [`PING_INTERVAL`]) before it ends its process: rank 0 is gone or this host is cut off.
 /// Three times [`SILENCE_LIMIT`]: rank 0 gives up on the worker first.
-pub const RANK0_SILENCE: Duration = Duration::from_secs(3);
+pub(crate) const RANK0_SILENCE: Duration = Duration::from_secs(3);
 
 impl Table {
     /// Every [`PING_INTERVAL`]: takes the answers that arrived, declares lost every rank whose

@@ -43,20 +43,20 @@
 //! receive from it simply waits. So the cluster watches every rank itself, on every host
 //! (the protocol is in `liveness.rs`):
 //!
-//! - rank 0 pings every worker rank every [`PING_INTERVAL`] (200 ms); a worker answers from its
+//! - rank 0 pings every worker rank every `PING_INTERVAL` (200 ms); a worker answers from its
 //!   serving loop when idle, and from a *watcher* thread while a task runs (the task runs on
 //!   the main thread; the two share MPI under a lock, `MPI_THREAD_SERIALIZED`);
-//! - a rank that leaves a ping unanswered for [`SILENCE_LIMIT`] (1 s) is lost: it died, hangs
+//! - a rank that leaves a ping unanswered for `SILENCE_LIMIT` (1 s) is lost: it died, hangs
 //!   outside a task, or is unreachable. Its task fails with
 //!   [`Error::is_worker_died`](crate::Error::is_worker_died) (rank, host and pid in the
 //!   message), at most 1.2 s after the rank went quiet; the rank is never used again and the
 //!   cluster serves on with the others. No time limit is needed for that;
 //!   [`ClusterBuilder::task_timeout`] remains for tasks that run too long.
 //! - on rank 0's own host the worker processes are also checked in `/proc` every
-//!   [`LIVENESS_INTERVAL`] while tasks run: a local death fails its task within 200 ms;
+//!   `LIVENESS_INTERVAL` (200 ms) while tasks run: a local death fails its task within 200 ms;
 //! - rank 0 never blocks on a send to a worker (`MPI_Isend`, see `outbox.rs`): a blocking send
 //!   to a dead peer over TCP waits for ever inside OpenMPI;
-//! - a worker rank that hears nothing from rank 0 for [`RANK0_SILENCE`] (3 s) ends its
+//! - a worker rank that hears nothing from rank 0 for `RANK0_SILENCE` (3 s) ends its
 //!   process: rank 0 is gone or its host is cut off.
 //!
 //! By default OpenMPI aborts the whole job, rank 0 included, when a rank *dies* (`mpiexec
@@ -129,15 +129,15 @@
 //! - **Direct path**: `submit` (`submit_blocking`, `try_submit`) finds the MPI lock free,
 //!   nothing queued and a worker rank free, and sends the task from the caller's thread. The
 //!   handle's first `.await` or `blocking_wait` then polls for the reply itself
-//!   (`MPI_Improbe` under the lock) for up to [`DIRECT_SPIN`]; if it has not come by then, the
+//!   (`MPI_Improbe` under the lock) for up to `DIRECT_SPIN` (50 µs); if it has not come by then, the
 //!   task is handed to the MPI thread and the caller parks as on the queue path. No thread
 //!   hand-off on the round trip. While a caller watches its task the MPI thread stays parked
 //!   (it does not poll for that reply), so on a one-core rank 0 the two do not fight for the
 //!   core. A handle that is never waited on is taken over by the MPI thread when it is
 //!   dropped or at the latest 1 ms after the send. Tasks whose recent mean run time is
-//!   [`DIRECT_SPIN`] or more, `map` chunks, and tasks submitted while others wait take the
+//!   `DIRECT_SPIN` (50 µs) or more, `map` chunks, and tasks submitted while others wait take the
 //!   queue path. Note that the first poll of a direct task's handle may hold its thread (an
-//!   async runtime's worker, say) for up to [`DIRECT_SPIN`], like [`RESULT_SPIN`].
+//!   async runtime's worker, say) for up to `DIRECT_SPIN` (50 µs), like `RESULT_SPIN` (25 µs).
 //! - **Queue path**: the channel to the MPI thread and back: two thread hand-offs on rank 0
 //!   (caller → MPI thread → caller). It is the only path when MPI grants less than
 //!   `MPI_THREAD_SERIALIZED` (then only the MPI thread calls MPI, the `FUNNELED` contract), or
@@ -170,7 +170,7 @@
 //! rank 0 to one core by default, so the caller and the MPI thread cannot spin for each other
 //! (a spinner only delays the thread it waits for: a 25 µs result spin there measured 85 µs
 //! per async round trip), and each hand-off is a futex wake and a context switch, ~3 µs each
-//! here. The MPI thread's own [`SPIN`] after an event is what keeps it at that: without it the
+//! here. The MPI thread's own `SPIN` (50 µs) after an event is what keeps it at that: without it the
 //! first poll waits for a timer (~160 µs per round trip measured).
 //!
 //! **Binding.** Keep `mpiexec`'s default binding (or `--bind-to core`) with no more ranks than
@@ -222,7 +222,7 @@ pub use detect::{Detected, Launch, Launcher, detect};
 
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
-pub use builder::{ClusterBuilder, DIRECT_SPIN, RESULT_SPIN, SPIN_MIN_CORES};
+pub use builder::ClusterBuilder;
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use cluster::Cluster;
@@ -230,10 +230,4 @@ pub use cluster::Cluster;
 pub(crate) use lifecycle::start_up;
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
-pub use lifecycle::{DEFAULT_QUEUE_PER_RANK, finish, launched_with_workers};
-#[cfg(feature = "mpi")]
-#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
-pub use liveness::{PING_INTERVAL, RANK0_SILENCE, SILENCE_LIMIT};
-#[cfg(feature = "mpi")]
-#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
-pub use service::{LIVENESS_INTERVAL, MAX_POLL_INTERVAL, SPIN};
+pub use lifecycle::{finish, launched_with_workers};

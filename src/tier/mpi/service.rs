@@ -51,17 +51,17 @@ use crate::tier::{RunInfo, TierKind};
 /// How long the MPI thread keeps polling after the last event before it starts to sleep: two
 /// thread wake-ups on these machines (~25 µs each), so back-to-back short tasks that come
 /// through the queue never wait for a wake-up.
-pub const SPIN: Duration = Duration::from_micros(50);
+pub(crate) const SPIN: Duration = Duration::from_micros(50);
 
 /// The longest sleep between two polls while tasks are in flight: the most latency a long
 /// task's result can gain, for about 2000 cheap polls per second on rank 0.
-pub const MAX_POLL_INTERVAL: Duration = Duration::from_micros(500);
+pub(crate) const MAX_POLL_INTERVAL: Duration = Duration::from_micros(500);
 
 /// How often, while tasks are in flight, rank 0 checks that the worker processes on its own
 /// host still exist (see the module docs on dead ranks), whether or not other results come
 /// meanwhile. A dead rank's task fails at most this late; each check reads one `/proc` file
 /// per busy local rank, so five a second cost rank 0 nothing measurable.
-pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The first sleep between two polls once the spin is over; it doubles up to
 /// [`MAX_POLL_INTERVAL`]. About one thread wake-up: shorter would wake the thread to no avail.
