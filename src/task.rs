@@ -235,6 +235,8 @@ where
 /// its outcome goes to. Dropping a job unrun fails its task with "shut down".
 pub struct Job {
     inner: Box<dyn RunJob>,
+    /// How long the submitter expects the task to run (placement's prediction), if known.
+    expected: Option<Duration>,
 }
 
 impl fmt::Debug for Job {
@@ -248,6 +250,17 @@ impl Job {
     /// `None` when it had been cancelled and did not run. Panics of the task are caught.
     pub fn run(self, ctx: WorkerCtx) -> Option<Ran> {
         self.inner.run(ctx)
+    }
+
+    /// How long the submitter expects the task to run, if it said: the thread tier serves
+    /// work predicted short on a lane that work predicted long cannot fill.
+    pub fn expected(&self) -> Option<Duration> {
+        self.expected
+    }
+
+    /// Sets the expected run time (see [`expected`](Self::expected)).
+    pub(crate) fn set_expected(&mut self, expected: Option<Duration>) {
+        self.expected = expected;
     }
 }
 
@@ -272,6 +285,7 @@ where
     };
     let job = Job {
         inner: Box::new(ClosureJob { f, completer }),
+        expected: None,
     };
     let handle = TaskHandle {
         slot,

@@ -18,6 +18,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::stream::{self, Stream, StreamExt};
 
@@ -133,13 +134,20 @@ impl Executor {
         }
     }
 
-    fn build<F, T>(&self, name: Option<Arc<str>>, f: F) -> (crate::task::Job, TaskHandle<T>)
+    fn build<F, T>(
+        &self,
+        name: Option<Arc<str>>,
+        expected: Option<Duration>,
+        f: F,
+    ) -> (crate::task::Job, TaskHandle<T>)
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let tier = &self.inner.tier;
-        closure_task(f, name, tier.kind(), tier.result_spin())
+        let (mut job, handle) = closure_task(f, name, tier.kind(), tier.result_spin());
+        job.set_expected(expected);
+        (job, handle)
     }
 
     /// Submits `f`, waiting while the queue is full. The handle is a `Future` of the outcome.
@@ -150,7 +158,7 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_inner(None, f).await
+        self.submit_inner(None, None, f).await
     }
 
     /// As [`submit`](Self::submit), naming the task (the name shows in errors and logs).
@@ -163,10 +171,32 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_inner(Some(name.into()), f).await
+        self.submit_inner(Some(name.into()), None, f).await
     }
 
-    async fn submit_inner<F, T>(&self, name: Option<Arc<str>>, f: F) -> Result<TaskHandle<T>, Error>
+    /// As [`submit_named`](Self::submit_named), saying how long the task is expected to run
+    /// (placement's prediction; `None`: unknown). The thread tier serves work predicted short
+    /// ([`SHORT_LANE_LIMIT`](crate::tier::SHORT_LANE_LIMIT)), and work of unknown length, on
+    /// a lane that work predicted long cannot fill: a short task never waits behind long ones.
+    pub async fn submit_expected<F, T>(
+        &self,
+        name: impl Into<Arc<str>>,
+        expected: Option<Duration>,
+        f: F,
+    ) -> Result<TaskHandle<T>, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_inner(Some(name.into()), expected, f).await
+    }
+
+    async fn submit_inner<F, T>(
+        &self,
+        name: Option<Arc<str>>,
+        expected: Option<Duration>,
+        f: F,
+    ) -> Result<TaskHandle<T>, Error>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -174,7 +204,7 @@ impl Executor {
         if self.is_shut_down() {
             return Err(self.refuse(name));
         }
-        let (job, mut handle) = self.build(name.clone(), f);
+        let (job, mut handle) = self.build(name.clone(), expected, f);
         let tier = &self.inner.tier;
         if tier.is_lazy() {
             handle.set_lazy(job);
@@ -201,7 +231,7 @@ impl Executor {
         if self.is_shut_down() {
             return Err(TrySubmitError::ShutDown(f));
         }
-        let (job, mut handle) = self.build(None, f);
+        let (job, mut handle) = self.build(None, None, f);
         let tier = &self.inner.tier;
         if tier.is_lazy() {
             handle.set_lazy(job);
@@ -227,7 +257,7 @@ impl Executor {
         if self.is_shut_down() {
             return Err(self.refuse(None));
         }
-        let (job, mut handle) = self.build(None, f);
+        let (job, mut handle) = self.build(None, None, f);
         let tier = &self.inner.tier;
         if tier.is_lazy() {
             handle.set_lazy(job);
@@ -278,6 +308,24 @@ impl Executor {
         T: Send + 'static,
     {
         self.item_futures(items, f).buffered(window.max(1))
+    }
+
+    /// STUB
+    pub fn map_chunked<I, F, T>(
+        &self,
+        items: I,
+        chunk: usize,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let _ = chunk;
+        self.map(items, f)
     }
 
     /// As [`map`](Self::map), yielding results as they finish (`as_completed` order).

@@ -1,0 +1,87 @@
+//! Off-core, work predicted short never waits behind work predicted long: while long tasks
+//! occupy every worker, short ones (and ones with no prediction) still complete.
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use offload::ShutdownMode;
+
+const LONG: Option<Duration> = Some(Duration::from_secs(1));
+const SHORT: Option<Duration> = Some(Duration::from_micros(30));
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_work_completes_while_long_work_occupies_every_worker() {
+    let workers = 2;
+    let pool = common::pool("tlane-a", workers, 64);
+    let gate = common::Gate::default();
+    let started = Arc::new(AtomicUsize::new(0));
+    // One more long task than workers: every worker is taken and one waits in the queue.
+    let mut long = Vec::new();
+    for _ in 0..=workers {
+        let (g, s) = (gate.clone(), started.clone());
+        long.push(
+            pool.submit_expected("long", LONG, move || {
+                s.fetch_add(1, Ordering::SeqCst);
+                g.wait();
+            })
+            .await
+            .expect("open"),
+        );
+    }
+    assert!(common::eventually(|| started.load(Ordering::SeqCst) >= workers));
+    for (name, expected) in [("short", SHORT), ("unknown", None)] {
+        let h = pool
+            .submit_expected(name, expected, || 7)
+            .await
+            .expect("open");
+        let v = tokio::time::timeout(Duration::from_secs(10), h).await;
+        assert!(
+            matches!(v, Ok(Ok(7))),
+            "{name} work waited behind long work: {v:?}"
+        );
+    }
+    // Plain submissions carry no prediction: short-ish too.
+    let h = pool.submit(|| 8).await.expect("open");
+    let v = tokio::time::timeout(Duration::from_secs(10), h).await;
+    assert!(matches!(v, Ok(Ok(8))), "a plain submit waited: {v:?}");
+    assert!(
+        long.iter().all(|h| !h.is_finished()),
+        "the long tasks still hold the workers"
+    );
+    gate.open();
+    for h in long {
+        h.await.expect("ran");
+    }
+    pool.shutdown(ShutdownMode::Drain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_work_still_uses_every_worker() {
+    let workers = 3;
+    let pool = common::pool("tlane-b", workers, 64);
+    let gate = common::Gate::default();
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut long = Vec::new();
+    for _ in 0..workers {
+        let (g, s) = (gate.clone(), started.clone());
+        long.push(
+            pool.submit_expected("long", LONG, move || {
+                s.fetch_add(1, Ordering::SeqCst);
+                g.wait();
+            })
+            .await
+            .expect("open"),
+        );
+    }
+    assert!(
+        common::eventually(|| started.load(Ordering::SeqCst) == workers),
+        "long work runs on every worker at once"
+    );
+    gate.open();
+    for h in long {
+        h.await.expect("ran");
+    }
+    pool.shutdown(ShutdownMode::Drain).await;
+}
