@@ -41,7 +41,11 @@ async fn an_idle_pool_uses_no_cpu_after_its_spin_bound() {
     let pool = common::pool("tidle", 2, 64);
     // Work, so that the workers have spun and learned that spinning pays.
     for _ in 0..2_000 {
-        pool.submit(|| 1 + 1).await.expect("open").await.expect("ran");
+        pool.submit(|| 1 + 1)
+            .await
+            .expect("open")
+            .await
+            .expect("ran");
     }
     assert!(common::threads_named("tidle").len() >= 2, "the workers run");
     tokio::time::sleep(Duration::from_millis(100)).await; // past any spin bound
@@ -49,6 +53,9 @@ async fn an_idle_pool_uses_no_cpu_after_its_spin_bound() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let used = cpu_ticks("tidle") - before;
     // A clock tick is 10 ms; an idle pool should not be charged a single one.
-    assert!(used <= 1, "idle workers used {used} ticks of CPU in one second");
+    assert!(
+        used <= 1,
+        "idle workers used {used} ticks of CPU in one second"
+    );
     pool.shutdown(ShutdownMode::Drain).await;
 }

@@ -30,7 +30,9 @@ async fn short_work_completes_while_long_work_occupies_every_worker() {
             .expect("open"),
         );
     }
-    assert!(common::eventually(|| started.load(Ordering::SeqCst) >= workers));
+    assert!(common::eventually(
+        || started.load(Ordering::SeqCst) >= workers
+    ));
     for (name, expected) in [("short", SHORT), ("unknown", None)] {
         let h = pool
             .submit_expected(name, expected, || 7)

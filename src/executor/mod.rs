@@ -22,8 +22,10 @@ use std::time::Duration;
 
 use futures::stream::{self, Stream, StreamExt};
 
+use crate::error::panic_message;
 use crate::error::{BuildError, Error, TrySubmitError};
 use crate::task::{TaskHandle, closure_task, recover_closure};
+use crate::tier::map::{ChunkStats, Sizing, chunked_stream};
 use crate::tier::{Inline, PushError, ShutdownMode, Threads, Tier, TierKind, TierStats};
 
 mod wait;
@@ -269,14 +271,24 @@ impl Executor {
         }
     }
 
-    /// The default `map` window for this executor.
+    /// The default `map` window for this executor, in chunks (for [`map_window`](Self::map_window),
+    /// in items).
     pub fn default_window(&self) -> usize {
         (self.inner.workers * MAP_WINDOW_PER_WORKER).max(MIN_MAP_WINDOW)
     }
 
-    /// Applies `f` to every item, results in input order, with at most
-    /// [`default_window`](Self::default_window) items in flight. The input is pulled only as
-    /// results are consumed, so an endless iterator is fine and memory stays flat.
+    /// Applies `f` to every item, results in input order, one per item.
+    ///
+    /// Items run in chunks, one task per chunk: the first chunks hold one item each; once a
+    /// chunk has run, the measured cost of an item sizes the next ones so that a chunk runs
+    /// about [`THREADS_CHUNK_TARGET`](crate::tier::THREADS_CHUNK_TARGET) (at most
+    /// [`MAP_MAX_CHUNK`](crate::tier::MAP_MAX_CHUNK) items). So an item of 1 µs travels with a
+    /// few hundred others and pays a few nanoseconds of hand-off, and an item of 1 ms travels
+    /// alone and spreads over the workers. [`map_chunked`](Self::map_chunked) fixes the size.
+    ///
+    /// At most [`default_window`](Self::default_window) chunks are in flight and the input is
+    /// pulled only as results are consumed, so an endless iterator is fine and memory stays
+    /// flat. A panic fails only its item.
     pub fn map<I, F, T>(
         &self,
         items: I,
@@ -289,11 +301,29 @@ impl Executor {
         F: Fn(I::Item) -> T + Send + Sync + 'static,
         T: Send + 'static,
     {
-        let window = self.default_window();
-        self.map_window(items, window, f)
+        self.chunks(items, None, true, f)
     }
 
-    /// As [`map`](Self::map) with an explicit window (at least 1).
+    /// As [`map`](Self::map) with a fixed chunk size (at least 1; Python's `chunksize`).
+    pub fn map_chunked<I, F, T>(
+        &self,
+        items: I,
+        chunk: usize,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        self.chunks(items, Some(chunk.max(1)), true, f)
+    }
+
+    /// One task per item, results in input order, with at most `window` items (at least 1) in
+    /// flight. For items of a millisecond or more, or when each item must be its own task
+    /// (cancellation, a lane of its own); [`map`](Self::map) batches small items.
     pub fn map_window<I, F, T>(
         &self,
         items: I,
@@ -310,25 +340,8 @@ impl Executor {
         self.item_futures(items, f).buffered(window.max(1))
     }
 
-    /// STUB
-    pub fn map_chunked<I, F, T>(
-        &self,
-        items: I,
-        chunk: usize,
-        f: F,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        let _ = chunk;
-        self.map(items, f)
-    }
-
-    /// As [`map`](Self::map), yielding results as they finish (`as_completed` order).
+    /// As [`map`](Self::map), yielding results as their chunks finish (`as_completed` order;
+    /// within a chunk, input order).
     pub fn map_unordered<I, F, T>(
         &self,
         items: I,
@@ -341,8 +354,45 @@ impl Executor {
         F: Fn(I::Item) -> T + Send + Sync + 'static,
         T: Send + 'static,
     {
+        self.chunks(items, None, false, f)
+    }
+
+    /// The chunked stream behind `map`, `map_chunked` and `map_unordered`.
+    fn chunks<I, F, T>(
+        &self,
+        items: I,
+        fixed: Option<usize>,
+        ordered: bool,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let this = self.clone();
+        let f = Arc::new(f);
         let window = self.default_window();
-        self.item_futures(items, f).buffer_unordered(window)
+        chunked_stream(
+            items,
+            Sizing::threads(fixed),
+            window,
+            ordered,
+            move |chunk: Vec<I::Item>, stats: Arc<ChunkStats>| {
+                let this = this.clone();
+                let f = f.clone();
+                let expected = stats.expected(chunk.len());
+                let tier = this.tier();
+                async move {
+                    let h = this
+                        .submit_inner(None, expected, move || run_chunk(&*f, chunk, &stats, tier))
+                        .await?;
+                    h.await
+                }
+            },
+        )
     }
 
     fn item_futures<I, F, T>(
@@ -399,4 +449,28 @@ impl Executor {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.tier.shutdown(mode);
     }
+}
+
+/// Runs `f` on every item of a chunk: each item's panic becomes that item's error; the chunk's
+/// run time per item goes to `stats`, to size the next chunks.
+fn run_chunk<A, T>(
+    f: &(dyn Fn(A) -> T + Send + Sync),
+    chunk: Vec<A>,
+    stats: &ChunkStats,
+    tier: TierKind,
+) -> Vec<Result<T, Error>> {
+    let n = chunk.len();
+    let t0 = std::time::Instant::now();
+    let out: Vec<Result<T, Error>> = chunk
+        .into_iter()
+        .map(|a| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a)))
+                .map_err(|p| Error::panicked(panic_message(&*p), None).fill(None, tier, None))
+        })
+        .collect();
+    stats.record(
+        n,
+        u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX),
+    );
+    out
 }

@@ -8,8 +8,8 @@
 //! | `mpi::Cluster` | `mpi/` | on the worker ranks of an MPI job (feature `mpi`) | no | [`RemoteFn`](crate::RemoteFn)s |
 //!
 //! The process tier takes named remote functions instead of closures and has its own face
-//! ([`ProcessPool`]) with the same verbs; both remote tiers cut a `map` into chunks the same
-//! way (`map.rs`: chunk sizing, order, window). Every in-process tier implements the small
+//! ([`ProcessPool`]) with the same verbs; every tier but inline cuts a `map` into chunks the
+//! same way (`map.rs`: chunk sizing, order, window). Every in-process tier implements the small
 //! [`Tier`] trait: take a [`Job`] now or hand it back when full, take it after waiting for
 //! room, shut down. Each job reports, when it finishes, its own run time measured where it ran
 //! and the time it spent queued ([`RunInfo`]), so that placement learns each tier's real
@@ -22,14 +22,14 @@ use std::time::Duration;
 
 mod auto;
 mod inline;
-mod map;
+pub(crate) mod map;
 pub mod mpi;
 pub(crate) mod process;
 mod threads;
 
 pub use auto::RemotePool;
 pub use inline::Inline;
-pub use map::{MAP_CHUNK_TARGET, MAP_MAX_CHUNK};
+pub use map::{MAP_CHUNK_TARGET, MAP_MAX_CHUNK, THREADS_CHUNK_TARGET};
 pub use process::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_START_FAILURES, DEFAULT_PIPELINE, DEFAULT_RESULT_SPIN,
     DEFAULT_RESULT_WAIT, DEFAULT_SHARED_MAP_THRESHOLD, ProcessPool, ProcessPoolBuilder,
