@@ -184,6 +184,8 @@ pub struct Ran {
     pub run_time: Duration,
     /// Whether it panicked.
     pub panicked: bool,
+    /// From submission to the start of the run (queueing and hand-off).
+    pub queued: Duration,
 }
 
 trait RunJob: Send {
@@ -223,7 +225,11 @@ where
             pid: None,
         };
         completer.finish(outcome, info);
-        Some(Ran { run_time, panicked })
+        Some(Ran {
+            run_time,
+            panicked,
+            queued,
+        })
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
@@ -573,7 +579,14 @@ impl<T> Future for TaskHandle<T> {
             }
             // A tier whose tasks finish faster than a thread wake-up says so through `spin`:
             // waiting a few microseconds here beats parking the runtime and being woken.
-            if !this.spin.is_zero() && !this.slot.is_done() {
+            // Only while this process spins on fewer cores than the system has idle (see
+            // `tier/threads/spin.rs`): never on a core another thread needs.
+            let slot = if !this.spin.is_zero() && !this.slot.is_done() {
+                crate::tier::threads::spin::try_spin()
+            } else {
+                None
+            };
+            if let Some(_slot) = slot {
                 let t0 = Instant::now();
                 let mut i = 0u32;
                 while !this.slot.is_done() {

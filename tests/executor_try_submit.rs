@@ -1,11 +1,24 @@
 //! `try_submit` on a full queue hands the job back, and it can be run later.
 mod common;
 
-use offload::{ShutdownMode, TrySubmitError};
+use std::sync::Arc;
+
+use offload::tier::Threads;
+use offload::{Executor, ShutdownMode, TrySubmitError};
 
 #[tokio::test]
 async fn full_queue_returns_the_job() {
-    let pool = common::pool("try-a", 1, 2);
+    // Without the express worker, which would run short work while the blocker holds the
+    // only worker (tests/threads_lanes.rs).
+    let pool = Executor::from_tier(Arc::new(
+        Threads::builder()
+            .workers(1)
+            .queue_capacity(2)
+            .express_worker(false)
+            .thread_name("try-a")
+            .build()
+            .expect("the pool starts"),
+    ));
     let gate = common::Gate::default();
     // One task blocks the only worker; two more fill the queue.
     let g = gate.clone();

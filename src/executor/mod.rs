@@ -86,7 +86,8 @@ impl Executor {
     }
 
     /// The best in-process tier available here: threads when this machine has more than one
-    /// core, inline otherwise. The choice is logged and readable through [`tier`](Self::tier).
+    /// core (the thread tier's default workers: one per core on Linux, see
+    /// [`Threads`](crate::tier::Threads)), inline otherwise. The choice is logged and readable through [`tier`](Self::tier).
     pub fn auto() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chosen = if cores > 1 {

@@ -107,6 +107,24 @@ impl ChunkStats {
 
 /// The next chunk size of a `map`: aimed at [`MAP_CHUNK_TARGET`] once the run time per item
 /// is known, 1 until then.
+/// The input cut into chunks, each sized as it is cut (so later chunks use what earlier ones
+/// measured).
+struct Chunks<It> {
+    items: It,
+    sizing: Sizing,
+    stats: Arc<ChunkStats>,
+}
+
+impl<It: Iterator> Iterator for Chunks<It> {
+    type Item = Vec<It::Item>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let size = self.sizing.next(&self.stats);
+        let chunk: Vec<It::Item> = self.items.by_ref().take(size).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn next_chunk(stats: &ChunkStats) -> usize {
     chunk_for(stats, MAP_CHUNK_TARGET, MAP_MAX_CHUNK)
@@ -167,17 +185,11 @@ where
     F: Future<Output = Result<Vec<Result<R, Error>>, Error>> + Send + 'static,
 {
     let stats = Arc::new(ChunkStats::default());
-    let sizer = stats.clone();
-    let chunks = stream::unfold(items.into_iter(), move |mut it| {
-        let size = sizing.next(&sizer);
-        let chunk: Vec<A> = it.by_ref().take(size).collect();
-        async move {
-            if chunk.is_empty() {
-                None
-            } else {
-                Some((chunk, it))
-            }
-        }
+    // An iterator, not an async unfold: the stream stays `Unpin`, as callers expect of `map`.
+    let chunks = stream::iter(Chunks {
+        items: items.into_iter(),
+        sizing,
+        stats: stats.clone(),
     });
     let futures = chunks.map(move |chunk: Vec<A>| {
         let n = chunk.len();

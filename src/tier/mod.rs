@@ -3,7 +3,7 @@
 //! | tier | module | where a task runs | killable | takes |
 //! | --- | --- | --- | --- | --- |
 //! | [`Inline`] | `inline.rs` | on the thread that first waits for its handle | no | closures |
-//! | [`Threads`] | `threads.rs` | on the library's own pool of named threads | no | closures |
+//! | [`Threads`] | `threads/` | on the library's own pool of named threads | no | closures |
 //! | [`ProcessPool`] | `process/` | in worker processes (this binary, re-executed) | yes | [`RemoteFn`](crate::RemoteFn)s |
 //! | `mpi::Cluster` | `mpi/` | on the worker ranks of an MPI job (feature `mpi`) | no | [`RemoteFn`](crate::RemoteFn)s |
 //!
@@ -25,7 +25,7 @@ mod inline;
 pub(crate) mod map;
 pub mod mpi;
 pub(crate) mod process;
-mod threads;
+pub(crate) mod threads;
 
 pub use auto::RemotePool;
 pub use inline::Inline;
@@ -35,7 +35,8 @@ pub use process::{
     DEFAULT_RESULT_WAIT, DEFAULT_SHARED_MAP_THRESHOLD, ProcessPool, ProcessPoolBuilder,
 };
 pub use threads::{
-    DEFAULT_QUEUE_PER_WORKER, RESULT_SPIN, SPIN_BEFORE_PARK, Threads, ThreadsBuilder,
+    DEFAULT_QUEUE_PER_WORKER, OVERFLOW_NICE, OVERFLOW_PATIENCE, RESULT_SPIN, SAMPLE_EVERY,
+    SHORT_LANE_LIMIT, SPIN_BEFORE_PARK, Threads, ThreadsBuilder, default_thread_workers,
     default_workers,
 };
 

@@ -1,0 +1,317 @@
+//! The state a pool's workers and submitters share: the two lanes, who is parked or spinning,
+//! who runs what since when, and the wake-up rules after a push.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender, TryRecvError};
+
+use super::{RESULT_SPIN, SHORT_LANE_LIMIT};
+use crate::task::{Job, Ran};
+
+/// One queue of jobs (a bounded MPMC channel; its own wake-ups are unused: workers park on a
+/// [`Parking`]).
+pub(super) struct Lane {
+    pub(super) tx: Sender<Job>,
+    pub(super) rx: Receiver<Job>,
+}
+
+impl Lane {
+    pub(super) fn new(cap: usize) -> Self {
+        let (tx, rx) = async_channel::bounded(cap);
+        Lane { tx, rx }
+    }
+
+    pub(super) fn has_work(&self) -> bool {
+        !self.rx.is_empty()
+    }
+}
+
+/// What a take from the lanes found.
+pub(super) enum Take {
+    /// A job, and whether it came from the long lane.
+    Job(Job, bool),
+    /// Nothing queued now.
+    Empty,
+    /// Both lanes closed and empty: the worker exits.
+    Closed,
+}
+
+/// Where idle threads of one role sleep. A submitter wakes one after a push only when one is
+/// parked (an atomic load otherwise). The parked count is raised under the lock before the
+/// sleeper checks for work, and the submitter reads it after its push (both with SeqCst
+/// fences), so a push is either seen by the check or followed by a wake-up.
+#[derive(Default)]
+pub(super) struct Parking {
+    parked: AtomicUsize,
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl Parking {
+    /// Sleeps until woken or `timeout`, unless `ready()` holds once this thread counts as
+    /// parked.
+    pub(super) fn park(&self, timeout: Option<Duration>, ready: impl Fn() -> bool) {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !ready() {
+            let _guard = match timeout {
+                Some(t) => {
+                    self.cond
+                        .wait_timeout(guard, t)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.cond.wait(guard).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wakes one parked thread; false when none is parked.
+    pub(super) fn wake_one(&self) -> bool {
+        if self.parked.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.cond.notify_one();
+        true
+    }
+
+    /// Wakes every parked thread (shutdown).
+    pub(super) fn wake_all(&self) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.cond.notify_all();
+    }
+}
+
+/// What one general worker runs: since when (ns since the pool's epoch, plus one; 0 when idle),
+/// and whether that job was predicted long.
+#[derive(Default)]
+pub(super) struct Running {
+    since: AtomicU64,
+    long: AtomicBool,
+}
+
+/// Counters of the pool.
+#[derive(Debug)]
+pub(super) struct Counters {
+    pub(super) completed: AtomicU64,
+    pub(super) panicked: AtomicU64,
+    pub(super) ewma_run_ns: AtomicU64,
+    /// Share of recent jobs that finished within [`RESULT_SPIN`] of their submission, × 1024:
+    /// whether a waiter's spin would have paid.
+    pub(super) quick_share: AtomicU64,
+    pub(super) busy: AtomicUsize,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            completed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            ewma_run_ns: AtomicU64::new(0),
+            // Optimistic at start: the first waiters spin, and the share learns from them.
+            quick_share: AtomicU64::new(1024),
+            busy: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Counters {
+    /// Takes in what running one job did. The averages are racy between workers, which only
+    /// blurs an estimate.
+    pub(super) fn record(&self, ran: &Ran) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        if ran.panicked {
+            self.panicked.fetch_add(1, Ordering::Relaxed);
+        }
+        let x = u64::try_from(ran.run_time.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.ewma_run_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { x } else { old - old / 8 + x / 8 };
+        self.ewma_run_ns.store(new, Ordering::Relaxed);
+        let quick = if ran.queued + ran.run_time <= RESULT_SPIN {
+            1024
+        } else {
+            0
+        };
+        let old = self.quick_share.load(Ordering::Relaxed);
+        self.quick_share
+            .store(old - old / 16 + quick / 16, Ordering::Relaxed);
+    }
+}
+
+/// Everything the workers and the submitters of one pool share.
+pub(super) struct Shared {
+    pub(super) epoch: Instant,
+    pub(super) short: Lane,
+    pub(super) long: Lane,
+    /// Normal-priority workers.
+    pub(super) normal: usize,
+    pub(super) normal_park: Parking,
+    pub(super) overflow_park: Parking,
+    pub(super) express_park: Parking,
+    /// Normal workers spinning for work now.
+    pub(super) spinning: AtomicUsize,
+    /// Normal workers running a job now.
+    pub(super) normal_busy: AtomicUsize,
+    /// Per general worker (normal, then overflow): what it runs.
+    pub(super) running: Vec<Running>,
+    /// Whether the express worker sleeps without a timeout (a push must wake it).
+    pub(super) express_idle: AtomicBool,
+    pub(super) cancelling: AtomicBool,
+    pub(super) counters: Counters,
+}
+
+/// Whether a job expected to run `expected` goes to the short lane: predicted under
+/// [`SHORT_LANE_LIMIT`], or not predicted at all (explorations, unknown keys: exactly the
+/// calls that must not wait behind long ones).
+pub(super) fn is_short(expected: Option<Duration>) -> bool {
+    expected.is_none_or(|d| d < SHORT_LANE_LIMIT)
+}
+
+/// Jobs a general worker takes from the short lane in a row while long work waits, before it
+/// takes one long job: short work first, long work never starved.
+const SHORT_STREAK: u32 = 16;
+
+impl Shared {
+    pub(super) fn new(cap: usize, normal: usize, general: usize) -> Self {
+        Shared {
+            epoch: Instant::now(),
+            short: Lane::new(cap),
+            long: Lane::new(cap),
+            normal,
+            normal_park: Parking::default(),
+            overflow_park: Parking::default(),
+            express_park: Parking::default(),
+            spinning: AtomicUsize::new(0),
+            normal_busy: AtomicUsize::new(0),
+            running: (0..general).map(|_| Running::default()).collect(),
+            express_idle: AtomicBool::new(false),
+            cancelling: AtomicBool::new(false),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(super) fn lane(&self, short: bool) -> &Lane {
+        if short { &self.short } else { &self.long }
+    }
+
+    pub(super) fn has_work(&self) -> bool {
+        self.short.has_work() || self.long.has_work()
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.short.rx.is_closed()
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.short.rx.len() + self.long.rx.len()
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// A general worker's take: short lane first; after [`SHORT_STREAK`] short jobs in a row,
+    /// one long job if one waits.
+    pub(super) fn take(&self, streak: &mut u32) -> Take {
+        if *streak >= SHORT_STREAK {
+            *streak = 0;
+            if let Ok(job) = self.long.rx.try_recv() {
+                return Take::Job(job, true);
+            }
+        }
+        let short_closed = match self.short.rx.try_recv() {
+            Ok(job) => {
+                *streak += 1;
+                return Take::Job(job, false);
+            }
+            Err(TryRecvError::Empty) => false,
+            Err(TryRecvError::Closed) => true,
+        };
+        match self.long.rx.try_recv() {
+            Ok(job) => {
+                *streak = 0;
+                Take::Job(job, true)
+            }
+            Err(TryRecvError::Closed) if short_closed => Take::Closed,
+            Err(_) => Take::Empty,
+        }
+    }
+
+    /// The express worker's take: the short lane only.
+    pub(super) fn take_short(&self) -> Take {
+        match self.short.rx.try_recv() {
+            Ok(job) => Take::Job(job, false),
+            Err(TryRecvError::Empty) => Take::Empty,
+            Err(TryRecvError::Closed) => Take::Closed,
+        }
+    }
+
+    /// Marks general worker `i` as running a job (predicted long or not) from now.
+    pub(super) fn started(&self, i: usize, long: bool) {
+        let r = &self.running[i];
+        r.long.store(long, Ordering::Relaxed);
+        r.since.store(self.now_ns() + 1, Ordering::Release);
+    }
+
+    /// Marks general worker `i` idle.
+    pub(super) fn finished(&self, i: usize) {
+        self.running[i].since.store(0, Ordering::Release);
+    }
+
+    /// Whether long work holds every general worker: each runs a job predicted long, or one
+    /// that has already run [`SHORT_LANE_LIMIT`]. `Err(Some(d))`: not yet, ask again in `d`;
+    /// `Err(None)`: a general worker is idle.
+    pub(super) fn held_by_long_work(&self) -> Result<(), Option<Duration>> {
+        let now = self.now_ns();
+        let limit = u64::try_from(SHORT_LANE_LIMIT.as_nanos()).unwrap_or(u64::MAX);
+        let mut wait = 0u64;
+        for r in &self.running {
+            let since = r.since.load(Ordering::Acquire);
+            if since == 0 {
+                return Err(None);
+            }
+            if r.long.load(Ordering::Relaxed) {
+                continue;
+            }
+            let age = now.saturating_sub(since - 1);
+            if age < limit {
+                wait = wait.max(limit - age);
+            }
+        }
+        if wait == 0 {
+            Ok(())
+        } else {
+            Err(Some(Duration::from_nanos(wait)))
+        }
+    }
+
+    /// After a push to the short lane (`short`) or the long one: wake a worker unless a spinning
+    /// one will take the job. Normal workers first; then the overflow worker (it decides
+    /// whether to take the job); for short work the express worker too, when it sleeps without
+    /// a timeout (it checks whether long work holds every worker).
+    pub(super) fn after_push(&self, short: bool) {
+        fence(Ordering::SeqCst);
+        if self.spinning.load(Ordering::SeqCst) >= self.queued() {
+            return;
+        }
+        if self.normal_park.wake_one() {
+            return;
+        }
+        self.overflow_park.wake_one();
+        if short && self.express_idle.load(Ordering::SeqCst) {
+            self.express_park.wake_one();
+        }
+    }
+
+    /// Wakes every sleeping worker (the lanes closed).
+    pub(super) fn wake_all(&self) {
+        self.normal_park.wake_all();
+        self.overflow_park.wake_all();
+        self.express_park.wake_all();
+    }
+}
