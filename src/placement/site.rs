@@ -48,11 +48,12 @@ trait OffCoreWork<T> {
     /// Whether tiers that run only remote functions can take it.
     const REMOTE: bool;
 
-    /// Submits the work to `slot`'s tier, named `key`.
+    /// Submits the work to `slot`'s tier, named `key`, expected to run `expected`.
     fn submit(
         self,
         slot: &TierSlot,
         key: Arc<str>,
+        expected: Option<Duration>,
     ) -> impl Future<Output = Result<TaskHandle<T>, Error>> + Send;
 }
 
@@ -81,9 +82,14 @@ where
 {
     const REMOTE: bool = false;
 
-    async fn submit(self, slot: &TierSlot, key: Arc<str>) -> Result<TaskHandle<T>, Error> {
+    async fn submit(
+        self,
+        slot: &TierSlot,
+        key: Arc<str>,
+        expected: Option<Duration>,
+    ) -> Result<TaskHandle<T>, Error> {
         match &slot.backend {
-            Backend::Exec(e) => e.submit_named(key, self.0).await,
+            Backend::Exec(e) => e.submit_expected(key, expected, self.0).await,
             // `pick` never chooses such a tier for a closure; refuse rather than panic.
             Backend::Remote(_) => Err(Error::new(
                 ErrorKind::Unsupported,
@@ -107,12 +113,17 @@ where
 {
     const REMOTE: bool = true;
 
-    async fn submit(self, slot: &TierSlot, key: Arc<str>) -> Result<TaskHandle<R>, Error> {
+    async fn submit(
+        self,
+        slot: &TierSlot,
+        key: Arc<str>,
+        expected: Option<Duration>,
+    ) -> Result<TaskHandle<R>, Error> {
         let Remote { f, args } = self;
         match &slot.backend {
             Backend::Exec(e) => {
                 let func = f.function();
-                e.submit_named(key, move || func(args)).await
+                e.submit_expected(key, expected, move || func(args)).await
             }
             Backend::Remote(p) => p.submit(f, args).await,
         }
@@ -437,7 +448,8 @@ impl CallSite {
         };
         st.counters.tiers[tier_index(slot.kind)].fetch_add(1, Relaxed);
         let t0 = Instant::now();
-        let mut handle = CancelOnDrop(Some(work.submit(slot, st.key.clone()).await?));
+        let expected = shown(pred).map(Duration::from_nanos);
+        let mut handle = CancelOnDrop(Some(work.submit(slot, st.key.clone(), expected).await?));
         let out = handle
             .0
             .as_mut()
