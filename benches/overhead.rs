@@ -10,6 +10,15 @@
 //! same-CPU switches, the ping-pong ~7 µs here) or not (cross-CPU wake-ups, ~13 µs);
 //! `taskset -c 1 cargo bench ...` forces the first case.
 //!
+//! `contended`: one trivial task at a time, as `roundtrip`, under a background load started by
+//! the bench for the whole group (`support/contention.rs`: a second process running this
+//! library's thread-tier round trip in a loop, plus one busy thread per core).
+//!
+//! `map_1m`: 1,000,000 trivial items (`x * x`), results collected in order: the thread tier's
+//! `map` (`Executor::auto()`, the default pool), the process tier's `map`, rayon's
+//! `into_par_iter().map().collect()`, and the thread tier again under the background load
+//! (`threads_contended`).
+//!
 //! `cargo bench --bench overhead`
 
 use std::hint::black_box;
@@ -18,9 +27,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
+use futures::StreamExt;
 use offload::{Executor, ProcessPool, RemoteFn, ShutdownMode};
+use rayon::prelude::*;
+
+#[path = "support/contention.rs"]
+mod contention;
 
 static ADD1: RemoteFn<u64, u64> = RemoteFn::new("add1", |x| x + 1);
+static SQUARE: RemoteFn<u64, u64> = RemoteFn::new("square", |x| x * x);
+
+/// Items of the `map_1m` group.
+const MAP_ITEMS: u64 = 1_000_000;
 
 /// Set in the child of `pipe_pingpong`.
 const PINGPONG_CHILD: &str = "OFFLOAD_BENCH_PINGPONG_CHILD";
@@ -169,11 +187,85 @@ fn burst(c: &mut Criterion) {
     threads.shutdown_blocking(ShutdownMode::Drain);
 }
 
-criterion_group!(benches, roundtrip, burst);
+fn contended(c: &mut Criterion) {
+    let rt = runtime();
+    let threads = Executor::threads(1).expect("one worker thread starts");
+    let load = contention::Contention::start();
+    let mut g = c.benchmark_group("contended");
+    g.measurement_time(Duration::from_secs(4));
+    g.bench_function("threads", |b| {
+        b.to_async(&rt).iter(|| async {
+            let h = threads.submit(|| black_box(1u64) + 1).await.expect("open");
+            h.await.expect("no panic")
+        })
+    });
+    g.bench_function("tokio_spawn_blocking", |b| {
+        b.to_async(&rt).iter(|| async {
+            tokio::task::spawn_blocking(|| black_box(1u64) + 1)
+                .await
+                .expect("no panic")
+        })
+    });
+    g.finish();
+    drop(load);
+    threads.shutdown_blocking(ShutdownMode::Drain);
+}
+
+/// The thread tier's ordered `map` of `MAP_ITEMS` trivial items, collected.
+async fn map_threads(pool: &Executor) -> Vec<u64> {
+    pool.map(0..MAP_ITEMS, |x| black_box(x) * x)
+        .map(|r| r.expect("no panic"))
+        .collect()
+        .await
+}
+
+fn map_1m(c: &mut Criterion) {
+    let rt = runtime();
+    let threads = Executor::auto();
+    let procs = ProcessPool::builder()
+        .build()
+        .expect("worker processes start");
+    let mut g = c.benchmark_group("map_1m");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(4));
+    g.bench_function("threads", |b| {
+        b.to_async(&rt).iter(|| map_threads(&threads))
+    });
+    g.bench_function("processes", |b| {
+        b.to_async(&rt).iter(|| async {
+            procs
+                .map(&SQUARE, 0..MAP_ITEMS)
+                .map(|r| r.expect("no panic"))
+                .collect::<Vec<u64>>()
+                .await
+        })
+    });
+    g.bench_function("rayon_par_iter", |b| {
+        b.iter(|| {
+            (0..MAP_ITEMS)
+                .into_par_iter()
+                .map(|x| black_box(x) * x)
+                .collect::<Vec<u64>>()
+        })
+    });
+    let load = contention::Contention::start();
+    g.bench_function("threads_contended", |b| {
+        b.to_async(&rt).iter(|| map_threads(&threads))
+    });
+    drop(load);
+    g.finish();
+    threads.shutdown_blocking(ShutdownMode::Drain);
+    procs.shutdown_blocking(ShutdownMode::Drain);
+}
+
+criterion_group!(benches, roundtrip, burst, contended, map_1m);
 
 // criterion_main! cannot call offload::init first: worker processes are this binary.
 fn main() {
-    offload::init(&[&ADD1]);
+    offload::init(&[&ADD1, &SQUARE]);
+    if contention::child_main_if_asked() {
+        return;
+    }
     if std::env::var_os(PINGPONG_CHILD).is_some() {
         pingpong_child();
         return;
