@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use offload::ShutdownMode;
-use offload::tier::MAP_MAX_CHUNK;
+use offload::tier::THREADS_MAX_CHUNK;
 
 #[tokio::test]
 async fn small_items_run_in_chunks_and_come_out_in_order() {
@@ -52,7 +52,7 @@ async fn endless_input_keeps_memory_flat_with_chunking_on() {
     let endless = (0u64..).inspect(move |_| {
         p.fetch_add(1, Ordering::SeqCst);
     });
-    let bound = pool.default_window() * MAP_MAX_CHUNK + MAP_MAX_CHUNK;
+    let bound = pool.default_window() * THREADS_MAX_CHUNK + THREADS_MAX_CHUNK;
     let mut results = Box::pin(pool.map(endless, |x| x ^ 1));
     let consumed = 300_000usize;
     for i in 0..consumed as u64 {

@@ -283,7 +283,7 @@ impl Executor {
     /// Items run in chunks, one task per chunk: the first chunks hold one item each; once a
     /// chunk has run, the measured cost of an item sizes the next ones so that a chunk runs
     /// about [`THREADS_CHUNK_TARGET`](crate::tier::THREADS_CHUNK_TARGET) (at most
-    /// [`MAP_MAX_CHUNK`](crate::tier::MAP_MAX_CHUNK) items). So an item of 1 µs travels with a
+    /// [`THREADS_MAX_CHUNK`](crate::tier::THREADS_MAX_CHUNK) items). So an item of 1 µs travels with a
     /// few hundred others and pays a few nanoseconds of hand-off, and an item of 1 ms travels
     /// alone and spreads over the workers. [`map_chunked`](Self::map_chunked) fixes the size.
     ///
@@ -453,22 +453,35 @@ impl Executor {
 }
 
 /// Runs `f` on every item of a chunk: each item's panic becomes that item's error; the chunk's
-/// run time per item goes to `stats`, to size the next chunks.
-fn run_chunk<A, T>(
-    f: &(dyn Fn(A) -> T + Send + Sync),
+/// run time per item goes to `stats`, to size the next chunks. One `catch_unwind` per chunk
+/// (and one more after each panic), not per item.
+fn run_chunk<A, T, F>(
+    f: &F,
     chunk: Vec<A>,
     stats: &ChunkStats,
     tier: TierKind,
-) -> Vec<Result<T, Error>> {
+) -> Vec<Result<T, Error>>
+where
+    F: Fn(A) -> T,
+{
     let n = chunk.len();
     let t0 = std::time::Instant::now();
-    let out: Vec<Result<T, Error>> = chunk
-        .into_iter()
-        .map(|a| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a)))
-                .map_err(|p| Error::panicked(panic_message(&*p), None).fill(None, tier, None))
-        })
-        .collect();
+    let mut out: Vec<Result<T, Error>> = Vec::with_capacity(n);
+    let mut items = chunk.into_iter();
+    loop {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for a in items.by_ref() {
+                out.push(Ok(f(a)));
+            }
+        }));
+        match ran {
+            Ok(()) => break,
+            // The item that panicked was taken from `items`: its slot is this error.
+            Err(p) => out.push(Err(
+                Error::panicked(panic_message(&*p), None).fill(None, tier, None)
+            )),
+        }
+    }
     stats.record(
         n,
         u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX),
