@@ -87,3 +87,44 @@ async fn long_work_still_uses_every_worker() {
     }
     pool.shutdown(ShutdownMode::Drain).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_unpredicted_long_work_the_express_worker_keeps_to_predicted_short_work() {
+    let pool = common::pool("tlane-c", 1, 64);
+    let gate = common::Gate::default();
+    let started = Arc::new(AtomicUsize::new(0));
+    let (g, s) = (gate.clone(), started.clone());
+    let blocker = pool
+        .submit(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            g.wait();
+        })
+        .await
+        .expect("open");
+    assert!(common::eventually(|| started.load(Ordering::SeqCst) == 1));
+    // Unpredicted, and long: the express worker runs it (the blocker holds the only worker),
+    // then leaves unpredicted work alone for EXPRESS_COOLDOWN times its run time (2 s here).
+    let surprise = pool
+        .submit(|| common::spin(Duration::from_millis(40)))
+        .await
+        .expect("open");
+    tokio::time::timeout(Duration::from_secs(10), surprise)
+        .await
+        .expect("the express worker ran it")
+        .expect("no panic");
+    let unpredicted = pool.submit(|| 1).await.expect("open");
+    let short = pool
+        .submit_expected("short", SHORT, || 2)
+        .await
+        .expect("open");
+    let v = tokio::time::timeout(Duration::from_secs(10), short).await;
+    assert!(matches!(v, Ok(Ok(2))), "predicted-short work waited: {v:?}");
+    assert!(
+        !unpredicted.is_finished(),
+        "unpredicted work got the express worker during its cooldown"
+    );
+    gate.open();
+    blocker.await.expect("ran");
+    assert_eq!(unpredicted.await.expect("ran"), 1);
+    pool.shutdown(ShutdownMode::Drain).await;
+}

@@ -35,9 +35,9 @@ pub use process::{
     DEFAULT_RESULT_WAIT, DEFAULT_SHARED_MAP_THRESHOLD, ProcessPool, ProcessPoolBuilder,
 };
 pub use threads::{
-    DEFAULT_QUEUE_PER_WORKER, OVERFLOW_NICE, OVERFLOW_PATIENCE, RESULT_SPIN, SAMPLE_EVERY,
-    SHORT_LANE_LIMIT, SPIN_BEFORE_PARK, Threads, ThreadsBuilder, default_thread_workers,
-    default_workers,
+    DEFAULT_QUEUE_PER_WORKER, EXPRESS_COOLDOWN, OVERFLOW_NICE, OVERFLOW_PATIENCE, RESULT_SPIN,
+    SAMPLE_EVERY, SHORT_LANE_LIMIT, SPIN_BEFORE_PARK, Threads, ThreadsBuilder,
+    default_thread_workers, default_workers,
 };
 
 pub(crate) use crate::task::Job;

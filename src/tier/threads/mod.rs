@@ -23,14 +23,16 @@
 //! [`ThreadsBuilder::low_priority_workers`] overrides it.
 //!
 //! **Short work never waits behind long work.** A job carries its predicted run time
-//! ([`Job::expected`]; placement passes its prediction). Predicted under
-//! [`SHORT_LANE_LIMIT`], or not predicted at all (explorations, unknown keys), it goes to the
-//! short lane; otherwise to the long lane. Workers take short work first (one long job after
-//! 16 short ones in a row, so long work is never starved). When every normal and overflow
+//! ([`Job::expected`]; placement passes its prediction). Three lanes: predicted under
+//! [`SHORT_LANE_LIMIT`]; not predicted (explorations, unknown keys, plain `submit`:
+//! short-ish); predicted long. Workers take them in that order (one long job after 16
+//! short-ish ones in a row, so long work is never starved). When every normal and overflow
 //! worker is held by long work — a job predicted long, or one already running
-//! [`SHORT_LANE_LIMIT`] — the express worker serves the short lane, so short work waits at
-//! most about [`SHORT_LANE_LIMIT`] even behind a misprediction. It never takes long work, and
-//! sleeps (no spinning) the rest of the time.
+//! [`SHORT_LANE_LIMIT`] — the express worker serves the short and the unpredicted lanes, so
+//! such work waits at most about [`SHORT_LANE_LIMIT`], even behind a misprediction. It never
+//! takes work predicted long; after an unpredicted job turned out long on it, it leaves the
+//! unpredicted lane alone for [`EXPRESS_COOLDOWN`] × that job's run time; it sleeps (no
+//! spinning) the rest of the time.
 //!
 //! # Spinning: what it costs and when it stops
 //!
@@ -72,7 +74,7 @@ mod worker;
 
 pub use spin::SAMPLE_EVERY;
 
-use shared::{Shared, is_short};
+use shared::{Class, Shared};
 use worker::{Role, Worker};
 
 /// How long an idle worker keeps looking for work before it parks. Twice the measured cost of
@@ -94,6 +96,13 @@ pub const DEFAULT_QUEUE_PER_WORKER: usize = 256;
 /// short; a millisecond is also the longest a short task waits for the express worker once
 /// long work holds every other worker.
 pub const SHORT_LANE_LIMIT: Duration = Duration::from_millis(1);
+
+/// After an unpredicted job it ran turned out long (over [`SHORT_LANE_LIMIT`]), the express
+/// worker takes no unpredicted work for this many times that job's run time: it is there for
+/// short work, and gives unpredicted long work at most ~2 % of a core beyond the workers the
+/// pool was given (so always sending work off-core unpredicted gains no hidden worker over
+/// sending it with its prediction).
+pub const EXPRESS_COOLDOWN: u32 = 50;
 
 /// The overflow worker's nice value (Linux). At 10 a busy overflow worker gets about a tenth of
 /// a core that a normal-priority thread also wants (weights 110 : 1024): the I/O threads keep
@@ -300,8 +309,7 @@ impl Threads {
     }
 
     fn close(&self) {
-        self.shared.short.tx.close();
-        self.shared.long.tx.close();
+        self.shared.close();
         self.shared.wake_all();
     }
 }
@@ -312,10 +320,10 @@ impl Tier for Threads {
     }
 
     fn try_push(&self, job: Job) -> Result<(), PushError> {
-        let short = is_short(job.expected());
-        match self.shared.lane(short).tx.try_send(job) {
+        let class = Class::of(job.expected());
+        match self.shared.lane(class).tx.try_send(job) {
             Ok(()) => {
-                self.shared.after_push(short);
+                self.shared.after_push(class);
                 Ok(())
             }
             Err(TrySendError::Full(j)) => Err(PushError::Full(j)),
@@ -325,26 +333,26 @@ impl Tier for Threads {
 
     fn push(&self, job: Job) -> PushFuture<'_> {
         Box::pin(async move {
-            let short = is_short(job.expected());
-            let lane = self.shared.lane(short);
+            let class = Class::of(job.expected());
+            let lane = self.shared.lane(class);
             match lane.tx.try_send(job) {
                 Ok(()) => {}
                 Err(TrySendError::Closed(j)) => return Err(j),
                 Err(TrySendError::Full(j)) => lane.tx.send(j).await.map_err(|e| e.into_inner())?,
             }
-            self.shared.after_push(short);
+            self.shared.after_push(class);
             Ok(())
         })
     }
 
     fn push_blocking(&self, job: Job) -> Result<(), Job> {
-        let short = is_short(job.expected());
+        let class = Class::of(job.expected());
         self.shared
-            .lane(short)
+            .lane(class)
             .tx
             .send_blocking(job)
             .map_err(|e| e.into_inner())?;
-        self.shared.after_push(short);
+        self.shared.after_push(class);
         Ok(())
     }
 
@@ -365,11 +373,10 @@ impl Tier for Threads {
         }
         self.close();
         if mode.fails_queued() {
-            while let Ok(job) = sh.short.rx.try_recv() {
-                drop(job);
-            }
-            while let Ok(job) = sh.long.rx.try_recv() {
-                drop(job);
+            for lane in [&sh.short, &sh.unknown, &sh.long] {
+                while let Ok(job) = lane.rx.try_recv() {
+                    drop(job);
+                }
             }
         }
         let threads = std::mem::take(&mut *self.lock_threads());

@@ -28,10 +28,32 @@ impl Lane {
     }
 }
 
+/// Which lane a job goes to, by its predicted run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Class {
+    /// Predicted under [`SHORT_LANE_LIMIT`].
+    Short,
+    /// Not predicted (explorations, unknown keys, plain submissions): short-ish.
+    Unknown,
+    /// Predicted at [`SHORT_LANE_LIMIT`] or more.
+    Long,
+}
+
+impl Class {
+    /// The class of a job expected to run `expected`.
+    pub(super) fn of(expected: Option<Duration>) -> Class {
+        match expected {
+            None => Class::Unknown,
+            Some(d) if d < SHORT_LANE_LIMIT => Class::Short,
+            Some(_) => Class::Long,
+        }
+    }
+}
+
 /// What a take from the lanes found.
 pub(super) enum Take {
-    /// A job, and whether it came from the long lane.
-    Job(Job, bool),
+    /// A job, and the lane it came from.
+    Job(Job, Class),
     /// Nothing queued now.
     Empty,
     /// Both lanes closed and empty: the worker exits.
@@ -147,6 +169,7 @@ impl Counters {
 pub(super) struct Shared {
     pub(super) epoch: Instant,
     pub(super) short: Lane,
+    pub(super) unknown: Lane,
     pub(super) long: Lane,
     /// Normal-priority workers.
     pub(super) normal: usize,
@@ -165,13 +188,6 @@ pub(super) struct Shared {
     pub(super) counters: Counters,
 }
 
-/// Whether a job expected to run `expected` goes to the short lane: predicted under
-/// [`SHORT_LANE_LIMIT`], or not predicted at all (explorations, unknown keys: exactly the
-/// calls that must not wait behind long ones).
-pub(super) fn is_short(expected: Option<Duration>) -> bool {
-    expected.is_none_or(|d| d < SHORT_LANE_LIMIT)
-}
-
 /// Jobs a general worker takes from the short lane in a row while long work waits, before it
 /// takes one long job: short work first, long work never starved.
 const SHORT_STREAK: u32 = 16;
@@ -181,6 +197,7 @@ impl Shared {
         Shared {
             epoch: Instant::now(),
             short: Lane::new(cap),
+            unknown: Lane::new(cap),
             long: Lane::new(cap),
             normal,
             normal_park: Parking::default(),
@@ -195,12 +212,16 @@ impl Shared {
         }
     }
 
-    pub(super) fn lane(&self, short: bool) -> &Lane {
-        if short { &self.short } else { &self.long }
+    pub(super) fn lane(&self, class: Class) -> &Lane {
+        match class {
+            Class::Short => &self.short,
+            Class::Unknown => &self.unknown,
+            Class::Long => &self.long,
+        }
     }
 
     pub(super) fn has_work(&self) -> bool {
-        self.short.has_work() || self.long.has_work()
+        self.short.has_work() || self.unknown.has_work() || self.long.has_work()
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -208,47 +229,64 @@ impl Shared {
     }
 
     pub(super) fn queued(&self) -> usize {
-        self.short.rx.len() + self.long.rx.len()
+        self.short.rx.len() + self.unknown.rx.len() + self.long.rx.len()
+    }
+
+    /// Closes every lane (queued work stays to be taken).
+    pub(super) fn close(&self) {
+        self.short.tx.close();
+        self.unknown.tx.close();
+        self.long.tx.close();
     }
 
     fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
-    /// A general worker's take: short lane first; after [`SHORT_STREAK`] short jobs in a row,
-    /// one long job if one waits.
+    /// A general worker's take: short lane, then unknown, then long; after [`SHORT_STREAK`]
+    /// short-ish jobs in a row, one long job if one waits.
     pub(super) fn take(&self, streak: &mut u32) -> Take {
         if *streak >= SHORT_STREAK {
             *streak = 0;
             if let Ok(job) = self.long.rx.try_recv() {
-                return Take::Job(job, true);
+                return Take::Job(job, Class::Long);
             }
         }
-        let short_closed = match self.short.rx.try_recv() {
-            Ok(job) => {
-                *streak += 1;
-                return Take::Job(job, false);
+        let mut closed = true;
+        for class in [Class::Short, Class::Unknown, Class::Long] {
+            match self.lane(class).rx.try_recv() {
+                Ok(job) => {
+                    *streak = if class == Class::Long { 0 } else { *streak + 1 };
+                    return Take::Job(job, class);
+                }
+                Err(TryRecvError::Empty) => closed = false,
+                Err(TryRecvError::Closed) => {}
             }
-            Err(TryRecvError::Empty) => false,
-            Err(TryRecvError::Closed) => true,
-        };
-        match self.long.rx.try_recv() {
-            Ok(job) => {
-                *streak = 0;
-                Take::Job(job, true)
-            }
-            Err(TryRecvError::Closed) if short_closed => Take::Closed,
-            Err(_) => Take::Empty,
         }
+        if closed { Take::Closed } else { Take::Empty }
     }
 
-    /// The express worker's take: the short lane only.
-    pub(super) fn take_short(&self) -> Take {
-        match self.short.rx.try_recv() {
-            Ok(job) => Take::Job(job, false),
-            Err(TryRecvError::Empty) => Take::Empty,
-            Err(TryRecvError::Closed) => Take::Closed,
+    /// The express worker's take: the short lane, then (`unknown_too`) the unknown one.
+    pub(super) fn take_express(&self, unknown_too: bool) -> Take {
+        let classes: &[Class] = if unknown_too {
+            &[Class::Short, Class::Unknown]
+        } else {
+            &[Class::Short]
+        };
+        let mut closed = true;
+        for &class in classes {
+            match self.lane(class).rx.try_recv() {
+                Ok(job) => return Take::Job(job, class),
+                Err(TryRecvError::Empty) => closed = false,
+                Err(TryRecvError::Closed) => {}
+            }
         }
+        if closed { Take::Closed } else { Take::Empty }
+    }
+
+    /// Whether the express worker has work it may take.
+    pub(super) fn express_work(&self, unknown_too: bool) -> bool {
+        self.short.has_work() || (unknown_too && self.unknown.has_work())
     }
 
     /// Marks general worker `i` as running a job (predicted long or not) from now.
@@ -290,11 +328,11 @@ impl Shared {
         }
     }
 
-    /// After a push to the short lane (`short`) or the long one: wake a worker unless a spinning
-    /// one will take the job. Normal workers first; then the overflow worker (it decides
-    /// whether to take the job); for short work the express worker too, when it sleeps without
-    /// a timeout (it checks whether long work holds every worker).
-    pub(super) fn after_push(&self, short: bool) {
+    /// After a push to the lane of `class`: wake a worker unless a spinning one will take the
+    /// job. Normal workers first; then the overflow worker (it decides whether to take the
+    /// job); for short-ish work the express worker too, when it sleeps without a timeout (it
+    /// checks whether long work holds every worker).
+    pub(super) fn after_push(&self, class: Class) {
         fence(Ordering::SeqCst);
         if self.spinning.load(Ordering::SeqCst) >= self.queued() {
             return;
@@ -303,7 +341,7 @@ impl Shared {
             return;
         }
         self.overflow_park.wake_one();
-        if short && self.express_idle.load(Ordering::SeqCst) {
+        if class != Class::Long && self.express_idle.load(Ordering::SeqCst) {
             self.express_park.wake_one();
         }
     }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::shared::{Shared, Take};
-use super::{OVERFLOW_PATIENCE, SHORT_LANE_LIMIT, priority, spin};
+use super::shared::{Class, Shared, Take};
+use super::{EXPRESS_COOLDOWN, OVERFLOW_PATIENCE, SHORT_LANE_LIMIT, priority, spin};
 use crate::task::{Job, WorkerCtx};
 use crate::tier::TierKind;
 
@@ -50,35 +50,43 @@ impl Worker {
         let mut unpaid = 0u32;
         let mut parks = 0u32;
         let mut streak = 0u32;
+        // The express worker: no unpredicted work until then (see EXPRESS_COOLDOWN).
+        let mut cooldown: Option<Instant> = None;
         loop {
             let next = match self.role {
                 Role::Normal => self.next_normal(&mut streak, &mut unpaid, &mut parks),
                 Role::Overflow => self.next_overflow(&mut streak),
-                Role::Express => self.next_express(),
+                Role::Express => self.next_express(&mut cooldown),
             };
-            let Some((job, long)) = next else { break };
+            let Some((job, class)) = next else { break };
             if sh.cancelling.load(Ordering::Acquire) {
                 // Shutdown(Cancel): the job's destructor fails its task with "shut down".
                 drop(job);
                 continue;
             }
-            self.run_one(job, long, ctx);
+            let ran = self.run_one(job, class, ctx);
+            if self.role == Role::Express && class == Class::Unknown && ran > SHORT_LANE_LIMIT {
+                cooldown = Some(Instant::now() + ran.saturating_mul(EXPRESS_COOLDOWN));
+            }
         }
         tracing::trace!(worker = self.index, role = ?self.role, "thread worker exits");
     }
 
-    fn run_one(&self, job: Job, long: bool, ctx: WorkerCtx) {
+    /// Runs `job`; returns its run time (zero when it had been cancelled).
+    fn run_one(&self, job: Job, class: Class, ctx: WorkerCtx) -> Duration {
         let sh = &*self.shared;
         let general = self.role != Role::Express;
         if self.role == Role::Normal {
             sh.normal_busy.fetch_add(1, Ordering::SeqCst);
         }
         if general {
-            sh.started(self.index, long);
+            sh.started(self.index, class == Class::Long);
         }
         sh.counters.busy.fetch_add(1, Ordering::Relaxed);
+        let mut run_time = Duration::ZERO;
         if let Some(ran) = job.run(ctx) {
             sh.counters.record(&ran);
+            run_time = ran.run_time;
         }
         sh.counters.busy.fetch_sub(1, Ordering::Relaxed);
         if general {
@@ -87,6 +95,7 @@ impl Worker {
         if self.role == Role::Normal {
             sh.normal_busy.fetch_sub(1, Ordering::SeqCst);
         }
+        run_time
     }
 
     /// A normal worker's next job: take one, else spin while spinning has paid lately and the
@@ -96,11 +105,11 @@ impl Worker {
         streak: &mut u32,
         unpaid: &mut u32,
         parks: &mut u32,
-    ) -> Option<(Job, bool)> {
+    ) -> Option<(Job, Class)> {
         let sh = &*self.shared;
         loop {
             match sh.take(streak) {
-                Take::Job(job, long) => return Some((job, long)),
+                Take::Job(job, class) => return Some((job, class)),
                 Take::Closed => return None,
                 Take::Empty => {}
             }
@@ -113,9 +122,9 @@ impl Worker {
                     sh.spinning.fetch_sub(1, Ordering::SeqCst);
                     drop(slot);
                     match found {
-                        Some(Take::Job(job, long)) => {
+                        Some(Take::Job(job, class)) => {
                             *unpaid = 0;
-                            return Some((job, long));
+                            return Some((job, class));
                         }
                         Some(Take::Closed) => return None,
                         _ => *unpaid = unpaid.saturating_add(1),
@@ -149,7 +158,7 @@ impl Worker {
 
     /// The overflow worker's next job: only while every normal worker is busy, and then when a
     /// core is spare or the work has waited [`OVERFLOW_PATIENCE`].
-    fn next_overflow(&self, streak: &mut u32) -> Option<(Job, bool)> {
+    fn next_overflow(&self, streak: &mut u32) -> Option<(Job, Class)> {
         let sh = &*self.shared;
         let mut waiting_since: Option<Instant> = None;
         loop {
@@ -166,7 +175,7 @@ impl Worker {
             let needed = sh.normal_busy.load(Ordering::SeqCst) >= sh.normal;
             if waited >= OVERFLOW_PATIENCE || (needed && spin::spare_core()) {
                 match sh.take(streak) {
-                    Take::Job(job, long) => return Some((job, long)),
+                    Take::Job(job, class) => return Some((job, class)),
                     Take::Closed => return None,
                     Take::Empty => continue,
                 }
@@ -176,24 +185,33 @@ impl Worker {
         }
     }
 
-    /// The express worker's next job: short-lane work while long work holds every general
-    /// worker (see [`Shared::held_by_long_work`]).
-    fn next_express(&self) -> Option<(Job, bool)> {
+    /// The express worker's next job: short-lane work — and unpredicted work, unless an
+    /// unpredicted job it ran turned out long (`cooldown`) — while long work holds every
+    /// general worker (see [`Shared::held_by_long_work`]).
+    fn next_express(&self, cooldown: &mut Option<Instant>) -> Option<(Job, Class)> {
         let sh = &*self.shared;
         loop {
-            if !sh.short.has_work() {
-                if sh.short.rx.is_closed() {
+            let now = Instant::now();
+            let cooling = cooldown.and_then(|t| t.checked_duration_since(now));
+            if cooling.is_none() {
+                *cooldown = None;
+            }
+            let unknown_too = cooling.is_none();
+            if !sh.express_work(unknown_too) {
+                if sh.is_closed() {
                     return None;
                 }
+                // Pushes of short-ish work wake it; the cooldown's end too, if unpredicted
+                // work is waiting.
                 sh.express_idle.store(true, Ordering::SeqCst);
                 sh.express_park
-                    .park(None, || sh.short.has_work() || sh.short.rx.is_closed());
+                    .park(cooling, || sh.express_work(unknown_too) || sh.is_closed());
                 sh.express_idle.store(false, Ordering::SeqCst);
                 continue;
             }
             match sh.held_by_long_work() {
-                Ok(()) => match sh.take_short() {
-                    Take::Job(job, _) => return Some((job, false)),
+                Ok(()) => match sh.take_express(unknown_too) {
+                    Take::Job(job, class) => return Some((job, class)),
                     Take::Closed => return None,
                     Take::Empty => {}
                 },
