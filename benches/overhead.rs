@@ -19,6 +19,13 @@
 //! `into_par_iter().map().collect()`, and the thread tier again under the background load
 //! (`threads_contended`).
 //!
+//! `heartbeat`: a 1 ms sleep on a one-thread runtime (its time over the idle pool's is how late
+//! the runtime thread wakes) while every CPU worker of a pool runs CPU work: `idle_pool` (no
+//! CPU work), `default_pool` (the default: cores − 1 workers at normal priority and one
+//! overflow worker at nice 10), `all_normal` (one worker per core, all at normal priority),
+//! `overflow_nice19` (as the default, the overflow worker at nice 19). The choice of the
+//! default rests on these.
+//!
 //! `cargo bench --bench overhead`
 
 use std::hint::black_box;
@@ -258,7 +265,67 @@ fn map_1m(c: &mut Criterion) {
     procs.shutdown_blocking(ShutdownMode::Drain);
 }
 
-criterion_group!(benches, roundtrip, burst, contended, map_1m);
+/// A pool of one worker per core, `low` of them at nice `nice`.
+fn pool_of(low: usize, nice: i32) -> Executor {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t = offload::tier::Threads::builder()
+        .workers(cores)
+        .low_priority_workers(low)
+        .low_priority_nice(nice)
+        .build()
+        .expect("the pool starts");
+    Executor::from_tier(std::sync::Arc::new(t))
+}
+
+fn heartbeat(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    let mut g = c.benchmark_group("heartbeat");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(3));
+    for (name, busy, low, nice) in [
+        ("idle_pool", false, 1, offload::tier::OVERFLOW_NICE),
+        ("default_pool", true, 1, offload::tier::OVERFLOW_NICE),
+        ("all_normal", true, 0, 0),
+        ("overflow_nice19", true, 1, 19),
+    ] {
+        let pool = pool_of(low, nice);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut burners = Vec::new();
+        if busy {
+            for _ in 0..pool.workers() {
+                let stop = stop.clone();
+                let h = pool.submit_blocking(move || {
+                    let mut x = 1u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for _ in 0..1_000 {
+                            x = black_box(
+                                x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
+                            );
+                        }
+                    }
+                    x
+                });
+                burners.push(h.expect("open"));
+            }
+            std::thread::sleep(Duration::from_millis(50)); // every worker runs one
+        }
+        g.bench_function(name, |b| {
+            b.to_async(&rt)
+                .iter(|| tokio::time::sleep(Duration::from_millis(1)))
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in burners {
+            let _ = h.blocking_wait();
+        }
+        pool.shutdown_blocking(ShutdownMode::Drain);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, roundtrip, burst, contended, map_1m, heartbeat);
 
 // criterion_main! cannot call offload::init first: worker processes are this binary.
 fn main() {

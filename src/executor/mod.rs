@@ -3,7 +3,7 @@
 //! | Python | here |
 //! | --- | --- |
 //! | `executor.submit(fn)` | [`Executor::submit`] (waits for room), [`Executor::try_submit`] (hands the job back when full), [`Executor::submit_blocking`] (sync callers) |
-//! | `executor.map(fn, it)` | [`Executor::map`]: an ordered `Stream` with a bounded window in flight |
+//! | `executor.map(fn, it, chunksize)` | [`Executor::map`]: an ordered `Stream`, small items batched in chunks sized from their measured cost, a bounded window in flight; [`Executor::map_chunked`] fixes the chunk size, [`Executor::map_window`] runs one task per item |
 //! | `as_completed(fs)` | [`as_completed`] and [`Executor::map_unordered`] |
 //! | `wait(fs, return_when)` | [`wait()`] with [`WaitMode`] |
 //! | `shutdown(wait, cancel_futures)` | [`Executor::shutdown`] with [`ShutdownMode`] |
