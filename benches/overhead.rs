@@ -21,7 +21,8 @@
 //!
 //! `heartbeat`: a 1 ms sleep on a one-thread runtime (its time over the idle pool's is how late
 //! the runtime thread wakes) while every CPU worker of a pool runs CPU work: `idle_pool` (no
-//! CPU work), `default_pool` (the default: cores − 1 workers at normal priority and one
+//! CPU work), `cores_minus_1` (the old default: cores − 1 workers, one core left idle for
+//! the runtime), `default_pool` (the default: cores − 1 workers at normal priority and one
 //! overflow worker at nice 10), `all_normal` (one worker per core, all at normal priority),
 //! `overflow_nice19` (as the default, the overflow worker at nice 19). The choice of the
 //! default rests on these.
@@ -265,11 +266,10 @@ fn map_1m(c: &mut Criterion) {
     procs.shutdown_blocking(ShutdownMode::Drain);
 }
 
-/// A pool of one worker per core, `low` of them at nice `nice`.
-fn pool_of(low: usize, nice: i32) -> Executor {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+/// A pool of `workers` workers, `low` of them at nice `nice`.
+fn pool_of(workers: usize, low: usize, nice: i32) -> Executor {
     let t = offload::tier::Threads::builder()
-        .workers(cores)
+        .workers(workers)
         .low_priority_workers(low)
         .low_priority_nice(nice)
         .build()
@@ -285,13 +285,15 @@ fn heartbeat(c: &mut Criterion) {
     let mut g = c.benchmark_group("heartbeat");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(3));
-    for (name, busy, low, nice) in [
-        ("idle_pool", false, 1, offload::tier::OVERFLOW_NICE),
-        ("default_pool", true, 1, offload::tier::OVERFLOW_NICE),
-        ("all_normal", true, 0, 0),
-        ("overflow_nice19", true, 1, 19),
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (name, busy, workers, low, nice) in [
+        ("idle_pool", false, cores, 1, offload::tier::OVERFLOW_NICE),
+        ("cores_minus_1", true, cores.saturating_sub(1).max(1), 0, 0),
+        ("default_pool", true, cores, 1, offload::tier::OVERFLOW_NICE),
+        ("all_normal", true, cores, 0, 0),
+        ("overflow_nice19", true, cores, 1, 19),
     ] {
-        let pool = pool_of(low, nice);
+        let pool = pool_of(workers, low, nice);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut burners = Vec::new();
         if busy {
