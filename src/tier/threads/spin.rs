@@ -4,14 +4,15 @@
 //! that it does not use. That pays when the wait is shorter than a wake-up (~25 µs here) and
 //! no other thread needs the core; it steals when another runnable thread, of this process or
 //! of another, waits for one. So before a spin a thread asks [`try_spin`]: it gets a
-//! [`SpinSlot`] only while this process's spinners are fewer than the idle cores measured from
-//! the system.
+//! [`SpinSlot`] only while the thread-tier work of this process (tasks running plus threads
+//! spinning, this one included) fits in the cores that the rest of the system leaves idle, as
+//! measured from the system: never more spinners than idle cores.
 //!
 //! The measure is the kernel's count of runnable threads (`/proc/loadavg`, fourth field: all
 //! CPUs, every process), read at most every [`SAMPLE_EVERY`] by whichever thread finds the
-//! last reading stale (a few microseconds: one open and one read). Idle cores = online CPUs −
-//! (runnable − this process's spinners − the reader). Elsewhere, and where the file cannot be
-//! read, the bound is cores − 1 spinners (one core left to the rest of the system).
+//! last reading stale (a few microseconds: one open and one read). The rest of the system =
+//! runnable − (this process's running thread-tier tasks + spinners + the reader). Elsewhere,
+//! and where the file cannot be read, the rest of the system counts as one thread.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,8 +28,11 @@ struct Gate {
     cores: usize,
     /// Spinning threads of this process now.
     spinners: AtomicUsize,
-    /// Idle cores at the last reading, plus one (0: never read).
-    idle_plus_one: AtomicUsize,
+    /// Thread-tier tasks of this process running now.
+    busy: AtomicUsize,
+    /// Runnable threads outside this process's thread-tier work at the last reading, plus one
+    /// (0: never read).
+    others_plus_one: AtomicUsize,
     /// When the last reading was taken (ns since `epoch`; `u64::MAX`: reading now).
     sampled_at: AtomicU64,
     /// Whether `/proc/loadavg` can be read here (false after the first failure).
@@ -41,7 +45,8 @@ fn gate() -> &'static Gate {
         epoch: Instant::now(),
         cores: online_cores(),
         spinners: AtomicUsize::new(0),
-        idle_plus_one: AtomicUsize::new(0),
+        busy: AtomicUsize::new(0),
+        others_plus_one: AtomicUsize::new(0),
         sampled_at: AtomicU64::new(0),
         readable: std::sync::atomic::AtomicBool::new(cfg!(target_os = "linux")),
     })
@@ -74,11 +79,10 @@ impl Gate {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
-    /// Idle cores for a thread that is about to spin (itself not counted as a spinner).
-    fn idle_cores(&self) -> usize {
-        let fallback = self.cores.saturating_sub(1);
+    /// Runnable threads outside this process's thread-tier work (see the module docs).
+    fn others(&self) -> usize {
         if !self.readable.load(Ordering::Relaxed) {
-            return fallback;
+            return 1;
         }
         let now = self.now_ns();
         let at = self.sampled_at.load(Ordering::Acquire);
@@ -91,23 +95,31 @@ impl Gate {
         {
             match runnable_now() {
                 Some(runnable) => {
-                    let ours = self.spinners.load(Ordering::Relaxed) + 1;
+                    let ours = self.spinners.load(Ordering::Relaxed)
+                        + self.busy.load(Ordering::Relaxed)
+                        + 1;
                     let others = runnable.saturating_sub(ours);
-                    let idle = self.cores.saturating_sub(others);
-                    self.idle_plus_one.store(idle + 1, Ordering::Release);
+                    self.others_plus_one.store(others + 1, Ordering::Release);
                 }
                 None => {
                     self.readable.store(false, Ordering::Relaxed);
-                    tracing::debug!("no /proc/loadavg: spinning bounded by cores - 1");
+                    tracing::debug!("no /proc/loadavg: spinning leaves one core to the rest");
                 }
             }
             self.sampled_at
                 .store(self.now_ns().max(1), Ordering::Release);
         }
-        match self.idle_plus_one.load(Ordering::Acquire) {
-            0 => fallback,
+        match self.others_plus_one.load(Ordering::Acquire) {
+            0 => 1,
             n => n - 1,
         }
+    }
+
+    /// Whether `extra` more threads of thread-tier work (spinning or running) fit beside what
+    /// runs now.
+    fn fits(&self, spinners: usize, extra: usize) -> bool {
+        let ours = spinners + self.busy.load(Ordering::Relaxed) + extra;
+        ours + self.others() <= self.cores
     }
 }
 
@@ -129,8 +141,8 @@ impl Drop for SpinSlot {
 /// has idle cores (see the module docs).
 pub(crate) fn try_spin() -> Option<SpinSlot> {
     let g = gate();
-    let idle = g.idle_cores();
-    if g.spinners.fetch_add(1, Ordering::AcqRel) < idle {
+    let before = g.spinners.fetch_add(1, Ordering::AcqRel);
+    if g.fits(before, 1) {
         Some(SpinSlot(()))
     } else {
         g.spinners.fetch_sub(1, Ordering::Relaxed);
@@ -138,10 +150,27 @@ pub(crate) fn try_spin() -> Option<SpinSlot> {
     }
 }
 
-/// Whether the system had a core to spare at the last reading (for the low-priority worker:
-/// take overflow work now, or leave the core to whoever needs it).
+/// Whether one more running task fits on the cores the system leaves idle (for the overflow
+/// worker: take work now, or leave the core to whoever needs it).
 pub(crate) fn spare_core() -> bool {
-    gate().idle_cores() > 0
+    let g = gate();
+    g.fits(g.spinners.load(Ordering::Relaxed), 1)
+}
+
+/// Counts a thread-tier task as running while the guard lives.
+pub(crate) fn running() -> Running {
+    gate().busy.fetch_add(1, Ordering::Relaxed);
+    Running(())
+}
+
+/// See [`running`].
+#[derive(Debug)]
+pub(crate) struct Running(());
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        gate().busy.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -157,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn spinners_never_exceed_the_idle_cores() {
+    fn spinners_never_exceed_the_cores() {
         let cores = gate().cores;
         let slots: Vec<_> = (0..cores + 4).filter_map(|_| try_spin()).collect();
         assert!(

@@ -84,10 +84,12 @@ impl Worker {
         }
         sh.counters.busy.fetch_add(1, Ordering::Relaxed);
         let mut run_time = Duration::ZERO;
+        let running = spin::running();
         if let Some(ran) = job.run(ctx) {
             sh.counters.record(&ran);
             run_time = ran.run_time;
         }
+        drop(running);
         sh.counters.busy.fetch_sub(1, Ordering::Relaxed);
         if general {
             sh.finished(self.index);
