@@ -37,6 +37,9 @@ pub enum ErrorKind {
     Pool,
     /// The operation is not possible on this tier (a closure sent to another process).
     Unsupported,
+    /// The caller used the API in a way it cannot serve (for example, reading an outcome that
+    /// was already taken, or building something with settings it refuses).
+    Usage,
 }
 
 impl ErrorKind {
@@ -51,6 +54,7 @@ impl ErrorKind {
             ErrorKind::Encoding => "could not be encoded or decoded",
             ErrorKind::Pool => "could not run: the pool is broken",
             ErrorKind::Unsupported => "is not supported on this tier",
+            ErrorKind::Usage => "was misused",
         }
     }
 }
@@ -472,6 +476,14 @@ impl fmt::Display for BuildError {
             write!(f, ": {s}")?;
         }
         Ok(())
+    }
+}
+
+/// A builder's refusal seen where a task error is expected (`?` in a function returning
+/// [`Error`]): its kind is [`ErrorKind::Usage`], its text the builder's.
+impl From<BuildError> for Error {
+    fn from(e: BuildError) -> Self {
+        Error::new(ErrorKind::Usage, e.to_string())
     }
 }
 

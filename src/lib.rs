@@ -149,4 +149,21 @@ pub use scheduler::{
     SchedulerBuilder, SchedulerStats, TaskExit, TaskGroup, yield_now,
 };
 pub use task::{Job, Ran, TaskHandle, WorkerCtx};
+/// What most programs need, in one `use offload::prelude::*;`: the executor face, the
+/// scheduler and call sites, the process pool, and [`StreamExt`](futures::StreamExt) for the
+/// streams that [`Executor::map`] and [`as_completed`] return (so a program needs no
+/// `futures` dependency of its own).
+pub mod prelude {
+    pub use crate::{
+        CallSite, Error, ErrorKind, Executor, ProcessPool, RemoteFn, RemotePool, Scheduler,
+        ShutdownMode, TaskHandle, TierKind, WaitMode, as_completed, wait,
+    };
+    pub use futures::StreamExt;
+}
+
+/// The README's code blocks, compiled and run as doctests (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use tier::{ProcessPool, ProcessPoolBuilder, RemotePool, RunInfo, ShutdownMode, TierKind};

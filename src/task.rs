@@ -28,6 +28,8 @@ struct Cell<T> {
     info: Option<RunInfo>,
     waker: Option<Waker>,
     failed: bool,
+    /// The outcome is a cancellation (by a cancel, or a remote tier's kill on cancel).
+    cancelled: bool,
     blocking_waiters: usize,
 }
 
@@ -51,6 +53,7 @@ impl<T> Slot<T> {
                 info: None,
                 waker: None,
                 failed: false,
+                cancelled: false,
                 blocking_waiters: 0,
             }),
             cond: Condvar::new(),
@@ -81,6 +84,7 @@ impl<T> Slot<T> {
                 return false;
             }
             cell.failed = outcome.is_err();
+            cell.cancelled = matches!(&outcome, Err(e) if e.is_cancelled());
             cell.outcome = Some(outcome);
             cell.info = info;
             self.state.store(DONE, Ordering::Release);
@@ -107,6 +111,7 @@ impl<T> Slot<T> {
                 return false;
             }
             cell.failed = true;
+            cell.cancelled = true;
             cell.outcome = Some(Err(Error::cancelled()));
             (cell.waker.take(), cell.blocking_waiters > 0)
         };
@@ -295,7 +300,7 @@ where
     };
     let handle = TaskHandle {
         slot,
-        lazy: None,
+        lazy: Mutex::new(None),
         name,
         tier,
         spin,
@@ -346,7 +351,7 @@ pub(crate) fn remote_task<T>(
     };
     let handle = TaskHandle {
         slot,
-        lazy: None,
+        lazy: Mutex::new(None),
         name,
         tier,
         spin,
@@ -385,9 +390,41 @@ where
 /// A task that already runs on a thread finishes: threads cannot be stopped from outside. A
 /// task that already runs in a worker process finishes too when its handle is dropped; call
 /// [`cancel`](TaskHandle::cancel) to kill it.
+///
+/// Because dropping withdraws, a handle must be used: `pool.submit(f).await?;` alone runs
+/// nothing, and the compiler says so (`#[must_use]`; this example fails to build under
+/// `deny(unused_must_use)`):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// async fn fire_and_forget(pool: &offload::Executor) -> Result<(), offload::Error> {
+///     pool.submit(|| 1 + 1).await?; // dropped at once: the task is withdrawn
+///     Ok(())
+/// }
+/// ```
+///
+/// Await it, wait for it, or let it go on purpose:
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let pool = offload::Executor::threads(1)?;
+/// let h = pool.submit(|| 2 + 2).await?;
+/// assert!(!h.is_cancelled());
+/// assert_eq!(h.await?, 4);                          // await the outcome
+/// pool.submit(|| println!("runs")).await?.detach(); // runs with nobody waiting
+/// let mut h = pool.submit(|| 3).await?;
+/// assert_eq!(h.blocking_wait_timeout(std::time::Duration::from_secs(5)).unwrap()?, 3);
+/// pool.shutdown(offload::ShutdownMode::Drain).await;
+/// # Ok::<(), offload::Error>(())
+/// # }).unwrap();
+/// ```
+#[must_use = "dropping a TaskHandle withdraws its task if it has not started yet: `.await` it, \
+              or call `.detach()` to let it run with nobody waiting"]
 pub struct TaskHandle<T> {
     slot: Arc<Slot<T>>,
-    lazy: Option<Job>,
+    /// The inline tier's job, run by the first wait. In a `Mutex` only so that the handle is
+    /// `Sync` (a job is `Send` only); it is reached through `get_mut`, never locked.
+    lazy: Mutex<Option<Job>>,
     name: Option<Arc<str>>,
     tier: TierKind,
     spin: Duration,
@@ -408,11 +445,12 @@ impl<T> fmt::Debug for TaskHandle<T> {
 
 impl<T> TaskHandle<T> {
     pub(crate) fn set_lazy(&mut self, job: Job) {
-        self.lazy = Some(job);
+        *self.lazy.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(job);
     }
 
     fn run_lazy(&mut self) {
-        if let Some(job) = self.lazy.take() {
+        let lazy = self.lazy.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = lazy.take() {
             job.run(WorkerCtx {
                 tier: self.tier,
                 worker: None,
@@ -456,19 +494,33 @@ impl<T> TaskHandle<T> {
     }
 
     /// Withdraws the task if it has not started. Returns true when it was withdrawn; its outcome
-    /// is then a "cancelled" error. Returns false when it already runs or finished.
+    /// is then a "cancelled" error. Returns false when it already runs or finished with another
+    /// outcome. Cancelling a cancelled task returns true again (as Python's `Future.cancel`).
     ///
     /// On a killable tier ([`is_killable`](Self::is_killable): worker processes) a running task
     /// is stopped too: its worker is killed (and replaced), the outcome is "cancelled", and
     /// this returns true.
     pub fn cancel(&self) -> bool {
-        if self.slot.cancel() {
+        if self.slot.cancel() || self.is_cancelled() {
             return true;
         }
         match &self.link {
             Some(link) if !self.slot.is_done() => link.kill(),
             _ => false,
         }
+    }
+
+    /// Whether the task ended cancelled (Python's `Future.cancelled()`). Does not take the
+    /// outcome.
+    pub fn is_cancelled(&self) -> bool {
+        self.slot.is_done() && self.slot.lock().cancelled
+    }
+
+    /// Whether the task is running now: started on a worker and not finished (Python's
+    /// `Future.running()`). A queued task, and an inline task before it is first waited for,
+    /// are not running.
+    pub fn is_running(&self) -> bool {
+        self.slot.state.load(Ordering::Acquire) == RUNNING
     }
 
     /// Lets the task run even if this handle is dropped before it starts.
@@ -488,6 +540,16 @@ impl<T> TaskHandle<T> {
     /// Whether the finished task ended in an error (false while it is unfinished).
     pub fn is_err(&self) -> bool {
         self.slot.is_done() && self.slot.lock().failed
+    }
+
+    /// Whether the task finished with an error other than a cancellation: what
+    /// `FIRST_EXCEPTION` waits for (a cancelled task is not a failure there, as in Python).
+    pub(crate) fn is_failure(&self) -> bool {
+        if !self.slot.is_done() {
+            return false;
+        }
+        let cell = self.slot.lock();
+        cell.failed && !cell.cancelled
     }
 
     /// Polls for completion without taking the outcome (runs a lazy inline task).
@@ -512,7 +574,7 @@ impl<T> TaskHandle<T> {
     fn take(&mut self) -> Result<T, Error> {
         self.slot.lock().outcome.take().unwrap_or_else(|| {
             Err(Error::new(
-                crate::ErrorKind::Cancelled,
+                crate::ErrorKind::Usage,
                 "the outcome was already taken",
             ))
         })

@@ -164,6 +164,31 @@ impl Executor {
         self.submit_inner(None, None, f).await
     }
 
+    /// Submits `f` and waits for its outcome: `submit(f).await?.await` in one step, for the
+    /// common case where the caller waits anyway.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let pool = offload::Executor::threads(1)?;
+    /// let n = pool.run(|| (1..=20u64).sum::<u64>()).await?;
+    /// assert_eq!(n, 210);
+    /// # pool.shutdown(offload::ShutdownMode::Drain).await;
+    /// # Ok::<(), offload::Error>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes drops the handle, which withdraws the task if it
+    /// has not started.
+    pub async fn run<F, T>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_inner(None, f).await?.await
+    }
+
     /// As [`submit`](Self::submit), naming the task (the name shows in errors and logs).
     pub async fn submit_named<F, T>(
         &self,
@@ -449,6 +474,68 @@ impl Executor {
     pub fn shutdown_blocking(&self, mode: ShutdownMode) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.tier.shutdown(mode);
+    }
+
+    /// Shuts down per `mode`, but for at most `limit`: past it, escalates to
+    /// [`ShutdownMode::Kill`] (what is still queued fails with "shut down"). Returns true when
+    /// the shutdown finished within `limit` without escalating.
+    ///
+    /// In-process tiers cannot stop a running task: after an escalation, tasks already running
+    /// on a thread finish there, and their threads exit after them, while this returns. The
+    /// process pool and the cluster kill theirs.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use offload::{Executor, ShutdownMode};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let pool = Executor::threads(1)?;
+    /// let slow = pool.submit(|| std::thread::sleep(Duration::from_millis(300))).await?;
+    /// let queued = pool.submit(|| 1).await?;
+    /// let drained = pool.shutdown_timeout(ShutdownMode::Drain, Duration::from_millis(50)).await;
+    /// assert!(!drained);
+    /// assert!(queued.await.unwrap_err().is_shut_down());
+    /// slow.await?; // a running thread task finishes
+    /// # Ok::<(), offload::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn shutdown_timeout(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        if tokio::time::timeout(limit, self.shutdown(mode))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tracing::info!(?limit, "shutdown past its limit: stopping what is left");
+        let tier = self.inner.tier.clone();
+        // The first shutdown still joins the threads; this one only fails what is queued.
+        let _ = std::thread::Builder::new()
+            .name("offload-shutdown".into())
+            .spawn(move || tier.shutdown(ShutdownMode::Kill));
+        false
+    }
+
+    /// As [`shutdown_timeout`](Self::shutdown_timeout), blocking the calling thread.
+    pub fn shutdown_timeout_blocking(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        self.inner.closed.store(true, Ordering::Release);
+        let tier = self.inner.tier.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let first = std::thread::Builder::new()
+            .name("offload-shutdown".into())
+            .spawn(move || {
+                tier.shutdown(mode);
+                let _ = tx.send(());
+            });
+        if first.is_err() {
+            self.inner.tier.shutdown(ShutdownMode::Kill);
+            return false;
+        }
+        if rx.recv_timeout(limit).is_ok() {
+            return true;
+        }
+        tracing::info!(?limit, "shutdown past its limit: stopping what is left");
+        self.inner.tier.shutdown(ShutdownMode::Kill);
+        false
     }
 }
 

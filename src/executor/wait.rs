@@ -35,7 +35,7 @@ fn satisfied<T>(handles: &[TaskHandle<T>], mode: WaitMode) -> bool {
     match mode {
         WaitMode::FirstCompleted => finished > 0 || handles.is_empty(),
         WaitMode::AllCompleted => finished == handles.len(),
-        WaitMode::FirstError => finished == handles.len() || handles.iter().any(|h| h.is_err()),
+        WaitMode::FirstError => finished == handles.len() || handles.iter().any(|h| h.is_failure()),
     }
 }
 
@@ -47,6 +47,22 @@ fn split<T>(handles: Vec<TaskHandle<T>>) -> Waited<T> {
 /// Waits for `handles` per `mode` and returns them split into done and pending.
 ///
 /// Inline-tier handles are run by this call (they run when first waited for).
+///
+/// ```
+/// use offload::prelude::*;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let pool = Executor::threads(2)?;
+/// let ok = pool.submit(|| 1).await?;
+/// let bad = pool.submit(|| -> i32 { panic!("bad row") }).await?;
+/// let w = wait([ok, bad], WaitMode::FirstError).await;
+/// // The failure is in `done`; whatever had not finished yet is in `pending`.
+/// assert!(w.done.iter().any(|h| h.is_err()));
+/// assert_eq!(w.done.len() + w.pending.len(), 2);
+/// pool.shutdown(ShutdownMode::Drain).await;
+/// # Ok::<(), offload::Error>(())
+/// # }).unwrap();
+/// ```
 ///
 /// # Cancel safety
 ///
@@ -65,7 +81,7 @@ pub async fn wait<T>(
             // Stop early, so that FirstCompleted does not run further lazy (inline) tasks.
             let enough = match mode {
                 WaitMode::FirstCompleted => h.is_finished(),
-                WaitMode::FirstError => h.is_err(),
+                WaitMode::FirstError => h.is_failure(),
                 WaitMode::AllCompleted => false,
             };
             if enough {
@@ -106,6 +122,32 @@ pub async fn wait_timeout<T>(
 }
 
 /// Yields each handle's outcome as it finishes, with the handle's position in the input.
+///
+/// ```
+/// use offload::prelude::*;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let pool = Executor::threads(2)?;
+/// let mut handles = Vec::new();
+/// for ms in [30u64, 1, 10] {
+///     handles.push(pool.submit(move || { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }).await?);
+/// }
+/// let mut done = as_completed(handles);
+/// let mut seen = Vec::new();
+/// while let Some((index, outcome)) = done.next().await {
+///     seen.push((index, outcome?));
+/// }
+/// seen.sort();
+/// assert_eq!(seen, [(0, 30), (1, 1), (2, 10)]);
+/// pool.shutdown(ShutdownMode::Drain).await;
+/// # Ok::<(), offload::Error>(())
+/// # }).unwrap();
+/// ```
+///
+/// # Cancel safety
+///
+/// Dropping the stream drops the handles it still holds, which withdraws their queued tasks.
+#[must_use = "the stream does nothing unless polled; dropping it withdraws the queued tasks"]
 pub fn as_completed<T: Send + 'static>(
     handles: impl IntoIterator<Item = TaskHandle<T>>,
 ) -> impl Stream<Item = (usize, Result<T, Error>)> + Send {

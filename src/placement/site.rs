@@ -64,9 +64,7 @@ struct CancelOnDrop<T>(Option<TaskHandle<T>>);
 
 impl<T> Drop for CancelOnDrop<T> {
     fn drop(&mut self) {
-        if let Some(h) = &self.0
-            && !h.is_finished()
-        {
+        if let Some(h) = self.0.as_ref().filter(|h| !h.is_finished()) {
             h.cancel();
         }
     }

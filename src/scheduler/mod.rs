@@ -164,6 +164,19 @@ impl SchedulerBuilder {
     }
 
     /// Builds a scheduler on the runtime this code already runs in (inside `#[tokio::main]`).
+    /// The runtime keeps its own threads (tokio's default: one per core); the scheduler adds
+    /// its CPU workers beside them. Shut it down with [`Scheduler::close`]`.await`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+    /// let sched = offload::Scheduler::builder().attach()?;
+    /// assert!(!sched.owns_runtime());
+    /// let h = sched.executor().submit(|| 2 + 2).await?;
+    /// assert_eq!(h.await?, 4);
+    /// sched.close(std::time::Duration::from_secs(1)).await;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
     pub fn attach(&self) -> Result<Scheduler, BuildError> {
         let handle = Handle::try_current().map_err(|_| {
             BuildError::invalid("attach() must be called inside a tokio runtime; use build()")
@@ -243,6 +256,30 @@ impl fmt::Debug for Scheduler {
 
 impl Scheduler {
     /// Settings for a new scheduler.
+    ///
+    /// From sync code, [`build`](SchedulerBuilder::build) owns a runtime:
+    ///
+    /// ```
+    /// let sched = offload::Scheduler::builder().io_threads(2).build()?;
+    /// let n = sched.block_on(async { sched.site("sum").call(|| (1..=10u32).sum::<u32>()).await })?;
+    /// assert_eq!(n, 55);
+    /// sched.shutdown(std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Inside `#[tokio::main]`, [`attach`](SchedulerBuilder::attach) runs on that runtime
+    /// (a runtime cannot own or block on another from inside one):
+    ///
+    /// ```
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let sched = offload::Scheduler::builder().attach()?;
+    ///     let n = sched.site("sum").call(|| (1..=10u32).sum::<u32>()).await?;
+    ///     assert_eq!(n, 55);
+    ///     sched.close(std::time::Duration::from_secs(1)).await;
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn builder() -> SchedulerBuilder {
         SchedulerBuilder::default()
     }
@@ -276,7 +313,10 @@ impl Scheduler {
     ///
     /// # Panics
     ///
-    /// As tokio's `Handle::block_on`: when called from inside an async context.
+    /// When called from inside an async context (a task, `#[tokio::main]`): a thread of a
+    /// runtime cannot block on another future. There, `.await` the future instead, and build
+    /// the scheduler with [`SchedulerBuilder::attach`] to run on the runtime you are in.
+    #[track_caller]
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
         self.inner.handle.block_on(fut)
     }
@@ -394,7 +434,9 @@ impl Scheduler {
     ///
     /// # Panics
     ///
-    /// When called from inside an async context (use `close` there).
+    /// When called from inside an async context (a tokio task, `#[tokio::main]`): use
+    /// [`close`](Self::close)`.await` there. The panic names the caller's line.
+    #[track_caller]
     pub fn shutdown(self, deadline: Duration) {
         let started = Instant::now();
         self.inner.handle.block_on(self.close(deadline));

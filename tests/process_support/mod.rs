@@ -25,6 +25,75 @@ pub const FUNCTIONS: &[&'static dyn AnyRemoteFn] = &[&ECHO, &PID, &SLEEP_MS, &PA
 /// A case: a name and a body that returns what went wrong.
 pub type Case = (&'static str, fn() -> Result<(), String>);
 
+/// What a case writes to this process's stdout and stderr (its logs, the lines the pool
+/// forwards from its workers' stderr, a worker's stray stdout) goes to a file while it runs, and
+/// reaches the terminal only when the case fails: a green run prints its summary, not the
+/// failures the cases provoke on purpose. `OFFLOAD_TEST_VERBOSE=1` turns the capture off.
+struct Capture {
+    saved: [libc::c_int; 2],
+    file: std::fs::File,
+}
+
+impl Capture {
+    fn start() -> Option<Capture> {
+        if std::env::var_os("OFFLOAD_TEST_VERBOSE").is_some() {
+            return None;
+        }
+        use std::os::fd::AsRawFd;
+        let file = tempfile_in_tmp()?;
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let mut saved = [-1; 2];
+        for (i, fd) in [1, 2].into_iter().enumerate() {
+            // SAFETY: dup and dup2 on this process's own standard descriptors and on a file
+            // it holds open; no Rust object owns fds 1 and 2, so replacing them breaks no
+            // invariant, and the saved copies restore them in `finish`.
+            unsafe {
+                saved[i] = libc::dup(fd);
+                if saved[i] < 0 || libc::dup2(file.as_raw_fd(), fd) < 0 {
+                    return None;
+                }
+            }
+        }
+        Some(Capture { saved, file })
+    }
+
+    /// Restores stdout and stderr; returns what the case wrote.
+    fn finish(self) -> String {
+        use std::io::{Read, Seek};
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        for (i, fd) in [1, 2].into_iter().enumerate() {
+            // SAFETY: puts back the descriptors saved by `start`, then closes the copies.
+            unsafe {
+                libc::dup2(self.saved[i], fd);
+                libc::close(self.saved[i]);
+            }
+        }
+        let mut file = self.file;
+        let mut out = String::new();
+        let _ = file.rewind();
+        let _ = file.read_to_string(&mut out);
+        out
+    }
+}
+
+fn tempfile_in_tmp() -> Option<std::fs::File> {
+    let path = std::env::temp_dir().join(format!(
+        "offload-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ok()?;
+    let _ = std::fs::remove_file(&path);
+    Some(file)
+}
+
 /// Runs the cases, prints one line per case and the closing count; exits 1 on a failure.
 pub fn run(cases: &[Case]) {
     let _ = tracing_subscriber::fmt()
@@ -33,6 +102,7 @@ pub fn run(cases: &[Case]) {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .try_init();
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -44,6 +114,7 @@ pub fn run(cases: &[Case]) {
             continue;
         }
         let t0 = std::time::Instant::now();
+        let capture = Capture::start();
         let r = std::panic::catch_unwind(case).unwrap_or_else(|p| {
             Err(p
                 .downcast_ref::<String>()
@@ -51,6 +122,7 @@ pub fn run(cases: &[Case]) {
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panicked".into()))
         });
+        let captured = capture.map(Capture::finish).unwrap_or_default();
         match r {
             Ok(()) => {
                 passed += 1;
@@ -59,6 +131,9 @@ pub fn run(cases: &[Case]) {
             Err(e) => {
                 failed += 1;
                 println!("test {name} ... FAILED: {e}");
+                if !captured.is_empty() {
+                    eprintln!("---- output of {name} ----\n{captured}---- end of {name} ----");
+                }
             }
         }
     }
