@@ -186,7 +186,7 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_inner(None, f).await?.await
+        self.submit_inner(None, None, f).await?.await
     }
 
     /// As [`submit`](Self::submit), naming the task (the name shows in errors and logs).
