@@ -353,3 +353,34 @@ impl Shared {
         self.express_park.wake_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_follow_the_prediction() {
+        assert_eq!(Class::of(None), Class::Unknown);
+        assert_eq!(Class::of(Some(Duration::from_micros(30))), Class::Short);
+        assert_eq!(Class::of(Some(SHORT_LANE_LIMIT)), Class::Long);
+        assert_eq!(Class::of(Some(Duration::from_secs(1))), Class::Long);
+    }
+
+    #[test]
+    fn long_work_holds_the_workers_only_when_every_one_runs_long() {
+        let sh = Shared::new(4, 1, 2);
+        assert_eq!(sh.held_by_long_work(), Err(None), "idle workers");
+        sh.started(0, true);
+        assert_eq!(sh.held_by_long_work(), Err(None), "one idle");
+        sh.started(1, false);
+        // Worker 1 runs unpredicted-short work that just started: ask again within the limit.
+        match sh.held_by_long_work() {
+            Err(Some(d)) => assert!(d <= SHORT_LANE_LIMIT),
+            other => panic!("{other:?}"),
+        }
+        sh.started(1, true);
+        assert_eq!(sh.held_by_long_work(), Ok(()));
+        sh.finished(0);
+        assert_eq!(sh.held_by_long_work(), Err(None));
+    }
+}
