@@ -79,7 +79,10 @@ impl Executor {
         Executor::from_tier(Arc::new(Inline::new()))
     }
 
-    /// The thread tier with `workers` threads and default settings.
+    /// The thread tier with `workers` threads and default settings: on Linux, with 2 or more,
+    /// the last one is the overflow worker at a lower priority (see
+    /// [`Threads`](crate::tier::Threads); [`ThreadsBuilder::low_priority_workers`](crate::tier::ThreadsBuilder::low_priority_workers)
+    /// turns it off), plus the express worker for short work.
     pub fn threads(workers: usize) -> Result<Self, BuildError> {
         let pool = Threads::builder().workers(workers).build()?;
         Ok(Executor::from_tier(Arc::new(pool)))
