@@ -246,8 +246,27 @@ where
 /// its outcome goes to. Dropping a job unrun fails its task with "shut down".
 pub struct Job {
     inner: Box<dyn RunJob>,
-    /// How long the submitter expects the task to run (placement's prediction), if known.
-    expected: Option<Duration>,
+    /// What the submitter said about the task's run time.
+    expect: Expect,
+}
+
+/// What the submitter of a job said about its run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Expect {
+    /// Nothing: a plain submission.
+    #[default]
+    Unsaid,
+    /// Asked, and not known yet (placement's unknown keys and explorations).
+    Unknown,
+    /// Predicted to run about this long.
+    About(Duration),
+}
+
+impl Expect {
+    /// From a prediction that may be missing (`None`: asked, not known).
+    pub(crate) fn from_prediction(p: Option<Duration>) -> Self {
+        p.map_or(Expect::Unknown, Expect::About)
+    }
 }
 
 impl fmt::Debug for Job {
@@ -266,12 +285,20 @@ impl Job {
     /// How long the submitter expects the task to run, if it said: the thread tier serves
     /// work predicted short on a lane that work predicted long cannot fill.
     pub fn expected(&self) -> Option<Duration> {
-        self.expected
+        match self.expect {
+            Expect::About(d) => Some(d),
+            Expect::Unsaid | Expect::Unknown => None,
+        }
     }
 
-    /// Sets the expected run time (see [`expected`](Self::expected)).
-    pub(crate) fn set_expected(&mut self, expected: Option<Duration>) {
-        self.expected = expected;
+    /// What the submitter said about the run time.
+    pub(crate) fn expect(&self) -> Expect {
+        self.expect
+    }
+
+    /// Sets what the submitter said about the run time.
+    pub(crate) fn set_expect(&mut self, expect: Expect) {
+        self.expect = expect;
     }
 }
 
@@ -296,7 +323,7 @@ where
     };
     let job = Job {
         inner: Box::new(ClosureJob { f, completer }),
-        expected: None,
+        expect: Expect::Unsaid,
     };
     let handle = TaskHandle {
         slot,

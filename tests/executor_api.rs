@@ -125,17 +125,7 @@ fn a_build_error_converts_into_an_error() {
 
 #[test]
 fn shutdown_timeout_escalates_past_its_limit_and_fails_what_is_queued() {
-    // Without the express worker, which would run the queued short work while the first task
-    // holds the only worker (tests/threads_lanes.rs).
-    let pool = Executor::from_tier(Arc::new(
-        offload::tier::Threads::builder()
-            .workers(1)
-            .queue_capacity(8)
-            .express_worker(false)
-            .thread_name("api-stop")
-            .build()
-            .expect("the pool starts"),
-    ));
+    let pool = common::pool("api-stop", 1, 8);
     let gate = common::Gate::default();
     let g = gate.clone();
     let running = pool.submit_blocking(move || g.wait()).unwrap();

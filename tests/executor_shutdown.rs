@@ -39,17 +39,7 @@ async fn drain_finishes_queued_work_and_leaves_no_thread() {
 
 #[tokio::test]
 async fn cancel_fails_queued_work_with_shut_down() {
-    // Without the express worker, which would run the queued short work while the first task
-    // holds the only worker (tests/threads_lanes.rs).
-    let pool = offload::Executor::from_tier(Arc::new(
-        offload::tier::Threads::builder()
-            .workers(1)
-            .queue_capacity(100)
-            .express_worker(false)
-            .thread_name("cnl-")
-            .build()
-            .expect("the pool starts"),
-    ));
+    let pool = common::pool("cnl-", 1, 100);
     let gate = common::Gate::default();
     let g = gate.clone();
     let running = pool.submit(move || g.wait()).await.unwrap();

@@ -1,24 +1,11 @@
 //! `try_submit` on a full queue hands the job back, and it can be run later.
 mod common;
 
-use std::sync::Arc;
-
-use offload::tier::Threads;
-use offload::{Executor, ShutdownMode, TrySubmitError};
+use offload::{ShutdownMode, TrySubmitError};
 
 #[tokio::test]
 async fn full_queue_returns_the_job() {
-    // Without the express worker, which would run short work while the blocker holds the
-    // only worker (tests/threads_lanes.rs).
-    let pool = Executor::from_tier(Arc::new(
-        Threads::builder()
-            .workers(1)
-            .queue_capacity(2)
-            .express_worker(false)
-            .thread_name("try-a")
-            .build()
-            .expect("the pool starts"),
-    ));
+    let pool = common::pool("try-a", 1, 2);
     let gate = common::Gate::default();
     // One task blocks the only worker; two more fill the queue.
     let g = gate.clone();

@@ -1,5 +1,6 @@
 //! Off-core, work predicted short never waits behind work predicted long: while long tasks
-//! occupy every worker, short ones (and ones with no prediction) still complete.
+//! occupy every worker, short ones (and ones whose submitter asked but has no prediction yet)
+//! still complete. Plain submissions, which say nothing, get no worker beyond the pool's.
 mod common;
 
 use std::sync::Arc;
@@ -44,10 +45,6 @@ async fn short_work_completes_while_long_work_occupies_every_worker() {
             "{name} work waited behind long work: {v:?}"
         );
     }
-    // Plain submissions carry no prediction: short-ish too.
-    let h = pool.submit(|| 8).await.expect("open");
-    let v = tokio::time::timeout(Duration::from_secs(10), h).await;
-    assert!(matches!(v, Ok(Ok(8))), "a plain submit waited: {v:?}");
     assert!(
         long.iter().all(|h| !h.is_finished()),
         "the long tasks still hold the workers"
@@ -95,7 +92,7 @@ async fn after_unpredicted_long_work_the_express_worker_keeps_to_predicted_short
     let started = Arc::new(AtomicUsize::new(0));
     let (g, s) = (gate.clone(), started.clone());
     let blocker = pool
-        .submit(move || {
+        .submit_expected("blocker", LONG, move || {
             s.fetch_add(1, Ordering::SeqCst);
             g.wait();
         })
@@ -105,14 +102,17 @@ async fn after_unpredicted_long_work_the_express_worker_keeps_to_predicted_short
     // Unpredicted, and long: the express worker runs it (the blocker holds the only worker),
     // then leaves unpredicted work alone for EXPRESS_COOLDOWN times its run time (2 s here).
     let surprise = pool
-        .submit(|| common::spin(Duration::from_millis(40)))
+        .submit_expected("surprise", None, || common::spin(Duration::from_millis(40)))
         .await
         .expect("open");
     tokio::time::timeout(Duration::from_secs(10), surprise)
         .await
         .expect("the express worker ran it")
         .expect("no panic");
-    let unpredicted = pool.submit(|| 1).await.expect("open");
+    let unpredicted = pool
+        .submit_expected("unpredicted", None, || 1)
+        .await
+        .expect("open");
     let short = pool
         .submit_expected("short", SHORT, || 2)
         .await
@@ -126,5 +126,31 @@ async fn after_unpredicted_long_work_the_express_worker_keeps_to_predicted_short
     gate.open();
     blocker.await.expect("ran");
     assert_eq!(unpredicted.await.expect("ran"), 1);
+    pool.shutdown(ShutdownMode::Drain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_submissions_keep_to_the_pools_workers() {
+    let pool = common::pool("tlane-d", 1, 64);
+    let gate = common::Gate::default();
+    let started = Arc::new(AtomicUsize::new(0));
+    let (g, s) = (gate.clone(), started.clone());
+    let blocker = pool
+        .submit(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            g.wait();
+        })
+        .await
+        .expect("open");
+    assert!(common::eventually(|| started.load(Ordering::SeqCst) == 1));
+    let queued = pool.submit(|| 1).await.expect("open");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !queued.is_finished(),
+        "a plain submission ran beside the only worker"
+    );
+    gate.open();
+    blocker.await.expect("ran");
+    assert_eq!(queued.await.expect("ran"), 1);
     pool.shutdown(ShutdownMode::Drain).await;
 }

@@ -20,14 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::stream::{self, Stream, StreamExt};
-
-use crate::error::panic_message;
 use crate::error::{BuildError, Error, TrySubmitError};
-use crate::task::{TaskHandle, closure_task, recover_closure};
-use crate::tier::map::{ChunkStats, Sizing, chunked_stream};
+use crate::task::{Expect, TaskHandle, closure_task, recover_closure};
 use crate::tier::{Inline, PushError, ShutdownMode, Threads, Tier, TierKind, TierStats};
 
+mod map;
 mod wait;
 
 pub use wait::{WaitMode, Waited, as_completed, wait, wait_timeout};
@@ -143,7 +140,7 @@ impl Executor {
     fn build<F, T>(
         &self,
         name: Option<Arc<str>>,
-        expected: Option<Duration>,
+        expect: Expect,
         f: F,
     ) -> (crate::task::Job, TaskHandle<T>)
     where
@@ -152,7 +149,7 @@ impl Executor {
     {
         let tier = &self.inner.tier;
         let (mut job, handle) = closure_task(f, name, tier.kind(), tier.result_spin());
-        job.set_expected(expected);
+        job.set_expect(expect);
         (job, handle)
     }
 
@@ -164,7 +161,7 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_inner(None, None, f).await
+        self.submit_inner(None, Expect::Unsaid, f).await
     }
 
     /// Submits `f` and waits for its outcome: `submit(f).await?.await` in one step, for the
@@ -189,7 +186,7 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_inner(None, None, f).await?.await
+        self.submit_inner(None, Expect::Unsaid, f).await?.await
     }
 
     /// As [`submit`](Self::submit), naming the task (the name shows in errors and logs).
@@ -202,13 +199,16 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_inner(Some(name.into()), None, f).await
+        self.submit_inner(Some(name.into()), Expect::Unsaid, f)
+            .await
     }
 
     /// As [`submit_named`](Self::submit_named), saying how long the task is expected to run
-    /// (placement's prediction; `None`: unknown). The thread tier serves work predicted short
-    /// ([`SHORT_LANE_LIMIT`](crate::tier::SHORT_LANE_LIMIT)), and work of unknown length, on
-    /// a lane that work predicted long cannot fill: a short task never waits behind long ones.
+    /// (placement's prediction; `None`: asked, but not known yet). The thread tier serves work
+    /// predicted under [`SHORT_LANE_LIMIT`](crate::tier::SHORT_LANE_LIMIT), and work not yet
+    /// predicted, before plain and long work, and on its express worker when long work holds
+    /// every other one: such a task never waits long behind long ones (see
+    /// [`Threads`](crate::tier::Threads)).
     pub async fn submit_expected<F, T>(
         &self,
         name: impl Into<Arc<str>>,
@@ -219,13 +219,14 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_inner(Some(name.into()), expected, f).await
+        self.submit_inner(Some(name.into()), Expect::from_prediction(expected), f)
+            .await
     }
 
     async fn submit_inner<F, T>(
         &self,
         name: Option<Arc<str>>,
-        expected: Option<Duration>,
+        expect: Expect,
         f: F,
     ) -> Result<TaskHandle<T>, Error>
     where
@@ -235,7 +236,7 @@ impl Executor {
         if self.is_shut_down() {
             return Err(self.refuse(name));
         }
-        let (job, mut handle) = self.build(name.clone(), expected, f);
+        let (job, mut handle) = self.build(name.clone(), expect, f);
         let tier = &self.inner.tier;
         if tier.is_lazy() {
             handle.set_lazy(job);
@@ -262,7 +263,7 @@ impl Executor {
         if self.is_shut_down() {
             return Err(TrySubmitError::ShutDown(f));
         }
-        let (job, mut handle) = self.build(None, None, f);
+        let (job, mut handle) = self.build(None, Expect::Unsaid, f);
         let tier = &self.inner.tier;
         if tier.is_lazy() {
             handle.set_lazy(job);
@@ -288,7 +289,7 @@ impl Executor {
         if self.is_shut_down() {
             return Err(self.refuse(None));
         }
-        let (job, mut handle) = self.build(None, None, f);
+        let (job, mut handle) = self.build(None, Expect::Unsaid, f);
         let tier = &self.inner.tier;
         if tier.is_lazy() {
             handle.set_lazy(job);
@@ -298,153 +299,6 @@ impl Executor {
             Ok(()) => Ok(handle),
             Err(_) => Err(self.refuse(None)),
         }
-    }
-
-    /// The default `map` window for this executor, in chunks (for [`map_window`](Self::map_window),
-    /// in items).
-    pub fn default_window(&self) -> usize {
-        (self.inner.workers * MAP_WINDOW_PER_WORKER).max(MIN_MAP_WINDOW)
-    }
-
-    /// Applies `f` to every item, results in input order, one per item.
-    ///
-    /// Items run in chunks, one task per chunk: the first chunks hold one item each; once a
-    /// chunk has run, the measured cost of an item sizes the next ones so that a chunk runs
-    /// about [`THREADS_CHUNK_TARGET`](crate::tier::THREADS_CHUNK_TARGET) (at most
-    /// [`THREADS_MAX_CHUNK`](crate::tier::THREADS_MAX_CHUNK) items). So an item of 1 µs travels with a
-    /// few hundred others and pays a few nanoseconds of hand-off, and an item of 1 ms travels
-    /// alone and spreads over the workers. [`map_chunked`](Self::map_chunked) fixes the size.
-    ///
-    /// At most [`default_window`](Self::default_window) chunks are in flight and the input is
-    /// pulled only as results are consumed, so an endless iterator is fine and memory stays
-    /// flat. A panic fails only its item.
-    pub fn map<I, F, T>(
-        &self,
-        items: I,
-        f: F,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        self.chunks(items, None, true, f)
-    }
-
-    /// As [`map`](Self::map) with a fixed chunk size (at least 1; Python's `chunksize`).
-    pub fn map_chunked<I, F, T>(
-        &self,
-        items: I,
-        chunk: usize,
-        f: F,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        self.chunks(items, Some(chunk.max(1)), true, f)
-    }
-
-    /// One task per item, results in input order, with at most `window` items (at least 1) in
-    /// flight. For items of a millisecond or more, or when each item must be its own task
-    /// (cancellation, a lane of its own); [`map`](Self::map) batches small items.
-    pub fn map_window<I, F, T>(
-        &self,
-        items: I,
-        window: usize,
-        f: F,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        self.item_futures(items, f).buffered(window.max(1))
-    }
-
-    /// As [`map`](Self::map), yielding results as their chunks finish (`as_completed` order;
-    /// within a chunk, input order).
-    pub fn map_unordered<I, F, T>(
-        &self,
-        items: I,
-        f: F,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        self.chunks(items, None, false, f)
-    }
-
-    /// The chunked stream behind `map`, `map_chunked` and `map_unordered`.
-    fn chunks<I, F, T>(
-        &self,
-        items: I,
-        fixed: Option<usize>,
-        ordered: bool,
-        f: F,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        let this = self.clone();
-        let f = Arc::new(f);
-        let window = self.default_window();
-        chunked_stream(
-            items,
-            Sizing::threads(fixed),
-            window,
-            ordered,
-            move |chunk: Vec<I::Item>, stats: Arc<ChunkStats>| {
-                let this = this.clone();
-                let f = f.clone();
-                let expected = stats.expected(chunk.len());
-                let tier = this.tier();
-                async move {
-                    let h = this
-                        .submit_inner(None, expected, move || run_chunk(&*f, chunk, &stats, tier))
-                        .await?;
-                    h.await
-                }
-            },
-        )
-    }
-
-    fn item_futures<I, F, T>(
-        &self,
-        items: I,
-        f: F,
-    ) -> impl Stream<Item = impl Future<Output = Result<T, Error>> + Send + use<I, F, T>>
-    + Send
-    + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        let this = self.clone();
-        let f = Arc::new(f);
-        stream::iter(items).map(move |item| {
-            let this = this.clone();
-            let f = f.clone();
-            async move { this.submit(move || f(item)).await?.await }
-        })
     }
 
     /// Stops the executor: new submissions fail with "shut down"; queued tasks run
@@ -540,41 +394,4 @@ impl Executor {
         self.inner.tier.shutdown(ShutdownMode::Kill);
         false
     }
-}
-
-/// Runs `f` on every item of a chunk: each item's panic becomes that item's error; the chunk's
-/// run time per item goes to `stats`, to size the next chunks. One `catch_unwind` per chunk
-/// (and one more after each panic), not per item.
-fn run_chunk<A, T, F>(
-    f: &F,
-    chunk: Vec<A>,
-    stats: &ChunkStats,
-    tier: TierKind,
-) -> Vec<Result<T, Error>>
-where
-    F: Fn(A) -> T,
-{
-    let n = chunk.len();
-    let t0 = std::time::Instant::now();
-    let mut out: Vec<Result<T, Error>> = Vec::with_capacity(n);
-    let mut items = chunk.into_iter();
-    loop {
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for a in items.by_ref() {
-                out.push(Ok(f(a)));
-            }
-        }));
-        match ran {
-            Ok(()) => break,
-            // The item that panicked was taken from `items`: its slot is this error.
-            Err(p) => out.push(Err(
-                Error::panicked(panic_message(&*p), None).fill(None, tier, None)
-            )),
-        }
-    }
-    stats.record(
-        n,
-        u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX),
-    );
-    out
 }

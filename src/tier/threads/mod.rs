@@ -26,17 +26,19 @@
 //! 2.36 ms; every worker at normal priority 2.71 ms; overflow at nice 19 2.46 ms. The default
 //! costs the runtime no more than leaving a core idle did.
 //!
-//! **Short work never waits behind long work.** A job carries its predicted run time
-//! ([`Job::expected`]; placement passes its prediction). Three lanes: predicted under
-//! [`SHORT_LANE_LIMIT`]; not predicted (explorations, unknown keys, plain `submit`:
-//! short-ish); predicted long. Workers take them in that order (one long job after 16
-//! short-ish ones in a row, so long work is never starved). When every normal and overflow
-//! worker is held by long work — a job predicted long, or one already running
-//! [`SHORT_LANE_LIMIT`] — the express worker serves the short and the unpredicted lanes, so
-//! such work waits at most about [`SHORT_LANE_LIMIT`], even behind a misprediction. It never
-//! takes work predicted long; after an unpredicted job turned out long on it, it leaves the
-//! unpredicted lane alone for [`EXPRESS_COOLDOWN`] × that job's run time; it sleeps (no
-//! spinning) the rest of the time.
+//! **Short work never waits behind long work.** A job carries what its submitter said of its
+//! run time ([`Job::expected`]; placement passes its prediction through
+//! [`Executor::submit_expected`](crate::Executor::submit_expected)). Four lanes, served in
+//! this order: predicted under [`SHORT_LANE_LIMIT`]; asked but not known yet (placement's
+//! explorations and unknown keys: short-ish); plain submissions, which say nothing; predicted
+//! long. After 16 jobs in a row from the others, a worker takes one long job, so long work is
+//! never starved. When every normal and overflow worker is held by long work — a job predicted
+//! long, or one already running [`SHORT_LANE_LIMIT`] — the express worker serves the first two
+//! lanes, so such work waits at most about [`SHORT_LANE_LIMIT`], even behind a misprediction.
+//! It never takes plain or long work (a plain `submit` gets exactly the workers the pool was
+//! given, as before); after a not-yet-predicted job turned out long on it, it leaves that lane
+//! alone for [`EXPRESS_COOLDOWN`] × that job's run time; it sleeps (no spinning) the rest of
+//! the time.
 //!
 //! # Spinning: what it costs and when it stops
 //!
@@ -101,11 +103,10 @@ pub const DEFAULT_QUEUE_PER_WORKER: usize = 256;
 /// long work holds every other worker.
 pub const SHORT_LANE_LIMIT: Duration = Duration::from_millis(1);
 
-/// After an unpredicted job it ran turned out long (over [`SHORT_LANE_LIMIT`]), the express
-/// worker takes no unpredicted work for this many times that job's run time: it is there for
-/// short work, and gives unpredicted long work at most ~2 % of a core beyond the workers the
-/// pool was given (so always sending work off-core unpredicted gains no hidden worker over
-/// sending it with its prediction).
+/// After a not-yet-predicted job it ran turned out long (over [`SHORT_LANE_LIMIT`]), the
+/// express worker takes no such work for this many times that job's run time: it is there for
+/// short work, and gives long work that nobody could predict at most ~2 % of a core beyond the
+/// workers the pool was given.
 pub const EXPRESS_COOLDOWN: u32 = 50;
 
 /// The overflow worker's nice value (Linux). At 10 a busy overflow worker gets about a tenth of
@@ -324,7 +325,7 @@ impl Tier for Threads {
     }
 
     fn try_push(&self, job: Job) -> Result<(), PushError> {
-        let class = Class::of(job.expected());
+        let class = Class::of(job.expect());
         match self.shared.lane(class).tx.try_send(job) {
             Ok(()) => {
                 self.shared.after_push(class);
@@ -337,7 +338,7 @@ impl Tier for Threads {
 
     fn push(&self, job: Job) -> PushFuture<'_> {
         Box::pin(async move {
-            let class = Class::of(job.expected());
+            let class = Class::of(job.expect());
             let lane = self.shared.lane(class);
             match lane.tx.try_send(job) {
                 Ok(()) => {}
@@ -350,7 +351,7 @@ impl Tier for Threads {
     }
 
     fn push_blocking(&self, job: Job) -> Result<(), Job> {
-        let class = Class::of(job.expected());
+        let class = Class::of(job.expect());
         self.shared
             .lane(class)
             .tx
@@ -377,8 +378,8 @@ impl Tier for Threads {
         }
         self.close();
         if mode.fails_queued() {
-            for lane in [&sh.short, &sh.unknown, &sh.long] {
-                while let Ok(job) = lane.rx.try_recv() {
+            for class in Class::ALL {
+                while let Ok(job) = sh.lane(class).rx.try_recv() {
                     drop(job);
                 }
             }

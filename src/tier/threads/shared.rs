@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender, TryRecvError};
 
 use super::{RESULT_SPIN, SHORT_LANE_LIMIT};
-use crate::task::{Job, Ran};
+use crate::task::{Expect, Job, Ran};
 
 /// One queue of jobs (a bounded MPMC channel; its own wake-ups are unused: workers park on a
 /// [`Parking`]).
@@ -28,25 +28,36 @@ impl Lane {
     }
 }
 
-/// Which lane a job goes to, by its predicted run time.
+/// Which lane a job goes to, by what its submitter said of its run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Class {
     /// Predicted under [`SHORT_LANE_LIMIT`].
     Short,
-    /// Not predicted (explorations, unknown keys, plain submissions): short-ish.
+    /// Asked and not known yet (placement's explorations and unknown keys): short-ish.
     Unknown,
+    /// Nothing said (a plain submission).
+    Plain,
     /// Predicted at [`SHORT_LANE_LIMIT`] or more.
     Long,
 }
 
 impl Class {
-    /// The class of a job expected to run `expected`.
-    pub(super) fn of(expected: Option<Duration>) -> Class {
-        match expected {
-            None => Class::Unknown,
-            Some(d) if d < SHORT_LANE_LIMIT => Class::Short,
-            Some(_) => Class::Long,
+    /// Every class, in the order general workers serve them.
+    pub(super) const ALL: [Class; 4] = [Class::Short, Class::Unknown, Class::Plain, Class::Long];
+
+    /// The class of a job its submitter described as `expect`.
+    pub(super) fn of(expect: Expect) -> Class {
+        match expect {
+            Expect::Unsaid => Class::Plain,
+            Expect::Unknown => Class::Unknown,
+            Expect::About(d) if d < SHORT_LANE_LIMIT => Class::Short,
+            Expect::About(_) => Class::Long,
         }
+    }
+
+    /// Whether the express worker may serve it.
+    pub(super) fn is_express(self) -> bool {
+        matches!(self, Class::Short | Class::Unknown)
     }
 }
 
@@ -170,6 +181,7 @@ pub(super) struct Shared {
     pub(super) epoch: Instant,
     pub(super) short: Lane,
     pub(super) unknown: Lane,
+    pub(super) plain: Lane,
     pub(super) long: Lane,
     /// Normal-priority workers.
     pub(super) normal: usize,
@@ -198,6 +210,7 @@ impl Shared {
             epoch: Instant::now(),
             short: Lane::new(cap),
             unknown: Lane::new(cap),
+            plain: Lane::new(cap),
             long: Lane::new(cap),
             normal,
             normal_park: Parking::default(),
@@ -216,12 +229,13 @@ impl Shared {
         match class {
             Class::Short => &self.short,
             Class::Unknown => &self.unknown,
+            Class::Plain => &self.plain,
             Class::Long => &self.long,
         }
     }
 
     pub(super) fn has_work(&self) -> bool {
-        self.short.has_work() || self.unknown.has_work() || self.long.has_work()
+        Class::ALL.iter().any(|&c| self.lane(c).has_work())
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -229,22 +243,22 @@ impl Shared {
     }
 
     pub(super) fn queued(&self) -> usize {
-        self.short.rx.len() + self.unknown.rx.len() + self.long.rx.len()
+        Class::ALL.iter().map(|&c| self.lane(c).rx.len()).sum()
     }
 
     /// Closes every lane (queued work stays to be taken).
     pub(super) fn close(&self) {
-        self.short.tx.close();
-        self.unknown.tx.close();
-        self.long.tx.close();
+        for c in Class::ALL {
+            self.lane(c).tx.close();
+        }
     }
 
     fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
-    /// A general worker's take: short lane, then unknown, then long; after [`SHORT_STREAK`]
-    /// short-ish jobs in a row, one long job if one waits.
+    /// A general worker's take: short lane, then unknown, plain, long; after [`SHORT_STREAK`]
+    /// jobs in a row from the others, one long job if one waits.
     pub(super) fn take(&self, streak: &mut u32) -> Take {
         if *streak >= SHORT_STREAK {
             *streak = 0;
@@ -253,7 +267,7 @@ impl Shared {
             }
         }
         let mut closed = true;
-        for class in [Class::Short, Class::Unknown, Class::Long] {
+        for class in Class::ALL {
             match self.lane(class).rx.try_recv() {
                 Ok(job) => {
                     *streak = if class == Class::Long { 0 } else { *streak + 1 };
@@ -341,7 +355,7 @@ impl Shared {
             return;
         }
         self.overflow_park.wake_one();
-        if class != Class::Long && self.express_idle.load(Ordering::SeqCst) {
+        if class.is_express() && self.express_idle.load(Ordering::SeqCst) {
             self.express_park.wake_one();
         }
     }
@@ -360,10 +374,14 @@ mod tests {
 
     #[test]
     fn lanes_follow_the_prediction() {
-        assert_eq!(Class::of(None), Class::Unknown);
-        assert_eq!(Class::of(Some(Duration::from_micros(30))), Class::Short);
-        assert_eq!(Class::of(Some(SHORT_LANE_LIMIT)), Class::Long);
-        assert_eq!(Class::of(Some(Duration::from_secs(1))), Class::Long);
+        assert_eq!(Class::of(Expect::Unsaid), Class::Plain);
+        assert_eq!(Class::of(Expect::Unknown), Class::Unknown);
+        let about = |d| Class::of(Expect::About(d));
+        assert_eq!(about(Duration::from_micros(30)), Class::Short);
+        assert_eq!(about(SHORT_LANE_LIMIT), Class::Long);
+        assert_eq!(about(Duration::from_secs(1)), Class::Long);
+        assert!(Class::Short.is_express() && Class::Unknown.is_express());
+        assert!(!Class::Plain.is_express() && !Class::Long.is_express());
     }
 
     #[test]
