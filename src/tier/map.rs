@@ -212,7 +212,47 @@ where
     } else {
         Either::Right(futures.buffer_unordered(window))
     };
-    done.flat_map(stream::iter)
+    Flat {
+        chunks: done,
+        current: Vec::new().into_iter(),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The items of a stream of chunks, one by one: `flat_map(stream::iter)` without a stream
+    /// layer per chunk (an item costs one `Vec` iterator step; this is the consumer's hot loop).
+    struct Flat<S, T> {
+        #[pin]
+        chunks: S,
+        current: std::vec::IntoIter<T>,
+    }
+}
+
+impl<S: Stream<Item = Vec<T>>, T> Stream for Flat<S, T> {
+    type Item = T;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        let mut this = self.project();
+        loop {
+            if let Some(item) = this.current.next() {
+                return std::task::Poll::Ready(Some(item));
+            }
+            match futures::ready!(this.chunks.as_mut().poll_next(cx)) {
+                Some(chunk) => *this.current = chunk.into_iter(),
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (lo, hi) = self.chunks.size_hint();
+        let here = self.current.len();
+        // A chunk holds at least one item.
+        (here + lo, hi.and(None))
+    }
 }
 
 #[cfg(test)]
