@@ -196,6 +196,9 @@ pub(super) struct Shared {
     pub(super) running: Vec<Running>,
     /// Whether the express worker sleeps without a timeout (a push must wake it).
     pub(super) express_idle: AtomicBool,
+    /// Overflow workers asleep without a timeout (a push must wake one); one that declined
+    /// queued work sleeps with a timeout and looks again on its own.
+    pub(super) overflow_idle: AtomicUsize,
     pub(super) cancelling: AtomicBool,
     pub(super) counters: Counters,
 }
@@ -220,6 +223,7 @@ impl Shared {
             normal_busy: AtomicUsize::new(0),
             running: (0..general).map(|_| Running::default()).collect(),
             express_idle: AtomicBool::new(false),
+            overflow_idle: AtomicUsize::new(0),
             cancelling: AtomicBool::new(false),
             counters: Counters::default(),
         }
@@ -354,7 +358,9 @@ impl Shared {
         if self.normal_park.wake_one() {
             return;
         }
-        self.overflow_park.wake_one();
+        if self.overflow_idle.load(Ordering::SeqCst) > 0 {
+            self.overflow_park.wake_one();
+        }
         if class.is_express() && self.express_idle.load(Ordering::SeqCst) {
             self.express_park.wake_one();
         }

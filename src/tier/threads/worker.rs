@@ -15,6 +15,10 @@ const UNPAID_SPINS: u32 = 3;
 /// ... except every this many times, to notice that spinning pays again.
 const PROBE_EVERY: u32 = 8;
 
+/// How often an overflow worker that declined queued work looks again (pushes do not wake it
+/// meanwhile: a submitter never pays a wake-up for a worker that would decline).
+const OVERFLOW_RECHECK: Duration = Duration::from_millis(1);
+
 /// A worker's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
@@ -169,8 +173,10 @@ impl Worker {
                     return None;
                 }
                 waiting_since = None;
+                sh.overflow_idle.fetch_add(1, Ordering::SeqCst);
                 sh.overflow_park
                     .park(None, || sh.has_work() || sh.is_closed());
+                sh.overflow_idle.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
             let waited = waiting_since.get_or_insert_with(Instant::now).elapsed();
@@ -182,8 +188,10 @@ impl Worker {
                     Take::Empty => continue,
                 }
             }
+            // Look again soon: the normal workers may all be busy by then, or a core spare.
             let left = OVERFLOW_PATIENCE.saturating_sub(waited);
-            sh.overflow_park.park(Some(left), || false);
+            sh.overflow_park
+                .park(Some(left.min(OVERFLOW_RECHECK)), || false);
         }
     }
 
