@@ -471,6 +471,12 @@ impl<T> fmt::Debug for TaskHandle<T> {
 }
 
 impl<T> TaskHandle<T> {
+    /// Stops the handle's first poll from spinning for the result (a stream that keeps several
+    /// tasks in flight polls each new one long before it needs its result).
+    pub(crate) fn no_spin(&mut self) {
+        self.spin = Duration::ZERO;
+    }
+
     pub(crate) fn set_lazy(&mut self, job: Job) {
         *self.lazy.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(job);
     }

@@ -78,7 +78,8 @@ impl Executor {
         F: Fn(I::Item) -> T + Send + Sync + 'static,
         T: Send + 'static,
     {
-        self.item_futures(items, f).buffered(window.max(1))
+        let window = window.max(1);
+        self.item_futures(items, window, f).buffered(window)
     }
 
     /// As [`map`](Self::map), yielding results as their chunks finish (`as_completed` order;
@@ -131,18 +132,23 @@ impl Executor {
                     .map_or(Expect::Unsaid, Expect::About);
                 let tier = this.tier();
                 async move {
-                    let h = this
+                    let mut h = this
                         .submit_inner(None, expect, move || run_chunk(&*f, chunk, &stats, tier))
                         .await?;
+                    // Polled now, needed only when the chunks before it are consumed.
+                    h.no_spin();
                     h.await
                 }
             },
         )
     }
 
+    /// One task future per item; with a window over 1, the handles do not spin for results
+    /// (each is polled at submission, long before its turn).
     fn item_futures<I, F, T>(
         &self,
         items: I,
+        window: usize,
         f: F,
     ) -> impl Stream<Item = impl Future<Output = Result<T, Error>> + Send + use<I, F, T>>
     + Send
@@ -159,7 +165,13 @@ impl Executor {
         stream::iter(items).map(move |item| {
             let this = this.clone();
             let f = f.clone();
-            async move { this.submit(move || f(item)).await?.await }
+            async move {
+                let mut h = this.submit(move || f(item)).await?;
+                if window > 1 {
+                    h.no_spin();
+                }
+                h.await
+            }
         })
     }
 }
