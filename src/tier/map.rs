@@ -231,6 +231,8 @@ pin_project_lite::pin_project! {
 impl<S: Stream<Item = Vec<T>>, T> Stream for Flat<S, T> {
     type Item = T;
 
+    // The consumer's per-item step: worth inlining into its loop.
+    #[inline]
     fn poll_next(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
