@@ -104,7 +104,7 @@ fn fast_path(c: &mut Criterion) {
         s.explored,
         sched.placement_stats().clock_pair
     );
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }
 
 const CALLS: usize = 10_000;
@@ -188,7 +188,7 @@ fn mixed(c: &mut Criterion) {
         s.mispredictions,
         s.buckets
     );
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }
 
 fn mixed_contended(c: &mut Criterion) {

@@ -5,6 +5,12 @@
 //!   one iteration is all 20,000 (per task: divide by 20,000).
 //! - `throughput/submit_all_20k`: the same tasks submitted one by one, then awaited (Python's
 //!   "submit all, then result()").
+//! - `throughput/mixed_lengths`: 2 workers; a 1 s task occupies one of them, then 1,000
+//!   trivial tasks are submitted one by one and awaited. One iteration is the 1,000 (from the
+//!   first submit to the last result). Its peer in the same run,
+//!   `throughput/mixed_lengths_peer_one_idle_worker`, is the same 1,000 on a pool of one
+//!   otherwise idle worker: the floor is mixed ≤ 1.5 × peer (no trivial task waits behind the
+//!   long one).
 //! - `shared_start/{none,inline_32mib,mapped_32mib}`: one worker recycled after every task
 //!   (`max_tasks_per_worker(1)`), so one iteration is a worker start, its setup with 32 MiB
 //!   of shared data (none; copied through the setup frame; mapped from the pool's sealed
@@ -33,7 +39,78 @@ static TOUCH: RemoteFn<(), u64> = RemoteFn::new("touch", |()| {
         .unwrap_or(0)
 });
 
+/// Occupies a worker for `ms` milliseconds (sleeping: it takes no core from the others).
+static LONG: RemoteFn<u64, u64> = RemoteFn::new("long", |ms| {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+});
+
 const SHARED_MIB: usize = 32;
+
+/// Trivial tasks per `mixed_lengths` iteration.
+const MIXED_N: u64 = 1_000;
+
+/// Submits `MIXED_N` trivial tasks one by one, then awaits them all; returns the time taken.
+async fn trivial_burst(pool: &ProcessPool) -> Duration {
+    let t0 = std::time::Instant::now();
+    let mut handles = Vec::with_capacity(MIXED_N as usize);
+    for i in 0..MIXED_N {
+        handles.push(pool.submit(&TRIVIAL, black_box(i)).await.expect("open"));
+    }
+    for h in handles {
+        black_box(h.await.expect("no panic"));
+    }
+    t0.elapsed()
+}
+
+fn mixed_lengths(c: &mut Criterion) {
+    let rt = runtime();
+    let two = ProcessPool::builder()
+        .workers(2)
+        .build()
+        .expect("two worker processes start");
+    let one = ProcessPool::builder()
+        .workers(1)
+        .build()
+        .expect("a worker process starts");
+    // Warm: both pools' workers started, the trivial function's run time learned.
+    rt.block_on(async {
+        trivial_burst(&two).await;
+        trivial_burst(&one).await;
+    });
+    let mut g = c.benchmark_group("throughput");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(12));
+    g.bench_function("mixed_lengths", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let two = two.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let long = two.submit(&LONG, 1_000).await.expect("open");
+                    total += trivial_burst(&two).await;
+                    long.await.expect("the long task finishes");
+                }
+                total
+            }
+        })
+    });
+    g.bench_function("mixed_lengths_peer_one_idle_worker", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let one = one.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += trivial_burst(&one).await;
+                }
+                total
+            }
+        })
+    });
+    g.finish();
+    two.shutdown_blocking(ShutdownMode::Drain);
+    one.shutdown_blocking(ShutdownMode::Drain);
+}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -120,11 +197,11 @@ fn shared_start(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, throughput, shared_start);
+criterion_group!(benches, throughput, mixed_lengths, shared_start);
 
 // criterion_main! cannot call offload::init first: worker processes are this binary.
 fn main() {
-    offload::init(&[&TRIVIAL, &TOUCH]);
+    offload::init(&[&TRIVIAL, &TOUCH, &LONG]);
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -17,6 +17,25 @@
 //!   the model of each call site learns duration per size from past calls; small calls run
 //!   inline, long ones on the pool.
 //!
+//! Policies a deployed server needs, built here on top of the crate (the library places calls;
+//! the server decides how much work it accepts):
+//! - **one request in flight per connection**: a connection's next line is read once its reply
+//!   is written, so a client's share of the server is its number of connections, and a client
+//!   that pipelines waits in its own socket buffer;
+//! - **a bound on queued CPU work** (`--queue-ms`, default [`QUEUED_WORK_PER_WORKER`] per CPU
+//!   worker): the work waiting for or running on the CPU pool, each request counted at the
+//!   duration its call site's model predicts for its size, stays under the bound; past it a
+//!   request that would go there is answered `ERR busy, retry` at once (load shedding) instead
+//!   of queueing for minutes behind a flood, and reads that connection's next request
+//!   [`BUSY_BACKOFF`] later. Cheap requests weigh next to nothing, so a flood of long ones is
+//!   shed while cheap ones still get in; under `adaptive` a request the model predicts short
+//!   runs inline and needs no place at all;
+//! - **a per-request deadline** (`--deadline-ms`): a pooled request not answered by then gets
+//!   `ERR deadline`, and its work is withdrawn if it has not started.
+//!
+//! SIGTERM is handled like Ctrl-C: the listener closes, requests in flight finish and are
+//! answered, every client then reads `BYE`, and the process exits 0.
+//!
 //! ```text
 //! cargo run --release --example compute_server -- --policy adaptive
 //! printf 'primes 100000\nhash 1000000\necho hi\n' | nc 127.0.0.1 7879
@@ -40,7 +59,8 @@ pub mod common;
 
 pub use common::lines::ServerStats;
 use common::lines::{Line, READ_CHUNK, read_line, refuse};
-use common::listener::{Limits, accept_loop};
+use common::listener::{Limits, accept_loop, shutdown_signal};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Largest `N` a `primes` request may ask for (about a second of work).
 pub const MAX_PRIMES_N: u64 = 2_000_000;
@@ -48,6 +68,38 @@ pub const MAX_PRIMES_N: u64 = 2_000_000;
 pub const MAX_HASH_BYTES: u64 = 64 << 20;
 /// Longest request line.
 pub const MAX_LINE: usize = 4096;
+/// Predicted CPU work that may wait for or run on the CPU pool, per pool thread, before the
+/// server sheds load: a request then waits about a second at most before it runs, which keeps
+/// every thread busy (a few of the longest requests are queued) and stays far under the
+/// [`DEFAULT_DEADLINE`].
+pub const QUEUED_WORK_PER_WORKER: Duration = Duration::from_secs(1);
+/// What a request counts for in the queue bound while its call site's model has no
+/// prediction for its size yet: a tenth of [`QUEUED_WORK_PER_WORKER`], so that the first
+/// requests of a new size get in while a burst of them does not.
+pub const UNKNOWN_COST: Duration = Duration::from_millis(100);
+/// Default per-request deadline: far above any valid request's own cost (about a second at
+/// most), so that it only fires on a server that is behind.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+/// Under `adaptive`, while the CPU pool is behind (more than half the queue bound in use), a
+/// call predicted under this runs inline rather than wait behind that work: the pool's queue is
+/// first come, first served, so a call of 100 µs sent there would wait for long requests to
+/// finish (up to a second). One millisecond is 20 inline budgets, less than one time slice of
+/// the kernel's scheduler.
+pub const SHORT_UNDER_LOAD: Duration = Duration::from_millis(1);
+/// The share of the queue bound kept for requests predicted under [`RESERVED_COST`]: long
+/// requests fill the rest, so cheap ones still get in under a flood of long ones (and a cheap
+/// request whose model was thrown off by one slow timing still runs, and puts it right).
+pub const RESERVED_SHARE: u32 = 10;
+/// Requests predicted under this may use the reserved share of the queue bound: ten of them
+/// fill a reserve of 100 ms.
+pub const RESERVED_COST: Duration = Duration::from_millis(10);
+/// After answering `ERR busy, retry`, the server reads that connection's next request this much
+/// later: a client that retries at once is paced like one that honours "retry", and a storm of
+/// retries cannot take the I/O threads from the other clients (8 connections retrying at once
+/// made about 15,000 requests a second on 2 cores; paced, at most 800).
+pub const BUSY_BACKOFF: Duration = Duration::from_millis(10);
+/// The reply to a request shed by the queue bound.
+pub const BUSY: &str = "ERR busy, retry";
 
 /// Where the CPU work of a request runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
@@ -146,28 +198,132 @@ pub fn hash_bytes(len: u64) -> u64 {
     h
 }
 
+/// How much CPU work the server accepts: the queue bound and the per-request deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// Predicted CPU work that may wait for or run on the pool at once; past it,
+    /// `ERR busy, retry`.
+    pub queued_work: Duration,
+    /// The longest a pooled request may take, queueing included, before `ERR deadline`.
+    pub deadline: Duration,
+}
+
+impl Admission {
+    /// The defaults for a pool of `workers` threads.
+    pub fn for_workers(workers: usize) -> Self {
+        let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
+        Admission {
+            queued_work: QUEUED_WORK_PER_WORKER.saturating_mul(workers),
+            deadline: DEFAULT_DEADLINE,
+        }
+    }
+
+    /// The reserved share of the bound, in µs.
+    fn reserve_us(&self) -> u32 {
+        self.capacity_us() / RESERVED_SHARE
+    }
+
+    /// The bound in the queue's unit (µs), within what a semaphore holds.
+    fn capacity_us(&self) -> u32 {
+        u32::try_from(self.queued_work.as_micros())
+            .unwrap_or(u32::MAX >> 4)
+            .clamp(1, u32::MAX >> 4)
+    }
+}
+
+/// Why a request got no value.
+#[derive(Debug)]
+pub enum Failed {
+    /// Shed: the CPU queue is full.
+    Busy,
+    /// Not answered within the deadline.
+    Deadline,
+    /// The library's error (a panic, a shut-down pool).
+    Offload(offload::Error),
+}
+
 /// Runs request work under a policy: the one place where the policy matters.
 #[derive(Debug)]
 pub struct Dispatch {
-    sched: Scheduler,
     policy: Policy,
+    admission: Admission,
+    /// The queue bound less the reserve, for every request.
+    queue: Arc<Semaphore>,
+    /// The reserve, for requests predicted under [`RESERVED_COST`].
+    reserve: Arc<Semaphore>,
     primes: CallSite,
     hash: CallSite,
     inline: AtomicU64,
     threads: AtomicU64,
+    busy: AtomicU64,
+    late: AtomicU64,
+    /// The sites' counts when this dispatcher was made (a scheduler's sites outlive it).
+    sites_before: (u64, u64),
+}
+
+/// Calls the two sites placed inline and on threads, in all.
+fn site_counts(primes: &CallSite, hash: &CallSite) -> (u64, u64) {
+    let (p, h) = (primes.stats(), hash.stats());
+    (p.inline + h.inline, p.threads + h.threads)
 }
 
 impl Dispatch {
-    /// A dispatcher for `policy` on `sched`.
+    /// A dispatcher for `policy` on `sched`, with the default [`Admission`] for its pool.
     pub fn new(sched: Scheduler, policy: Policy) -> Self {
+        let admission = Admission::for_workers(sched.executor().workers());
+        Self::with_admission(sched, policy, admission)
+    }
+
+    /// A dispatcher for `policy` on `sched` that accepts CPU work as `admission` says.
+    pub fn with_admission(sched: Scheduler, policy: Policy, admission: Admission) -> Self {
+        let (primes, hash) = (sched.site("primes"), sched.site("hash"));
         Dispatch {
-            primes: sched.site("primes"),
-            hash: sched.site("hash"),
-            sched,
+            sites_before: site_counts(&primes, &hash),
+            primes,
+            hash,
             policy,
+            queue: Arc::new(Semaphore::new(
+                (admission.capacity_us() - admission.reserve_us()) as usize,
+            )),
+            reserve: Arc::new(Semaphore::new(admission.reserve_us() as usize)),
+            admission,
             inline: AtomicU64::new(0),
             threads: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            late: AtomicU64::new(0),
         }
+    }
+
+    /// Requests shed with `ERR busy, retry` so far.
+    pub fn busy(&self) -> u64 {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered `ERR deadline` so far.
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
+    }
+
+    /// A place in the CPU queue for a call of `size` at `site`, weighed by what its model
+    /// predicts (at least 1 µs, at most the bound less the reserve), or `Busy` when the queue
+    /// has no room. A call predicted under [`RESERVED_COST`] may also take a place in the
+    /// reserve.
+    fn admit(&self, site: &CallSite, size: u64) -> Result<OwnedSemaphorePermit, Failed> {
+        let cost = site.prediction(Some(size)).unwrap_or(UNKNOWN_COST);
+        let a = &self.admission;
+        let weight = u32::try_from(cost.as_micros())
+            .unwrap_or(u32::MAX)
+            .clamp(1, (a.capacity_us() - a.reserve_us()).max(1));
+        if let Ok(p) = self.queue.clone().try_acquire_many_owned(weight) {
+            return Ok(p);
+        }
+        if cost > RESERVED_COST {
+            return Err(Failed::Busy);
+        }
+        self.reserve
+            .clone()
+            .try_acquire_many_owned(weight)
+            .map_err(|_| Failed::Busy)
     }
 
     /// The policy.
@@ -179,8 +335,8 @@ impl Dispatch {
     pub fn tier_counts(&self) -> BTreeMap<String, u64> {
         let (inline, threads) = match self.policy {
             Policy::Adaptive => {
-                let (p, h) = (self.primes.stats(), self.hash.stats());
-                (p.inline + h.inline, p.threads + h.threads)
+                let (i, t) = site_counts(&self.primes, &self.hash);
+                (i - self.sites_before.0, t - self.sites_before.1)
             }
             _ => (
                 self.inline.load(Ordering::Relaxed),
@@ -193,42 +349,111 @@ impl Dispatch {
         ])
     }
 
-    /// Runs `work` of the given `size` for call site `site` where the policy says.
-    async fn run<T, F>(&self, site: &CallSite, size: u64, work: F) -> Result<T, offload::Error>
+    /// Runs `work` of the given `size` for call site `site` where the policy says, within the
+    /// queue bound and the deadline.
+    ///
+    /// A place in the queue travels with the work, so it is given back when the work is done
+    /// or withdrawn, not when a caller stops waiting for it.
+    async fn run<T, F>(&self, site: &CallSite, size: u64, work: F) -> Result<T, Failed>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        match self.policy {
+        let pooled = match self.policy {
+            // Nothing queues: the bound and the deadline have nothing to act on.
             Policy::Inline => {
                 self.inline.fetch_add(1, Ordering::Relaxed);
-                Ok(work())
+                return Ok(work());
             }
             Policy::Offload => {
+                let permit = self.admit(site, size)?;
                 self.threads.fetch_add(1, Ordering::Relaxed);
-                let handle = self.sched.executor().submit_named(site.key(), work).await?;
-                handle.await
+                let job = move || {
+                    let _permit = permit;
+                    work()
+                };
+                // Off-core always (the probe says "long"); through the site, so that its
+                // model learns the cost that the queue bound weighs the next call by.
+                let call = site.sized(size).probe(|| true).call(job);
+                tokio::time::timeout(self.admission.deadline, call).await
             }
-            // The library decides per call, from what it learned of this site and size.
-            Policy::Adaptive => site.sized(size).call(work).await,
+            Policy::Adaptive => {
+                // A call the model predicts short runs here, as predicted, and needs no place
+                // in the queue. It is not explored on the pool either: there it would wait
+                // behind the long work of whoever floods the server. While the pool is behind,
+                // "short" stretches to SHORT_UNDER_LOAD for the same reason.
+                let a = &self.admission;
+                let half = (a.capacity_us() - a.reserve_us()) as usize / 2;
+                let loaded = self.queue.available_permits() < half;
+                let short = if loaded {
+                    SHORT_UNDER_LOAD
+                } else {
+                    offload::placement::INLINE_BUDGET
+                };
+                if let Some(pred) = site.prediction(Some(size)).filter(|p| *p <= short) {
+                    return site
+                        .sized(size)
+                        .expect(pred)
+                        .call(work)
+                        .await
+                        .map_err(Failed::Offload);
+                }
+                // The library decides per call, from what it learned of this site and size.
+                let permit = self.admit(site, size)?;
+                let job = move || {
+                    let _permit = permit;
+                    work()
+                };
+                tokio::time::timeout(self.admission.deadline, site.sized(size).call(job)).await
+            }
+        };
+        pooled
+            .map_err(|_| Failed::Deadline)?
+            .map_err(Failed::Offload)
+    }
+
+    /// The reply text for a request that got no value (counted in [`busy`](Self::busy) or
+    /// [`late`](Self::late)).
+    pub fn failed(&self, f: Failed) -> String {
+        match f {
+            Failed::Busy => {
+                self.busy.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "{BUSY}: {} ms of CPU work queued",
+                    self.admission.queued_work.as_millis()
+                )
+            }
+            Failed::Deadline => {
+                self.late.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "ERR deadline: no answer within {} ms",
+                    self.admission.deadline.as_millis()
+                )
+            }
+            Failed::Offload(e) => format!("ERR {e}"),
         }
     }
 
-    /// Answers one request line.
+    /// The value of a parsed request, as the reply's text.
+    pub async fn compute(&self, req: Request) -> Result<String, Failed> {
+        match req {
+            Request::Echo(text) => Ok(text),
+            Request::Primes(n) => self
+                .run(&self.primes, n, move || sum_primes(n))
+                .await
+                .map(|v| v.to_string()),
+            Request::Hash(n) => self
+                .run(&self.hash, n, move || hash_bytes(n))
+                .await
+                .map(|v| format!("{v:016x}")),
+        }
+    }
+
+    /// Answers one request line (its terminator, if any, is ignored).
     pub async fn answer(&self, line: &[u8]) -> String {
-        match parse(line) {
+        match parse(common::lines::content(line)) {
             Err(e) => e,
-            Ok(Request::Echo(text)) => text,
-            Ok(Request::Primes(n)) => {
-                match self.run(&self.primes, n, move || sum_primes(n)).await {
-                    Ok(v) => v.to_string(),
-                    Err(e) => format!("ERR {e}"),
-                }
-            }
-            Ok(Request::Hash(n)) => match self.run(&self.hash, n, move || hash_bytes(n)).await {
-                Ok(v) => format!("{v:016x}"),
-                Err(e) => format!("ERR {e}"),
-            },
+            Ok(req) => self.compute(req).await.unwrap_or_else(|f| self.failed(f)),
         }
     }
 }
@@ -240,6 +465,9 @@ pub struct ComputeConfig {
     pub max_conns: usize,
     /// Longest time without a complete request line.
     pub idle_timeout: Duration,
+    /// How long requests in flight get to finish once shutdown is asked (make it at least the
+    /// per-request deadline, so that every request in flight is answered).
+    pub grace: Duration,
 }
 
 impl Default for ComputeConfig {
@@ -247,6 +475,7 @@ impl Default for ComputeConfig {
         ComputeConfig {
             max_conns: 1024,
             idle_timeout: Duration::from_secs(30),
+            grace: DEFAULT_DEADLINE,
         }
     }
 }
@@ -262,7 +491,7 @@ pub async fn serve(
 ) {
     let limits = Limits {
         max_conns: cfg.max_conns,
-        grace: Duration::from_secs(2),
+        grace: cfg.grace,
     };
     let serve_client = |stream, _peer, stop| {
         let (d, s, idle) = (dispatch.clone(), stats.clone(), cfg.idle_timeout);
@@ -324,10 +553,11 @@ async fn client_handler(
             }
         }
         let mut reply = dispatch.answer(&line).await;
+        let shed = reply.starts_with(BUSY);
         reply.push('\n');
         let wrote = tokio::time::timeout(idle, async {
             wr.write_all(reply.as_bytes()).await?;
-            if rd.buffer().is_empty() {
+            if shed || rd.buffer().is_empty() {
                 wr.flush().await?;
             }
             Ok::<(), std::io::Error>(())
@@ -337,6 +567,15 @@ async fn client_handler(
             return;
         }
         ServerStats::bump(&stats.lines);
+        if shed {
+            // Told at once; its next request waits. (A clone, so that the loop still sees a
+            // shutdown that comes meanwhile.)
+            let mut stopping = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(BUSY_BACKOFF) => {}
+                _ = stopping.changed() => {}
+            }
+        }
     }
 }
 
@@ -382,10 +621,11 @@ async fn self_test(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
+/// The command line.
 #[allow(dead_code)]
 #[derive(clap::Parser, Debug)]
 #[command(about = "Compute server: CPU work of varying cost under a placement policy")]
-struct Args {
+pub struct Args {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:7879")]
     addr: SocketAddr,
@@ -398,6 +638,16 @@ struct Args {
     /// CPU pool threads (default: cores - 1, at least 1).
     #[arg(long)]
     cpu_workers: Option<usize>,
+    /// Connections served at once (lowered at start to what the fd limit leaves room for).
+    #[arg(long, default_value_t = 1024)]
+    max_conns: usize,
+    /// Predicted CPU work, in milliseconds, that may wait for or run on the CPU pool; past it,
+    /// `ERR busy, retry` (default: 1,000 per CPU thread).
+    #[arg(long)]
+    queue_ms: Option<u64>,
+    /// The longest a pooled request may take, in milliseconds, before `ERR deadline`.
+    #[arg(long, default_value_t = DEFAULT_DEADLINE.as_millis() as u64)]
+    deadline_ms: u64,
     /// Serve on an ephemeral loopback port, ask a few questions, print the answers and exit.
     #[arg(long)]
     self_test: bool,
@@ -407,14 +657,35 @@ struct Args {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
     common::init_tracing("info");
-    let args = Args::parse();
+    run(Args::parse())
+}
+
+/// The server's life from parsed arguments (`main` less the log set-up): serves until Ctrl-C
+/// or SIGTERM (or runs the self-test), then stops gracefully: requests in flight are answered,
+/// then every client reads `BYE`.
+pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let fds = common::fds::fit_max_conns(args.max_conns);
     let mut builder = Scheduler::builder();
     builder.io_threads(args.io_threads);
     if let Some(n) = args.cpu_workers {
         builder.cpu_workers(n);
     }
     let sched = builder.build()?;
-    let dispatch = Arc::new(Dispatch::new(sched.clone(), args.policy));
+    let mut admission = Admission::for_workers(sched.executor().workers());
+    admission.deadline = Duration::from_millis(args.deadline_ms);
+    if let Some(ms) = args.queue_ms {
+        admission.queued_work = Duration::from_millis(ms.max(1));
+    }
+    let dispatch = Arc::new(Dispatch::with_admission(
+        sched.clone(),
+        args.policy,
+        admission,
+    ));
+    let cfg = ComputeConfig {
+        max_conns: fds.max_conns,
+        grace: admission.deadline.max(Duration::from_secs(1)),
+        ..ComputeConfig::default()
+    };
     let stats = Arc::new(ServerStats::default());
     let addr = if args.self_test {
         SocketAddr::from(([127, 0, 0, 1], 0))
@@ -427,7 +698,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let result = sched.block_on(async {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        println!("compute server on {local}, policy {}", args.policy.name());
+        println!(
+            "compute server on {local}, policy {}, {fds}, CPU queue bound {} ms, deadline {} ms",
+            args.policy.name(),
+            admission.queued_work.as_millis(),
+            admission.deadline.as_millis()
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = sched.spawn(
             "compute/listener",
@@ -435,7 +711,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 sched.clone(),
                 listener,
                 dispatch.clone(),
-                ComputeConfig::default(),
+                cfg,
                 stats.clone(),
                 async {
                     let _ = rx.await;
@@ -445,8 +721,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let outcome = if args.self_test {
             self_test(local).await.map_err(std::io::Error::other)
         } else {
-            println!("Ctrl-C to stop");
-            tokio::signal::ctrl_c().await
+            println!("Ctrl-C or SIGTERM to stop");
+            let signal = shutdown_signal().await;
+            println!("{signal}: shutting down; requests in flight are answered first");
+            Ok(())
         };
         let _ = tx.send(());
         let _ = server.await;
@@ -454,12 +732,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let counts = dispatch.tier_counts();
     println!(
-        "served {} requests on {} connections; calls per tier: {counts:?}; slow polls: {}",
+        "served {} requests on {} connections; calls per tier: {counts:?}; busy: {}; past the \
+         deadline: {}; slow polls: {}",
         ServerStats::get(&stats.lines),
         ServerStats::get(&stats.accepted),
+        dispatch.busy(),
+        dispatch.late(),
         sched.stats().slow_polls
     );
-    sched.shutdown(Duration::from_secs(2));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
     result?;
     Ok(())
 }

@@ -2,14 +2,19 @@
 //! example of the sources), on the scheduler's runtime, with the limits a real server needs.
 //!
 //! - loopback by default (`--addr`);
-//! - bounded line length (`--max-line`): a longer line is refused with `ERR line too long`, and
-//!   the server never holds more than the limit of it;
+//! - byte-transparent: each line comes back exactly as it came, its terminator (`\n` or
+//!   `\r\n`) included;
+//! - bounded line length (`--max-line`, not counting the terminator): a longer line is refused
+//!   with `ERR line too long`, and the server never holds more than the limit of it;
 //! - idle timeout (`--idle-timeout-ms`): a client that sends no complete line for that long is
 //!   dropped with `ERR idle timeout` — a client trickling one byte a second does not keep a
 //!   connection forever;
-//! - maximum connections (`--max-conns`): one more is told `ERR server full` and closed;
-//! - graceful shutdown on Ctrl-C: the listener stops, every client is told `BYE`, and the
-//!   scheduler waits for the handlers up to a deadline.
+//! - maximum connections (`--max-conns`): one more is told `ERR server full` and closed. At
+//!   start the soft fd limit is raised to the hard one and the cap lowered to what the limit
+//!   leaves room for (said on the first line), so that every refused client is told why;
+//! - graceful shutdown on Ctrl-C or SIGTERM (systemd, `docker stop`, Kubernetes): the listener
+//!   stops, every client is told `BYE`, the handlers get a grace period, and the process
+//!   exits 0.
 //!
 //! ```text
 //! cargo run --example echo_server                 # serve on 127.0.0.1:7878 until Ctrl-C
@@ -27,11 +32,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-mod common;
+pub mod common;
 
 pub use common::lines::ServerStats;
 use common::lines::{Line, READ_CHUNK, read_line, refuse};
-use common::listener::{Limits, accept_loop};
+use common::listener::{Limits, accept_loop, shutdown_signal};
 
 /// Default longest line, in bytes.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
@@ -45,7 +50,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// The server's limits.
 #[derive(Debug, Clone)]
 pub struct EchoConfig {
-    /// Longest line accepted, in bytes (without the newline).
+    /// Longest line accepted, in bytes (without its terminator, `\n` or `\r\n`).
     pub max_line: usize,
     /// Longest time without a complete line before the client is dropped.
     pub idle_timeout: Duration,
@@ -99,8 +104,8 @@ pub async fn serve(
         tracing::info!("all clients closed");
     } else {
         tracing::warn!(
-            open = stats.active.load(Ordering::Relaxed),
-            "grace period over with clients still open"
+            grace_ms = cfg.shutdown_grace.as_millis() as u64,
+            "grace period over: the clients still open were disconnected"
         );
     }
 }
@@ -167,7 +172,6 @@ async fn client_handler(
         };
         match got {
             Line::Complete => {
-                line.push(b'\n');
                 let wrote = tokio::time::timeout(cfg.idle_timeout, async {
                     wr.write_all(&line).await?;
                     // Flush when no further input is already here: one write per burst.
@@ -205,9 +209,35 @@ async fn client_handler(
     }
 }
 
-/// Echo clients for `--self-test`: each sends `lines` lines and checks every byte comes back.
+/// The lines of client `c`'s self-test, each with its terminator: `\n`, `\r\n`, a lone `\r`
+/// inside, bytes that are not UTF-8, and one line of exactly `max_line` bytes ended by `\r\n`.
+fn self_test_lines(c: usize, lines: usize, max_line: usize) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = (0..lines)
+        .map(|i| {
+            let mut l = format!("client {c} line {i} {}", "x".repeat(i % 97)).into_bytes();
+            match i % 4 {
+                0 => l.extend_from_slice(b"\n"),
+                1 => l.extend_from_slice(b"\r\n"),
+                2 => l.extend_from_slice(b" a\rb \xff\xfe\x00\n"),
+                _ => l.extend_from_slice(b"\r\r\n"),
+            }
+            l
+        })
+        .collect();
+    let mut longest = vec![b'y'; max_line];
+    longest.extend_from_slice(b"\r\n");
+    out.push(longest);
+    out
+}
+
+/// Echo clients for `--self-test`: each sends its lines and checks every byte comes back.
 #[allow(dead_code)]
-async fn self_test(addr: SocketAddr, clients: usize, lines: usize) -> Result<usize, String> {
+async fn self_test(
+    addr: SocketAddr,
+    clients: usize,
+    lines: usize,
+    max_line: usize,
+) -> Result<usize, String> {
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
         tasks.spawn(async move {
@@ -216,21 +246,27 @@ async fn self_test(addr: SocketAddr, clients: usize, lines: usize) -> Result<usi
                 .map_err(|e| format!("client {c}: connect: {e}"))?;
             let (rd, mut wr) = stream.into_split();
             let mut rd = BufReader::new(rd);
-            let mut got = String::new();
-            for i in 0..lines {
-                let sent = format!("client {c} line {i} {}", "x".repeat(i % 97));
-                wr.write_all(format!("{sent}\n").as_bytes())
+            let mut got = Vec::new();
+            let sent = self_test_lines(c, lines, max_line);
+            for line in &sent {
+                wr.write_all(line)
                     .await
                     .map_err(|e| format!("client {c}: write: {e}"))?;
                 got.clear();
-                rd.read_line(&mut got)
+                rd.read_until(b'\n', &mut got)
                     .await
                     .map_err(|e| format!("client {c}: read: {e}"))?;
-                if got.strip_suffix('\n') != Some(sent.as_str()) {
-                    return Err(format!("client {c}: sent {sent:?}, got {got:?}"));
+                if got != *line {
+                    let show =
+                        |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(80)]).into_owned();
+                    return Err(format!(
+                        "client {c}: sent {:?}, got {:?}",
+                        show(line),
+                        show(&got)
+                    ));
                 }
             }
-            Ok::<usize, String>(lines)
+            Ok::<usize, String>(sent.len())
         });
     }
     let mut total = 0;
@@ -240,20 +276,21 @@ async fn self_test(addr: SocketAddr, clients: usize, lines: usize) -> Result<usi
     Ok(total)
 }
 
+/// The command line.
 #[allow(dead_code)]
 #[derive(clap::Parser, Debug)]
 #[command(about = "Echo server: a listener task and a client handler per connection")]
-struct Args {
+pub struct Args {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:7878")]
     addr: SocketAddr,
-    /// Longest line accepted, in bytes.
+    /// Longest line accepted, in bytes (without its terminator).
     #[arg(long, default_value_t = DEFAULT_MAX_LINE)]
     max_line: usize,
     /// Longest time a client may take to send a complete line, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     idle_timeout_ms: u64,
-    /// Connections served at once.
+    /// Connections served at once (lowered at start to what the fd limit leaves room for).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNS)]
     max_conns: usize,
     /// Serve on an ephemeral loopback port, echo a few clients, print the result and exit.
@@ -265,11 +302,17 @@ struct Args {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
     common::init_tracing("info");
-    let args = Args::parse();
+    run(Args::parse())
+}
+
+/// The server's life from parsed arguments (`main` less the log set-up): serves until Ctrl-C
+/// or SIGTERM (or runs the self-test), then stops gracefully.
+pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let fds = common::fds::fit_max_conns(args.max_conns);
     let cfg = EchoConfig {
         max_line: args.max_line,
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),
-        max_conns: args.max_conns,
+        max_conns: fds.max_conns,
         ..EchoConfig::default()
     };
     let sched = Scheduler::builder().build()?;
@@ -286,29 +329,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         println!(
-            "echo server on {local} (max line {} B, idle timeout {} ms, max {} connections)",
+            "echo server on {local} (max line {} B, idle timeout {} ms, {fds})",
             cfg.max_line,
             cfg.idle_timeout.as_millis(),
-            cfg.max_conns
         );
         if args.self_test {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let max_line = cfg.max_line;
             let server = sched.spawn(
                 "echo/listener",
                 serve(sched.clone(), listener, cfg, stats.clone(), async {
                     let _ = rx.await;
                 }),
             );
-            let echoed = self_test(local, 8, 50).await;
+            let echoed = self_test(local, 8, 50, max_line).await;
             let _ = tx.send(());
             let _ = server.await;
             let echoed = echoed.map_err(std::io::Error::other)?;
-            println!("self-test: {echoed} lines from 8 clients came back byte for byte");
+            println!(
+                "self-test: {echoed} lines from 8 clients (\\n, \\r\\n, bare \\r, non-UTF-8, one of \
+                 {max_line} B) came back byte for byte"
+            );
         } else {
-            println!("Ctrl-C to stop");
+            println!("Ctrl-C or SIGTERM to stop");
             serve(sched.clone(), listener, cfg, stats.clone(), async {
-                let _ = tokio::signal::ctrl_c().await;
-                println!("shutting down");
+                let signal = shutdown_signal().await;
+                println!("{signal}: shutting down");
             })
             .await;
         }
@@ -322,7 +368,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ServerStats::get(&stats.dropped_idle),
         ServerStats::get(&stats.dropped_too_long),
     );
-    sched.shutdown(Duration::from_secs(2));
+    // The handlers are done or stopped (the grace period is over): nothing is left but the
+    // runtime, and no CPU work was ever queued.
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
     result?;
     Ok(())
 }

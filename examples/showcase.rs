@@ -18,6 +18,14 @@
 //! `target/showcase/latency.svg`. The `inline` row shows the problem: every long request stalls
 //! the echo replies queued behind it. `offload` fixes latency but pays a hand-off on every tiny
 //! call; `adaptive` keeps the tiny calls inline and sends only the long ones away.
+//!
+//! Then a **flood phase**, per policy: the same number of clients send cheap requests
+//! (`primes 300`) at a steady pace and measure their latency, first alone, then while one
+//! client floods the most expensive valid request (`primes 2000000`) over 8 connections. The
+//! compute server bounds its queued CPU work and sheds the excess with `ERR busy, retry` (the
+//! flooder retries at once; the server reads its next request 10 ms later). It prints the cheap requests' p50 / p99 without
+//! and with the flood, the flood's requests served and shed, and writes
+//! `target/showcase/flood.json`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -76,6 +84,9 @@ pub struct Settings {
     pub progress: bool,
     /// Print what placement learned, per key, after each policy.
     pub verbose: bool,
+    /// Measured time of each half of a round of the flood phase (without, then with the
+    /// flood; `rounds` rounds per policy); `None` skips the phase.
+    pub flood: Option<Duration>,
 }
 
 impl Settings {
@@ -94,6 +105,7 @@ impl Settings {
             out: default_out(),
             progress: true,
             verbose: false,
+            flood: Some(Duration::from_millis(600)),
         }
     }
 
@@ -105,6 +117,7 @@ impl Settings {
             measure: Duration::from_millis(700),
             echo_clients: 2,
             compute_clients: 2,
+            flood: Some(Duration::from_millis(600)),
             ..Settings::full()
         }
     }
@@ -412,7 +425,7 @@ fn run_round(
             );
         }
     }
-    sched.shutdown(Duration::from_secs(2));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
 
     Ok(Round {
         hist,
@@ -585,6 +598,341 @@ fn print_table(results: &[PolicyResult]) {
     println!();
 }
 
+/// The flood phase's expensive request: the most expensive valid one.
+pub const FLOOD_REQUEST: &str = "primes 2000000";
+/// The flood phase's cheap request.
+pub const CHEAP_REQUEST: &str = "primes 300";
+/// Connections the flooding client uses.
+pub const FLOOD_CONNECTIONS: usize = 8;
+/// Rounds of the flood phase at most (each ends when the flood's requests in flight are
+/// answered: seconds under `inline`).
+const FLOOD_ROUNDS: u32 = 4;
+/// Time after the flood starts before its half is measured (the queue fills).
+const FLOOD_SETTLE: Duration = Duration::from_millis(200);
+
+/// One policy's figures from the flood phase (a row of its table and of flood.json).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FloodResult {
+    /// The policy.
+    pub policy: Policy,
+    /// Cheap-request latency of the other clients without the flood, median, µs.
+    pub calm_p50_us: u64,
+    /// Same, 99th percentile, µs.
+    pub calm_p99_us: u64,
+    /// Cheap-request latency of the other clients during the flood, median, µs.
+    pub flood_p50_us: u64,
+    /// Same, 99th percentile, µs.
+    pub flood_p99_us: u64,
+    /// Cheap requests answered during the flood's measured halves.
+    pub cheap_count: u64,
+    /// Cheap requests of the other clients shed (`ERR busy` or `ERR deadline`) in either half.
+    pub cheap_shed: u64,
+    /// Flood requests answered with their value.
+    pub flood_served: u64,
+    /// Flood requests shed with `ERR busy, retry`.
+    pub flood_busy: u64,
+    /// Replies that were wrong, errors, or late.
+    pub errors: u64,
+}
+
+/// Where the flood phase is (`Phase as u8` in an atomic).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd)]
+enum Phase {
+    Warm,
+    Calm,
+    Settle,
+    Flood,
+    Stop,
+}
+
+struct FloodLoad {
+    phase: std::sync::atomic::AtomicU8,
+    flooding: AtomicBool,
+    cheap_shed: AtomicU64,
+    flood_served: AtomicU64,
+    flood_busy: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl FloodLoad {
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Warm,
+            1 => Phase::Calm,
+            2 => Phase::Settle,
+            3 => Phase::Flood,
+            _ => Phase::Stop,
+        }
+    }
+
+    fn set(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Release);
+    }
+}
+
+/// Runs the flood phase for every policy of `settings` (nothing when `settings.flood` is
+/// `None`), prints its table and writes flood.json.
+pub fn run_flood(settings: &Settings) -> Result<Vec<FloodResult>, Box<dyn std::error::Error>> {
+    let Some(half) = settings.flood else {
+        return Ok(Vec::new());
+    };
+    let mut results = Vec::new();
+    for &policy in &settings.policies {
+        results.push(flood_round(policy, settings, half)?);
+    }
+    print_flood_table(&results, settings);
+    std::fs::create_dir_all(&settings.out)?;
+    let json = settings.out.join("flood.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?)?;
+    println!("wrote {}", json.display());
+    Ok(results)
+}
+
+fn flood_round(
+    policy: Policy,
+    settings: &Settings,
+    half: Duration,
+) -> Result<FloodResult, Box<dyn std::error::Error>> {
+    let sched = Scheduler::builder()
+        .io_threads(settings.io_threads)
+        .cpu_workers(settings.cpu_workers)
+        .build()?;
+    let dispatch = Arc::new(Dispatch::new(sched.clone(), policy));
+    let listener = sched.block_on(TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = sched.spawn(
+        "compute/listener",
+        compute_server::serve(
+            sched.clone(),
+            listener,
+            dispatch.clone(),
+            ComputeConfig::default(),
+            Arc::new(ServerStats::default()),
+            async {
+                let _ = stopped.await;
+            },
+        ),
+    );
+    let clients = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let load = Arc::new(FloodLoad {
+        phase: std::sync::atomic::AtomicU8::new(Phase::Warm as u8),
+        flooding: AtomicBool::new(false),
+        cheap_shed: AtomicU64::new(0),
+        flood_served: AtomicU64::new(0),
+        flood_busy: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let cheap_want: Arc<str> = expected_reply(CHEAP_REQUEST).into();
+    let flood_want: Arc<str> = expected_reply(FLOOD_REQUEST).into();
+    let (calm, flood) = clients.block_on(async {
+        let mut cheap = tokio::task::JoinSet::new();
+        for _ in 0..settings.echo_clients {
+            cheap.spawn(cheap_client(
+                addr,
+                settings.echo_interval,
+                cheap_want.clone(),
+                load.clone(),
+            ));
+        }
+        // The server learns both costs before anything is measured.
+        if let Some((mut rd, mut wr)) = connect(addr).await {
+            let mut reply = String::new();
+            let asked = tokio::time::timeout(REPLY_TIMEOUT, async {
+                wr.write_all(format!("{FLOOD_REQUEST}\n").as_bytes())
+                    .await?;
+                rd.read_line(&mut reply).await
+            })
+            .await;
+            if !matches!(asked, Ok(Ok(n)) if n > 0) || reply.trim_end() != &*flood_want {
+                load.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(settings.warmup).await;
+        // Rounds of calm and flood in turn, so that a change in the machine's load falls on
+        // both halves alike.
+        for _ in 0..settings.rounds.clamp(1, FLOOD_ROUNDS) {
+            load.set(Phase::Calm);
+            tokio::time::sleep(half).await;
+            load.set(Phase::Settle);
+            load.flooding.store(true, Ordering::Release);
+            let mut flooders = tokio::task::JoinSet::new();
+            for _ in 0..FLOOD_CONNECTIONS {
+                flooders.spawn(flood_client(addr, flood_want.clone(), load.clone()));
+            }
+            tokio::time::sleep(FLOOD_SETTLE).await;
+            load.set(Phase::Flood);
+            tokio::time::sleep(half).await;
+            load.set(Phase::Settle);
+            // The flood's requests in flight are answered before the next calm half.
+            load.flooding.store(false, Ordering::Release);
+            while flooders.join_next().await.is_some() {}
+        }
+        load.set(Phase::Stop);
+        let (mut calm, mut flood) = (new_histogram(), new_histogram());
+        while let Some(h) = cheap.join_next().await {
+            match h {
+                Ok((c, f)) => {
+                    calm.add(&c).expect("histograms share their bounds");
+                    flood.add(&f).expect("histograms share their bounds");
+                }
+                Err(_) => {
+                    load.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        (calm, flood)
+    });
+    let _ = stop_server.send(());
+    let _ = sched.block_on(server);
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
+    let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
+    Ok(FloodResult {
+        policy,
+        calm_p50_us: q(&calm, 0.5),
+        calm_p99_us: q(&calm, 0.99),
+        flood_p50_us: q(&flood, 0.5),
+        flood_p99_us: q(&flood, 0.99),
+        cheap_count: flood.len(),
+        cheap_shed: load.cheap_shed.load(Ordering::Relaxed),
+        flood_served: load.flood_served.load(Ordering::Relaxed),
+        flood_busy: load.flood_busy.load(Ordering::Relaxed),
+        errors: load.errors.load(Ordering::Relaxed),
+    })
+}
+
+/// Sends the cheap request at a steady pace; returns its latency (µs) without and with the
+/// flood.
+async fn cheap_client(
+    addr: SocketAddr,
+    every: Duration,
+    want: Arc<str>,
+    load: Arc<FloodLoad>,
+) -> (Histogram<u64>, Histogram<u64>) {
+    let (mut calm, mut flood) = (new_histogram(), new_histogram());
+    let Some((mut rd, mut wr)) = connect(addr).await else {
+        load.errors.fetch_add(1, Ordering::Relaxed);
+        return (calm, flood);
+    };
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reply = String::new();
+    while load.phase() != Phase::Stop {
+        ticks.tick().await;
+        let t0 = Instant::now();
+        let sent_in = load.phase();
+        reply.clear();
+        let ok = tokio::time::timeout(REPLY_TIMEOUT, async {
+            wr.write_all(format!("{CHEAP_REQUEST}\n").as_bytes())
+                .await?;
+            rd.read_line(&mut reply).await
+        })
+        .await;
+        let took = t0.elapsed().as_micros() as u64;
+        // Counted in the half it was sent in, however late its answer.
+        let phase = sent_in;
+        if !matches!(ok, Ok(Ok(n)) if n > 0) {
+            load.errors.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        let reply = reply.trim_end();
+        if reply == &*want {
+            match phase {
+                Phase::Calm => calm.saturating_record(took),
+                Phase::Flood => flood.saturating_record(took),
+                _ => {}
+            }
+        } else if reply.starts_with("ERR busy") || reply.starts_with("ERR deadline") {
+            if matches!(phase, Phase::Calm | Phase::Flood) {
+                load.cheap_shed.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            load.errors.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+    }
+    (calm, flood)
+}
+
+/// One connection of the flooding client: the expensive request back to back, even after
+/// `ERR busy, retry`.
+async fn flood_client(addr: SocketAddr, want: Arc<str>, load: Arc<FloodLoad>) {
+    let Some((mut rd, mut wr)) = connect(addr).await else {
+        load.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut reply = String::new();
+    while load.flooding.load(Ordering::Acquire) {
+        reply.clear();
+        let ok = tokio::time::timeout(REPLY_TIMEOUT, async {
+            wr.write_all(format!("{FLOOD_REQUEST}\n").as_bytes())
+                .await?;
+            rd.read_line(&mut reply).await
+        })
+        .await;
+        if !matches!(ok, Ok(Ok(n)) if n > 0) {
+            load.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let reply = reply.trim_end();
+        if reply == &*want {
+            load.flood_served.fetch_add(1, Ordering::Relaxed);
+        } else if reply.starts_with(compute_server::BUSY) || reply.starts_with("ERR deadline") {
+            // Asks again at once: the server paces it.
+            load.flood_busy.fetch_add(1, Ordering::Relaxed);
+        } else {
+            load.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+fn print_flood_table(results: &[FloodResult], settings: &Settings) {
+    println!();
+    println!(
+        "flood: {} clients send {CHEAP_REQUEST:?} every {} ms; then one client floods \
+         {FLOOD_REQUEST:?} over {FLOOD_CONNECTIONS} connections",
+        settings.echo_clients,
+        settings.echo_interval.as_millis()
+    );
+    println!(
+        "{:<9} {:>10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>6}",
+        "policy",
+        "calm p50",
+        "calm p99",
+        "flood p50",
+        "flood p99",
+        "shed",
+        "flood ok",
+        "flood busy",
+        "errors"
+    );
+    for r in results {
+        println!(
+            "{:<9} {:>8}µs {:>8}µs {:>8}µs {:>8}µs {:>7} {:>9} {:>10} {:>6}",
+            r.policy.name(),
+            r.calm_p50_us,
+            r.calm_p99_us,
+            r.flood_p50_us,
+            r.flood_p99_us,
+            r.cheap_shed,
+            r.flood_served,
+            r.flood_busy,
+            r.errors
+        );
+    }
+    if let Some(a) = results.iter().find(|r| r.policy == Policy::Adaptive) {
+        let ratio = a.flood_p99_us as f64 / a.calm_p99_us.max(1) as f64;
+        println!(
+            "adaptive cheap p99 under the flood = {ratio:.2} x without (floor: <= 2, {})",
+            if ratio <= 2.0 { "holds" } else { "MISSED" }
+        );
+    }
+    println!();
+}
+
 /// A grouped bar chart of echo latency per policy (log scale), as SVG text.
 pub fn latency_svg(results: &[PolicyResult]) -> String {
     const W: f64 = 760.0;
@@ -694,6 +1042,9 @@ struct Args {
     /// Print what placement learned, per key.
     #[arg(long)]
     verbose: bool,
+    /// Skip the flood phase.
+    #[arg(long)]
+    no_flood: bool,
 }
 
 #[allow(dead_code)]
@@ -727,6 +1078,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     settings.progress = !args.no_progress;
     settings.verbose = args.verbose;
+    if args.no_flood {
+        settings.flood = None;
+    }
     println!(
         "showcase: compute server on loopback, {} echo clients every {} ms, {} compute clients; \
          {} round(s) of {:.2} s per policy ({:.2} s warm-up, {:.2} s measured)",
@@ -743,5 +1097,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         MIX.map(|(r, w)| format!("{w}% {r}")).join(", ")
     );
     run(&settings)?;
+    run_flood(&settings)?;
     Ok(())
 }

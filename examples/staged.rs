@@ -220,6 +220,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("ticks: 1 ms timer ticks the runtime thread served during the call (0 = stalled)");
     ticker.abort();
-    sched.shutdown(Duration::from_secs(2));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
     Ok(())
 }

@@ -77,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     cpu.shutdown_blocking(ShutdownMode::Drain);
-    sched.shutdown(Duration::from_secs(1));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(1));
     println!("shut down: no library thread left");
     Ok(())
 }

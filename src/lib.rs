@@ -73,9 +73,31 @@
 //!     parse.sized(text.len() as u64).call(move || text.split(' ').count()).await
 //! })?;
 //! assert_eq!(words, 3);
-//! # sched.shutdown(std::time::Duration::from_secs(1));
+//! # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## Shutdown and drop
+//!
+//! Every type that runs work stops with the same four calls: `shutdown(mode).await`,
+//! `shutdown_blocking(mode)`, and with a time limit past which it escalates to
+//! [`ShutdownMode::Kill`], `shutdown_timeout(mode, limit).await` and
+//! `shutdown_timeout_blocking(mode, limit)` (true when it stopped within the limit). The modes:
+//! [`ShutdownMode::Drain`] runs what is queued, [`ShutdownMode::Cancel`] fails it with "shut
+//! down", [`ShutdownMode::Kill`] also stops running tasks where the tier can. After any of
+//! them no thread or child process of the library is left.
+//!
+//! Dropping the last handle without a shutdown:
+//!
+//! | type | queued tasks | running tasks | the drop |
+//! | --- | --- | --- | --- |
+//! | [`Executor`] (threads) | run | finish | returns at once; the threads exit when the queue is empty |
+//! | [`ProcessPool`] | fail "shut down" | fail "shut down": workers killed | blocks until every worker is reaped (no orphan process may outlive its pool) |
+//! | `Cluster` (feature `mpi`) | run | finish | drains: blocks on a plain thread; inside a runtime returns at once and the runtime waits |
+//! | [`Scheduler`] | CPU work runs, named tasks are cancelled | finish | returns at once; an owned runtime shuts down in the background |
+//! | [`TaskHandle`] | withdrawn (unless [`TaskHandle::detach`]ed) | finish (a process task keeps running; [`TaskHandle::cancel`] kills it) | returns at once |
+//!
+//! The table is the fallback: call a shutdown where the program knows it is done.
 //!
 //! ## Scheduler
 //!

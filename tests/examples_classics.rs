@@ -90,7 +90,7 @@ fn staged_agrees_with_legacy_and_moves_only_long_calls() {
         assert_eq!(got.words, n);
         assert_eq!(after.threads > before.threads, long, "{n} words");
     }
-    sched.shutdown(Duration::from_secs(2));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
 }
 
 #[test]

@@ -38,7 +38,9 @@ impl Running {
             .await
             .expect("the server stops within the limit")
             .expect("the listener task does not panic");
-        self.sched.close(Duration::from_secs(2)).await;
+        self.sched
+            .shutdown_timeout(offload::ShutdownMode::Drain, Duration::from_secs(2))
+            .await;
     }
 }
 
@@ -268,4 +270,67 @@ async fn echo_shutdown_says_bye_to_open_clients() {
     let bye = read_reply(&mut rd).await;
     assert_eq!(bye.trim_end(), "BYE server shutting down");
     assert_eq!(stats.active.load(Ordering::Relaxed), 0);
+}
+
+/// Sends `sent` (complete lines) and reads back as many bytes.
+async fn echo_bytes(addr: SocketAddr, sent: &[u8]) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn({
+        let sent = sent.to_vec();
+        async move {
+            wr.write_all(&sent).await.expect("write");
+            wr
+        }
+    });
+    let mut got = vec![0u8; sent.len()];
+    tokio::time::timeout(LIMIT, rd.read_exact(&mut got))
+        .await
+        .expect("every byte back within the limit")
+        .expect("read");
+    drop(writer.await);
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_is_byte_transparent_cr_crlf_and_binary() {
+    let srv = start(EchoConfig::default()).await;
+    let sent: &[u8] = b"abc\r\nplain\n\r\nbare\rcr inside\nnot utf-8 \xff\xfe\x00\r\n\r\r\n";
+    let got = echo_bytes(srv.addr, sent).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(sent),
+        "every line comes back exactly, its terminator included"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_line_limit_does_not_count_the_terminator() {
+    const MAX: usize = 65_536;
+    let srv = start(EchoConfig {
+        max_line: MAX,
+        ..EchoConfig::default()
+    })
+    .await;
+    for end in [&b"\n"[..], b"\r\n"] {
+        let mut sent = vec![b'z'; MAX];
+        sent.extend_from_slice(end);
+        let got = echo_bytes(srv.addr, &sent).await;
+        assert!(
+            got == sent,
+            "a {MAX}-byte line ended by {end:?} comes back whole"
+        );
+    }
+    // One byte more is refused, whatever ends it.
+    let stream = TcpStream::connect(srv.addr).await.expect("connect");
+    let mut sent = vec![b'z'; MAX + 1];
+    sent.extend_from_slice(b"\r\n");
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let _ = wr.write_all(&sent).await;
+    let reply = read_reply(&mut rd).await;
+    assert!(reply.starts_with("ERR line too long"), "got {reply:?}");
+    assert_eq!(srv.stats.dropped_too_long.load(Ordering::Relaxed), 1);
+    srv.stop().await;
 }

@@ -65,3 +65,37 @@ fn showcase_quick_writes_results_json_with_the_fields() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn showcase_flood_phase_sheds_the_flood_and_writes_flood_json() {
+    let out = std::env::temp_dir().join(format!("offload-showcase-flood-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let settings = showcase::Settings {
+        policies: vec![showcase::Policy::Offload, showcase::Policy::Adaptive],
+        warmup: Duration::from_millis(100),
+        flood: Some(Duration::from_millis(300)),
+        out: out.clone(),
+        progress: false,
+        ..showcase::Settings::quick()
+    };
+    let results = showcase::run_flood(&settings).expect("the flood phase runs");
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        assert!(r.flood_busy >= 1, "the flood's excess is shed: {r:?}");
+        assert_eq!(r.errors, 0, "{r:?}");
+    }
+    let text = std::fs::read_to_string(out.join("flood.json")).expect("flood.json written");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("flood.json is JSON");
+    for r in json.as_array().expect("a list of objects") {
+        for field in [
+            "calm_p99_us",
+            "flood_p99_us",
+            "flood_served",
+            "flood_busy",
+            "cheap_shed",
+        ] {
+            assert!(r[field].is_u64(), "{field} in {r}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -60,7 +60,7 @@ fn inline_calls_after_jump(config: PlacementConfig) -> u64 {
         assert!(site.stats().mispredictions >= 1);
         at - 1
     });
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
     figure
 }
 

@@ -107,7 +107,7 @@ fn without_a_killable_tier_killable_calls_are_refused_and_never_run() {
     );
     assert_eq!(site.stats().inline, 0);
     assert_eq!(site.stats().threads, 0);
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }
 
 #[test]
@@ -132,5 +132,5 @@ fn with_a_killable_tier_every_killable_call_goes_there() {
     let s = site.stats();
     assert_eq!((s.inline, s.threads, s.processes), (0, 0, 101));
     assert!(site.prediction(None).expect("learned") < offload::placement::INLINE_BUDGET);
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

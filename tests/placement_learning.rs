@@ -36,7 +36,8 @@ fn counts(k: &KeyStats, sizes: &[u64]) -> (u64, u64) {
     let mut seen = Vec::new();
     let (mut inline, mut off) = (0, 0);
     for &n in sizes {
-        let b = k.bucket(Some(n)).expect("the bucket was used");
+        // A listed size that the interleaving never draws has no bucket.
+        let Some(b) = k.bucket(Some(n)) else { continue };
         if !seen.contains(&b.size_from) {
             seen.push(b.size_from);
             inline += b.inline;
@@ -93,5 +94,5 @@ fn small_calls_run_inline_and_large_ones_off_core_after_warm_up() {
     assert_eq!(after.calls, 400);
     assert_eq!(after.inline + after.off_core(), 400);
     assert!(after.p99 >= Duration::from_millis(5), "{:?}", after.p99);
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

@@ -61,5 +61,5 @@ fn a_probe_overrides_what_the_model_learned() {
             );
         }
     });
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

@@ -35,7 +35,7 @@ fn setup_with(builder: &mut ProcessPoolBuilder) -> Result<(Scheduler, ProcessPoo
 }
 
 fn teardown(sched: Scheduler, pool: &ProcessPool) {
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
     pool.shutdown_blocking(ShutdownMode::Drain);
 }
 

@@ -57,7 +57,7 @@ fn only_the_long_cases_go_off_core() {
             .expect("no panic")
     });
     assert!(sched.block_on(h).expect("the task finished"));
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }
 
 #[test]
@@ -73,5 +73,5 @@ fn a_panic_in_the_first_part_is_an_error_of_the_call() {
         .expect_err("the first part panicked");
     assert!(e.is_panic());
     assert!(e.to_string().contains("staged-panic") && e.to_string().contains("bad header"));
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

@@ -25,7 +25,7 @@ fn join_all_returns_every_task_by_name() {
     assert!(matches!(&exits[0].1, TaskExit::Panicked(m) if m.contains("group task panic")));
     let sum: u32 = exits.into_iter().filter_map(|(_, e)| e.value()).sum();
     assert_eq!(sum, 30);
-    sched.shutdown(Duration::from_secs(1));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(1));
 }
 
 #[test]
@@ -51,7 +51,7 @@ fn shutdown_with_deadline_cancels_the_rest() {
     assert!(forever.1.is_cancelled());
     let quick = exits.iter().find(|(n, _)| n == "svc/quick").expect("named");
     assert!(matches!(quick.1, TaskExit::Finished("done")));
-    sched.shutdown(Duration::from_secs(1));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(1));
 }
 
 #[test]
@@ -73,7 +73,7 @@ fn cancel_stops_every_task_of_the_group() {
     let exits = sched.block_on(g.join_all());
     assert_eq!(exits.len(), 3);
     assert!(exits.iter().all(|(_, e)| e.is_cancelled()));
-    sched.shutdown(Duration::from_secs(1));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(1));
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn owned_scheduler_leaves_no_thread_after_shutdown() {
         }
     });
     assert!(!common::threads_named("offload-io").is_empty());
-    sched.shutdown(Duration::from_millis(100));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_millis(100));
     drop(running);
     assert!(
         common::eventually(|| common::threads_named("offload-").is_empty()),
@@ -122,7 +122,9 @@ async fn attaches_to_the_callers_runtime() {
         .await
         .unwrap();
     assert_eq!(sum, 55);
-    sched.close(Duration::from_secs(1)).await;
+    sched
+        .shutdown_timeout(offload::ShutdownMode::Drain, Duration::from_secs(1))
+        .await;
     assert!(sched.executor().is_shut_down());
 }
 

@@ -42,7 +42,7 @@ fn queued_cpu_work_past_the_deadline_fails_with_shut_down() {
         (running, queued)
     });
     // Ten queued tasks of 400 ms each cannot drain in 100 ms.
-    sched.shutdown(Duration::from_millis(100));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_millis(100));
     let mut shut_down = 0;
     for mut h in queued {
         match h.blocking_wait_timeout(Duration::from_secs(10)) {

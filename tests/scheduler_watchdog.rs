@@ -60,7 +60,7 @@ fn a_50ms_blocking_poll_is_reported_by_name() {
         "{text}"
     );
     assert!(!text.contains("healthy"), "{text}");
-    sched.shutdown(Duration::from_secs(2));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(2));
 }
 
 #[test]
@@ -93,5 +93,5 @@ fn a_poll_that_never_returns_is_reported_while_it_runs() {
         1,
         "and counted as slow when it ended"
     );
-    sched.shutdown(Duration::from_secs(1));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(1));
 }

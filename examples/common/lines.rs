@@ -1,9 +1,11 @@
 //! Bounded line I/O shared by the example servers (`echo_server`, `compute_server`).
 //!
 //! A server that reads "a line" must decide how much it is willing to hold for a client that
-//! never sends the newline. Here the answer is `max_line` bytes: the line buffer grows by
-//! doubling up to that cap and never past it, and a longer line is refused. The buffer's
-//! capacity is reported to [`ServerStats::buffer_high_water`], so a test can check the bound.
+//! never sends the newline. Here the answer is `max_line` bytes of content, plus the two of a
+//! `\r\n`: the line buffer grows by doubling up to that cap and never past it, and a longer line
+//! is refused. Lines keep their terminator, so a server can hand them back byte for byte. The
+//! buffer's capacity is reported to [`ServerStats::buffer_high_water`], so a test can check the
+//! bound.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,12 +27,18 @@ pub const LINGER_BYTES: u64 = 16 * 1024 * 1024;
 /// What [`read_line`] got.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
-    /// A complete line is in the buffer (without its `\n`).
+    /// A complete line is in the buffer, with its terminator (`\n` or `\r\n`) as it came.
     Complete,
     /// The peer closed; the buffer holds the unterminated rest, if any.
     Eof,
     /// The line passed `max_line` bytes; what was read of it has been dropped.
     TooLong,
+}
+
+/// The bytes of `line` without its terminator (`\n` or `\r\n`, whichever it has).
+pub fn content(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Counters of a server, shared by its connection handlers.
@@ -66,7 +74,12 @@ impl ServerStats {
     }
 }
 
-/// Reads one line into `line` (cleared first), holding at most `max_line` bytes of it.
+/// Reads one line into `line` (cleared first), terminator included, holding at most
+/// `max_line` bytes of content plus the two of a `\r\n`.
+///
+/// The limit counts the line without its terminator, whichever it is: a line of exactly
+/// `max_line` bytes is accepted with `\n` and with `\r\n` alike, and comes back byte for
+/// byte. A `\r` elsewhere is content like any other byte.
 ///
 /// # Cancel safety
 ///
@@ -81,37 +94,57 @@ pub async fn read_line<R>(
 where
     R: AsyncBufRead + Unpin,
 {
+    // Content, a `\r` that may turn out to be the terminator's, and the `\n`.
+    let cap = max_line.saturating_add(2);
     line.clear();
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
-            return Ok(Line::Eof);
+            return Ok(if too_long(line, max_line) {
+                line.clear();
+                Line::TooLong
+            } else {
+                Line::Eof
+            });
         }
         let (take, done) = match available.iter().position(|&b| b == b'\n') {
-            Some(i) => (i, true),
+            Some(i) => (i + 1, true),
             None => (available.len(), false),
         };
-        if line.len() + take > max_line {
+        if line.len() + take > cap {
             line.clear();
             return Ok(Line::TooLong);
         }
-        grow_capped(line, take, max_line, stats);
+        grow_capped(line, take, cap, stats);
         line.extend_from_slice(&available[..take]);
-        reader.consume(if done { take + 1 } else { take });
+        reader.consume(take);
+        if too_long(line, max_line) {
+            line.clear();
+            return Ok(Line::TooLong);
+        }
         if done {
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
             return Ok(Line::Complete);
         }
     }
 }
 
-/// Makes room for `extra` more bytes, doubling but never past `max_line`.
-fn grow_capped(line: &mut Vec<u8>, extra: usize, max_line: usize, stats: &ServerStats) {
+/// Whether what `line` holds is already more than `max_line` bytes of content: past the
+/// limit by more than a terminator could account for (a final `\r` may still be the first
+/// half of `\r\n`).
+fn too_long(line: &[u8], max_line: usize) -> bool {
+    let held = match line.last() {
+        Some(b'\n') => content(line).len(),
+        Some(b'\r') => line.len() - 1,
+        _ => line.len(),
+    };
+    held > max_line
+}
+
+/// Makes room for `extra` more bytes, doubling but never past `cap`.
+fn grow_capped(line: &mut Vec<u8>, extra: usize, cap: usize, stats: &ServerStats) {
     let need = line.len() + extra;
     if need > line.capacity() {
-        let target = need.max((line.capacity() * 2).min(max_line)).max(64);
+        let target = need.max((line.capacity() * 2).min(cap)).max(64);
         line.reserve_exact(target - line.len());
         stats
             .buffer_high_water

@@ -3,10 +3,13 @@
 //!
 //! - [`init_tracing`]: the log set-up of every example;
 //! - [`lines`]: bounded line I/O for the two servers (`echo_server`, `compute_server`);
-//! - [`listener`]: their accept loop, with a connection cap and a graceful shutdown.
+//! - [`listener`]: their accept loop, with a connection cap, a graceful shutdown, and the
+//!   shutdown signal (Ctrl-C or SIGTERM);
+//! - [`fds`]: the fd limit raised at start and the connection cap sized to it.
 
 #![allow(dead_code)]
 
+pub mod fds;
 pub mod lines;
 pub mod listener;
 

@@ -16,19 +16,49 @@ use crate::error::BuildError;
 /// inline call never holds the runtime much longer than two hand-offs would have cost.
 pub const INLINE_BUDGET: Duration = Duration::from_micros(50);
 
-/// An inline call that ran this many times longer than predicted (and past the budget) is a
-/// misprediction: its bucket is moved off-core at once. 4 is twice the spread the model already
-/// allows for ([`DEV_WEIGHT`] deviations), so ordinary noise never trips it.
+/// An inline call that ran this many times longer than predicted (and past the budget) is
+/// counted as a misprediction (in the stats and as a `tracing` event). 4 is twice the spread the
+/// model already allows for ([`DEV_WEIGHT`] deviations), so ordinary noise never trips it. What
+/// moves a bucket off-core is the gate: a spike over [`LEAVE_FACTOR`] budgets.
 pub const MISPREDICT_FACTOR: u32 = 4;
 
-/// One decision in this many (per bucket) is flipped to check the other side: an inline call
-/// goes off-core (refreshing the tier's overhead and the off-core run time), an off-core call
-/// near the budget runs inline. 64 keeps the exploration share at 1.6 %. 0 turns it off.
+/// One inline decision in this many (per bucket, scaled by trip / prediction) is sent off-core
+/// instead, refreshing the tier's learned overhead. 64 keeps the exploration share under 1.6 %.
+/// 0 turns it off. Off-core decisions are never explored inline: off-core calls are timed
+/// where they run, so the model of an off-core bucket stays honest without putting a possibly
+/// long call on the I/O thread.
 pub const EXPLORE_EVERY: u64 = 64;
 
-/// An off-core call is explored inline only when predicted under this many budgets, so an
-/// exploration never holds the I/O thread for more than 2 × [`INLINE_BUDGET`].
-pub const EXPLORE_INLINE_LIMIT: u32 = 2;
+/// Hysteresis and spikes, in budgets: an inline bucket stays inline until its upper estimate
+/// passes `LEAVE_FACTOR × budget`, and a sample above that is a **spike** (a call the I/O thread
+/// must not run). 2 makes the band between entering (≤ budget) and leaving a factor of two: a
+/// bucket whose cost sits at the budget does not flip call by call, and an inline call is never
+/// expected to hold the I/O thread longer than two budgets.
+pub const LEAVE_FACTOR: u32 = 2;
+
+/// Clean samples in a row (no spike over [`LEAVE_FACTOR`] budgets) a bucket needs before it
+/// goes inline, doubled per strike. 4: after four clean samples, a cost that is a function of the size is known well
+/// enough (its estimate is under the budget too); a bucket that surprised `k` times needs
+/// `4 × 2^k`, so a key whose long calls come every ~20 calls needs more than 20 after three
+/// surprises and stays off-core (the "rule of three": `n` clean samples bound the over-budget
+/// rate below ~3/n).
+pub const CLEAN_STREAK: u64 = 4;
+
+/// The most strikes a bucket keeps: the streak it needs stops doubling at `4 × 2^16`.
+pub const MAX_STRIKES: u32 = 16;
+
+/// A strike is forgiven after this many times the streak the bucket needs, clean: a preempted
+/// call long ago does not keep a cheap key wary forever, a key whose long calls are merely rare
+/// (one in ~`4 × 16 × 2^k`) does not get forgiven between them. It also sets the lone-spike
+/// horizon: a spike with no other in the last `STRIKE_DECAY × CLEAN_STREAK` (64) samples adds
+/// no strike (on a busy machine a preempted call looks long).
+pub const STRIKE_DECAY: u64 = 16;
+
+/// An inline bucket times every call until its clean streak reaches this (times `2^strikes`);
+/// only then are its cheapest calls sampled (one in [`SAMPLE_EVERY`]). So a long call among
+/// cheap ones is seen the first time it runs inline, while a key that has been clean for 1024
+/// calls pays for the clock only on a sixteenth of its calls.
+pub const SAMPLE_AFTER: u64 = 1024;
 
 /// The most inline calls per timed one (a power of two). A pair of clock reads costs 40–90 ns
 /// on these VMs, more than the whole fast-path budget, so the cheapest calls are timed only one
@@ -57,12 +87,6 @@ pub const DEV_WEIGHT: u32 = 2;
 /// single sample is trusted only up to a factor of 4 (with [`DEV_WEIGHT`] = 2).
 pub const INITIAL_DEV: u32 = 256;
 
-/// A misprediction is forgiven (the bucket's previous estimate comes back) when the very next
-/// sample contradicts it and the bucket had no other misprediction in this many calls: a
-/// preempted 1 µs call must not send its key off-core for long, a key that really drifted
-/// keeps mispredicting and is not forgiven.
-pub const FORGIVE_AFTER: u64 = 64;
-
 /// The placement settings; every field starts at its documented constant.
 ///
 /// ```
@@ -78,14 +102,17 @@ pub struct PlacementConfig {
     pub(crate) inline_budget: Duration,
     pub(crate) mispredict_factor: u32,
     pub(crate) explore_every: u64,
-    pub(crate) explore_inline_limit: u32,
+    pub(crate) leave_factor: u32,
+    pub(crate) clean_streak: u64,
+    pub(crate) max_strikes: u32,
+    pub(crate) strike_decay: u64,
+    pub(crate) sample_after: u64,
     pub(crate) sample_every: u64,
     pub(crate) timing_ratio: u64,
     pub(crate) smoothing_shift: u32,
     pub(crate) dev_smoothing_shift: u32,
     pub(crate) dev_weight: u32,
     pub(crate) initial_dev: u32,
-    pub(crate) forgive_after: u64,
 }
 
 impl Default for PlacementConfig {
@@ -94,14 +121,17 @@ impl Default for PlacementConfig {
             inline_budget: INLINE_BUDGET,
             mispredict_factor: MISPREDICT_FACTOR,
             explore_every: EXPLORE_EVERY,
-            explore_inline_limit: EXPLORE_INLINE_LIMIT,
+            leave_factor: LEAVE_FACTOR,
+            clean_streak: CLEAN_STREAK,
+            max_strikes: MAX_STRIKES,
+            strike_decay: STRIKE_DECAY,
+            sample_after: SAMPLE_AFTER,
             sample_every: SAMPLE_EVERY,
             timing_ratio: TIMING_RATIO,
             smoothing_shift: SMOOTHING_SHIFT,
             dev_smoothing_shift: DEV_SMOOTHING_SHIFT,
             dev_weight: DEV_WEIGHT,
             initial_dev: INITIAL_DEV,
-            forgive_after: FORGIVE_AFTER,
         }
     }
 }
@@ -126,9 +156,36 @@ impl PlacementConfig {
         self
     }
 
-    /// Inline exploration only under this many budgets (default [`EXPLORE_INLINE_LIMIT`]).
-    pub fn explore_inline_limit(&mut self, x: u32) -> &mut Self {
-        self.explore_inline_limit = x;
+    /// Hysteresis band and spike threshold, in budgets (default [`LEAVE_FACTOR`], at least 1).
+    pub fn leave_factor(&mut self, x: u32) -> &mut Self {
+        self.leave_factor = x;
+        self
+    }
+
+    /// Clean samples in a row needed to go inline, before strikes (default [`CLEAN_STREAK`],
+    /// at least 1).
+    pub fn clean_streak(&mut self, n: u64) -> &mut Self {
+        self.clean_streak = n;
+        self
+    }
+
+    /// The most strikes a bucket keeps (default [`MAX_STRIKES`], at most 32).
+    pub fn max_strikes(&mut self, n: u32) -> &mut Self {
+        self.max_strikes = n;
+        self
+    }
+
+    /// A strike is forgiven after this many times the needed streak, clean (default
+    /// [`STRIKE_DECAY`]).
+    pub fn strike_decay(&mut self, n: u64) -> &mut Self {
+        self.strike_decay = n;
+        self
+    }
+
+    /// Clean streak (times `2^strikes`) after which an inline bucket's cheapest calls are
+    /// sampled rather than all timed (default [`SAMPLE_AFTER`]).
+    pub fn sample_after(&mut self, n: u64) -> &mut Self {
+        self.sample_after = n;
         self
     }
 
@@ -169,17 +226,16 @@ impl PlacementConfig {
         self
     }
 
-    /// Calls without a misprediction after which one is forgiven (default [`FORGIVE_AFTER`]).
-    pub fn forgive_after(&mut self, n: u64) -> &mut Self {
-        self.forgive_after = n;
-        self
-    }
-
     /// Checks the settings.
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
         if self.mispredict_factor == 0 {
             return Err(BuildError::invalid(
                 "placement: the misprediction factor must be at least 1",
+            ));
+        }
+        if self.leave_factor == 0 || self.clean_streak == 0 || self.max_strikes > 32 {
+            return Err(BuildError::invalid(
+                "placement: leave_factor and clean_streak must be at least 1, max_strikes at most 32",
             ));
         }
         if self.sample_every == 0 || !self.sample_every.is_power_of_two() {

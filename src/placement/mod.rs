@@ -1,18 +1,22 @@
 //! Placement: adaptive backgrounding (DESIGN.md §4), decided per call, before it runs.
 //!
 //! A [`CallSite`] names a place in the program that calls CPU work ("parse", "resize"). Each call
-//! through it runs **inline** when its predicted duration is under the inline budget, and moves
-//! **off-core** otherwise, to the tier with the lowest expected completion. Predictions come
-//! from, in order: a user probe ([`Call::probe`], [`Call::expect`]), else the model: per key and
-//! per log2-size bucket ([`CallSite::sized`]), the smoothed durations of past calls wherever they
-//! ran. Unknown keys start off-core; an inline call that overran its prediction moves its bucket
-//! off-core at once; a small exploration share keeps the model honest.
+//! through it runs **inline** when the model says it is short and safe, and moves **off-core**
+//! otherwise, to the tier with the lowest expected completion. Predictions come from, in order:
+//! a user probe ([`Call::probe`], [`Call::expect`]), else the model: per key and per size bucket
+//! (a quarter octave of the size hint, [`CallSite::sized`]), the smoothed durations of past
+//! calls wherever they ran, and a **gate** per bucket that decides from the risk of overrunning
+//! the budget: a bucket goes inline after a streak of calls without a spike, a streak that
+//! doubles with each surprise, so a key whose cost cannot be predicted (bimodal, heavy-tailed)
+//! settles off-core instead of coming back inline every few calls, and a bucket whose cost sits
+//! at the budget does not flip (hysteresis). Unknown keys start off-core; each tier's learned
+//! overhead is its hand-off, queueing is read live. The formulas are in `README.md` here.
 //!
 //! | file | concern |
 //! | --- | --- |
 //! | `config.rs` | the tuning constants and [`PlacementConfig`] |
-//! | `model.rs` | the duration estimate per bucket, its arithmetic, misprediction handling |
-//! | `policy.rs` | inline or off-core, which tier, exploration, learned tier overheads |
+//! | `model.rs` | the duration estimate per bucket, its arithmetic, the gate (risk, back-off, hysteresis) |
+//! | `policy.rs` | which tier, exploration, each tier's learned hand-off |
 //! | `site.rs` | [`CallSite`], [`Call`], [`Stage`]: the calls themselves and their timing |
 //! | `stats.rs` | [`PlacementStats`]: per-key counts, mean and p99, tier overheads |
 //! | `README.md` | the formulas, the constants, and why |
@@ -39,7 +43,7 @@
 //! })?;
 //! let stats = sched.placement_stats();
 //! assert_eq!(stats.key("parse").map(|k| k.calls), Some(2));
-//! # sched.shutdown(std::time::Duration::from_secs(1));
+//! # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -88,15 +92,15 @@ mod site;
 mod stats;
 
 pub use config::{
-    DEV_SMOOTHING_SHIFT, DEV_WEIGHT, EXPLORE_EVERY, EXPLORE_INLINE_LIMIT, FORGIVE_AFTER,
-    INITIAL_DEV, INLINE_BUDGET, MISPREDICT_FACTOR, PlacementConfig, SAMPLE_EVERY, SMOOTHING_SHIFT,
-    TIMING_RATIO,
+    CLEAN_STREAK, DEV_SMOOTHING_SHIFT, DEV_WEIGHT, EXPLORE_EVERY, INITIAL_DEV, INLINE_BUDGET,
+    LEAVE_FACTOR, MAX_STRIKES, MISPREDICT_FACTOR, PlacementConfig, SAMPLE_AFTER, SAMPLE_EVERY,
+    SMOOTHING_SHIFT, STRIKE_DECAY, TIMING_RATIO,
 };
 pub use policy::PlacementTier;
 pub use site::{Call, CallSite, Stage};
 pub use stats::{BucketStats, KeyStats, PlacementStats, TierCost};
 
-use model::{BUCKETS, Bucket, Params, UNKNOWN, UNSIZED};
+use model::{BUCKETS, Bucket, Params, UNKNOWN, UNSIZED, bucket_floor};
 use policy::TierSlot;
 use stats::{KeyCounters, tier_index};
 
@@ -117,21 +121,28 @@ impl SiteState {
         }
     }
 
-    /// The prediction of bucket `idx`. A sized bucket never timed borrows the prediction of the
-    /// nearest larger bucket that has one, when that one is under the budget: a larger input of
-    /// the same key being cheap says this one is too. Otherwise [`UNKNOWN`] (go off-core).
-    pub(crate) fn predict(&self, idx: usize, budget_ns: u64) -> u64 {
-        let p = self.buckets[idx].prediction();
-        if p != UNKNOWN || idx >= UNSIZED {
-            return p;
+    /// The gate value of bucket `idx` (≤ budget: inline). A sized bucket that is off-core only
+    /// for want of evidence — never timed, or no strikes and an estimate that says short but
+    /// its clean streak not yet long enough — borrows from the nearest larger bucket of the key
+    /// that was timed, when that one is inline or, with no strikes, says short: a larger input
+    /// of the same key being cheap says this one is too. Otherwise its own value ([`UNKNOWN`]
+    /// when never timed).
+    pub(crate) fn predict(&self, idx: usize, p: &Params) -> u64 {
+        let b = &self.buckets[idx];
+        let own = b.prediction();
+        if own <= p.budget_ns || idx >= UNSIZED {
+            return own;
         }
-        for b in &self.buckets[idx + 1..UNSIZED] {
-            let q = b.prediction();
+        if own != UNKNOWN && (b.gate().strikes > 0 || !b.view().short(p)) {
+            return own;
+        }
+        for larger in &self.buckets[idx + 1..UNSIZED] {
+            let q = larger.prediction();
             if q != UNKNOWN {
-                return if q <= budget_ns { q } else { UNKNOWN };
+                return larger.lends(p).unwrap_or(own);
             }
         }
-        UNKNOWN
+        own
     }
 
     fn snapshot(&self) -> KeyStats {
@@ -141,16 +152,20 @@ impl SiteState {
             .iter()
             .enumerate()
             .filter_map(|(i, b)| {
-                let (out, into) = (b.flipped_out.load(Relaxed), b.flipped_in.load(Relaxed));
-                let inline = (b.inline.load(Relaxed) + into).saturating_sub(out);
-                let off_core = (b.off.load(Relaxed) + out).saturating_sub(into);
+                let out = b.flipped_out.load(Relaxed);
+                let inline = b.inline.load(Relaxed).saturating_sub(out);
+                let off_core = b.off.load(Relaxed) + out;
                 (inline + off_core > 0).then(|| BucketStats {
-                    size_from: (i < UNSIZED).then(|| if i == 0 { 0 } else { 1u64 << (i - 1) }),
+                    size_from: (i < UNSIZED).then(|| bucket_floor(i)),
                     inline,
                     off_core,
-                    prediction: Some(b.prediction())
+                    prediction: Some(b.upper())
                         .filter(|&p| p != UNKNOWN)
                         .map(Duration::from_nanos),
+                    typical: Some(b.typical())
+                        .filter(|&p| p != UNKNOWN)
+                        .map(Duration::from_nanos),
+                    strikes: b.gate().strikes,
                 })
             })
             .collect();
@@ -158,7 +173,7 @@ impl SiteState {
         let explored: u64 = self
             .buckets
             .iter()
-            .map(|b| b.flipped_out.load(Relaxed) + b.flipped_in.load(Relaxed))
+            .map(|b| b.flipped_out.load(Relaxed))
             .sum();
         let tier = |t| c.tiers[tier_index(t)].load(Relaxed);
         let (threads, processes, cluster) = (
@@ -190,7 +205,6 @@ pub(crate) struct Shared {
     pub(crate) sample_every: u64,
     pub(crate) timing_ratio: u64,
     pub(crate) explore_every: u64,
-    pub(crate) explore_inline_ns: u64,
     pub(crate) clock_pair_ns: u64,
     pub(crate) tiers: Vec<TierSlot>,
     sites: Mutex<HashMap<Arc<str>, Arc<SiteState>>>,
@@ -262,9 +276,6 @@ impl Placement {
         }
         let params = Params::new(config);
         let clock_pair_ns = clock_pair_cost();
-        let explore_inline_ns = params
-            .budget_ns
-            .saturating_mul(u64::from(config.explore_inline_limit));
         tracing::debug!(
             clock_pair_ns,
             budget_ns = params.budget_ns,
@@ -277,7 +288,6 @@ impl Placement {
                 sample_every: config.sample_every,
                 timing_ratio: config.timing_ratio,
                 explore_every: config.explore_every,
-                explore_inline_ns,
                 clock_pair_ns,
                 tiers: tiers
                     .into_iter()
@@ -349,7 +359,7 @@ impl Scheduler {
     /// let site = sched.site("sum");
     /// let total = sched.block_on(site.call(|| (1..=100u64).sum::<u64>()))?;
     /// assert_eq!(total, 5050);
-    /// # sched.shutdown(std::time::Duration::from_secs(1));
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn site(&self, key: &str) -> CallSite {

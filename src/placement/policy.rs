@@ -4,9 +4,9 @@
 //! every in-process tier. A small exploration share flips decisions to keep the model honest.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use super::model::UNKNOWN;
+use super::model::{UNKNOWN, exp2_fixed, log2_fixed};
 use crate::executor::Executor;
 use crate::tier::{ProcessPool, RemotePool, TierKind, TierStats};
 
@@ -33,12 +33,6 @@ impl Hint {
             Hint::Short => Some(0),
         }
     }
-}
-
-/// Whether the `n`-th decision of a bucket (counting from 0) is an exploration.
-#[inline]
-pub(crate) fn explores(n: u64, every: u64) -> bool {
-    every != 0 && n % every == every - 1
 }
 
 /// The exploration mask of an inline bucket predicted at `pred` ns when the cheapest off-core
@@ -153,12 +147,51 @@ impl From<crate::tier::mpi::Cluster> for PlacementTier {
     }
 }
 
-/// An off-core tier as placement sees it: where it sends work and its learned overhead.
+/// A trip component learned in the log domain (1/256 octave), smoothed with the model's gain:
+/// one 30 ms outlier among 5 µs trips moves it by 12/8 octave for one sample and is then
+/// forgotten, where a linear mean would carry milliseconds for dozens of trips.
+#[derive(Debug, Default)]
+struct LogEwma {
+    log: AtomicI64,
+    samples: AtomicU64,
+}
+
+impl LogEwma {
+    fn learn(&self, ns: u64, shift: u32) {
+        let s = log2_fixed(ns.max(1));
+        let n = self.samples.fetch_add(1, Relaxed);
+        let old = self.log.load(Relaxed);
+        let new = if n == 0 {
+            s
+        } else {
+            old + (s - old) / (1i64 << shift)
+        };
+        self.log.store(new, Relaxed);
+    }
+
+    fn ns(&self) -> u64 {
+        if self.samples.load(Relaxed) == 0 {
+            0
+        } else {
+            exp2_fixed(self.log.load(Relaxed))
+        }
+    }
+}
+
+/// An off-core tier as placement sees it: where it sends work, and its learned hand-off.
+///
+/// The hand-off is learned in two parts from each task's [`RunInfo`](crate::RunInfo):
+/// **start** (submit → the task starts, `queued`), learned only from tasks that found a worker
+/// free (placement's own calls in flight on the tier fewer than its workers, its queue empty):
+/// otherwise that time is queueing; and **finish** (the task ends → the caller has its value,
+/// `wall − queued − run_time`), learned from every task. Queueing is not learned: it is read
+/// live from the tier's queue at decision time ([`queue_delay`]).
 pub(crate) struct TierSlot {
     pub(crate) backend: Backend,
     pub(crate) kind: TierKind,
-    overhead_ns: AtomicU64,
-    samples: AtomicU64,
+    start: LogEwma,
+    finish: LogEwma,
+    in_flight: AtomicUsize,
     shift: u32,
 }
 
@@ -172,14 +205,24 @@ impl fmt::Debug for TierSlot {
     }
 }
 
+/// Placement's call in flight on a tier; counted down when dropped.
+pub(crate) struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 impl TierSlot {
     pub(crate) fn new(tier: impl Into<PlacementTier>, shift: u32) -> Self {
         let tier = tier.into();
         TierSlot {
             kind: tier.kind(),
             backend: tier.backend,
-            overhead_ns: AtomicU64::new(0),
-            samples: AtomicU64::new(0),
+            start: LogEwma::default(),
+            finish: LogEwma::default(),
+            in_flight: AtomicUsize::new(0),
             shift,
         }
     }
@@ -197,29 +240,34 @@ impl TierSlot {
         matches!(self.backend, Backend::Exec(_))
     }
 
-    /// Learned overhead (0 until the first trip: an untried tier looks cheap and gets tried).
+    /// Learned hand-off, start plus finish (0 until the first trip: an untried tier looks cheap
+    /// and gets tried).
     pub(crate) fn overhead_ns(&self) -> u64 {
-        self.overhead_ns.load(Relaxed)
+        self.start.ns().saturating_add(self.finish.ns())
     }
 
     /// Trips folded in.
     pub(crate) fn samples(&self) -> u64 {
-        self.samples.load(Relaxed)
+        self.finish.samples.load(Relaxed)
     }
 
-    /// Folds in one trip: the caller's wall time minus the task's own run time (queueing,
-    /// hand-off, result delivery, wake-up). Smoothed with the model's gain, linear in ns.
-    pub(crate) fn learn(&self, trip_ns: u64) {
-        let n = self.samples.fetch_add(1, Relaxed);
-        let old = self.overhead_ns.load(Relaxed);
-        let new = if n == 0 {
-            trip_ns
-        } else {
-            let d = 1i128 << self.shift;
-            let v = i128::from(old) + (i128::from(trip_ns) - i128::from(old)) / d;
-            v.clamp(0, i128::from(u64::MAX)) as u64
-        };
-        self.overhead_ns.store(new, Relaxed);
+    /// Counts a call going to this tier now; the returned guard counts it out. `true` with it
+    /// when a worker should be free for it (fewer of placement's calls in flight than workers,
+    /// and nothing queued): then its start time is a hand-off, not queueing.
+    pub(crate) fn enter(&self) -> (InFlight<'_>, bool) {
+        let before = self.in_flight.fetch_add(1, Relaxed);
+        let s = self.stats();
+        let free = before < s.workers.max(1) && s.queued == 0;
+        (InFlight(&self.in_flight), free)
+    }
+
+    /// Folds in one trip: `start_ns` (submit → start; `None` when the task may have queued) and
+    /// `finish_ns` (end of the run → the caller has the value).
+    pub(crate) fn learn(&self, start_ns: Option<u64>, finish_ns: u64) {
+        if let Some(s) = start_ns {
+            self.start.learn(s, self.shift);
+        }
+        self.finish.learn(finish_ns, self.shift);
     }
 
     /// The expected completion of a call predicted at `predicted` ns on this tier, now.
@@ -260,15 +308,6 @@ pub(crate) fn pick(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exploration_is_one_in_every() {
-        let hits = (0..640).filter(|&n| explores(n, 64)).count();
-        assert_eq!(hits, 10);
-        assert!(!explores(0, 64)); // the first decision is never an exploration
-        assert!(explores(63, 64));
-        assert!((0..1000).all(|n| !explores(n, 0)));
-    }
 
     #[test]
     fn exploration_of_cheap_calls_is_scaled_by_the_trip_they_would_make() {
@@ -322,15 +361,22 @@ mod tests {
     }
 
     #[test]
-    fn overhead_learns_the_first_trip_then_smooths() {
+    fn overhead_is_the_hand_off_and_forgets_queueing() {
         let exec = Executor::inline();
         let t = TierSlot::new(exec, 3);
         assert_eq!(t.overhead_ns(), 0);
-        t.learn(24_000);
-        assert_eq!(t.overhead_ns(), 24_000);
-        t.learn(16_000);
-        assert_eq!(t.overhead_ns(), 23_000);
-        assert_eq!(t.samples(), 2);
+        t.learn(Some(16_384), 4_096);
+        let near = |v: u64, want: u64| v.abs_diff(want) * 100 <= want;
+        assert!(near(t.overhead_ns(), 20_480), "{}", t.overhead_ns());
+        // A trip that queued: its start is not learned, only its finish.
+        for _ in 0..50 {
+            t.learn(None, 4_096);
+        }
+        assert!(near(t.overhead_ns(), 20_480), "{}", t.overhead_ns());
+        // One outlier finish (a busy caller thread) moves it an eighth of the way in octaves.
+        t.learn(None, 4_096 << 12);
+        assert!(t.overhead_ns() < 30_000, "{}", t.overhead_ns());
+        assert_eq!(t.samples(), 52);
     }
 
     #[test]
@@ -348,10 +394,11 @@ mod tests {
     fn the_cheaper_tier_wins() {
         let a = TierSlot::new(Executor::inline(), 3);
         let b = TierSlot::new(Executor::inline(), 3);
-        a.learn(50_000);
-        b.learn(10_000);
+        a.learn(Some(40_000), 10_000);
+        b.learn(Some(8_000), 2_000);
+        let b_overhead = Some(b.overhead_ns());
         let tiers = [a, b];
         let chosen = pick(&tiers, 1_000, false, false).map(|t| t.overhead_ns());
-        assert_eq!(chosen, Some(10_000));
+        assert_eq!(chosen, b_overhead);
     }
 }

@@ -1,12 +1,12 @@
 //! Call sites and the calls through them: the fast path (decided inline), the off-core path,
 //! and the staged call (Listing 4 of the source article, without the generator trick).
 //!
-//! The fast path is three loads from the bucket's cache line (prediction, sampling and
+//! The fast path is three loads from the bucket's cache line (gate value, sampling and
 //! exploration masks), one compare, one `fetch_add` (the bucket's inline counter, which picks
 //! the sampled and explored calls), the call itself under `catch_unwind` (free unless it
-//! panics), and on the sampled calls only (at most 2 % of the calls' time, see
-//! [`TIMING_RATIO`]) two clock reads and the model update. No allocation, no lock, no string
-//! hashing: the key was interned when the site was made.
+//! panics), and on the timed calls only (every call until the bucket is confident, then at most
+//! 2 % of the calls' time, see [`TIMING_RATIO`]) two clock reads and the model update. No
+//! allocation, no lock, no string hashing: the key was interned when the site was made.
 //!
 //! [`TIMING_RATIO`]: super::TIMING_RATIO
 
@@ -21,10 +21,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::model::{UNKNOWN, UNSIZED, size_bucket};
-use super::policy::{
-    self, Backend, Hint, TierSlot, explore_mask, explores, explores_masked, sample_mask,
-};
+use super::model::{Gate, Transition, UNKNOWN, UNSIZED, is_overrun, size_bucket};
+use super::policy::{self, Backend, Hint, TierSlot, explore_mask, explores_masked, sample_mask};
 use super::stats::{KeyStats, tier_index};
 use super::{Shared, SiteState};
 use crate::error::{Error, ErrorKind, panic_message};
@@ -42,18 +40,25 @@ fn shown(pred: u64) -> Option<u64> {
     (pred != UNKNOWN).then_some(pred)
 }
 
+/// The prediction as the thread tier takes it (`None`: not known yet), so that it serves work
+/// predicted short, and unknown keys, apart from work predicted long.
+fn expected(pred: u64) -> Option<Duration> {
+    shown(pred).map(Duration::from_nanos)
+}
+
 /// Work on its way off-core: a closure (tiers that run closures only) or a registered remote
 /// function with its arguments (any tier: an executor runs it as a closure).
 trait OffCoreWork<T> {
     /// Whether tiers that run only remote functions can take it.
     const REMOTE: bool;
 
-    /// Submits the work to `slot`'s tier, named `key`, expected to run `expected`.
+    /// Submits the work to `slot`'s tier, named `key`; `pred` is the call's predicted
+    /// duration in ns ([`UNKNOWN`] when there is none), for a tier that orders work by it.
     fn submit(
         self,
         slot: &TierSlot,
         key: Arc<str>,
-        expected: Option<Duration>,
+        pred: u64,
     ) -> impl Future<Output = Result<TaskHandle<T>, Error>> + Send;
 }
 
@@ -84,10 +89,10 @@ where
         self,
         slot: &TierSlot,
         key: Arc<str>,
-        expected: Option<Duration>,
+        pred: u64,
     ) -> Result<TaskHandle<T>, Error> {
         match &slot.backend {
-            Backend::Exec(e) => e.submit_expected(key, expected, self.0).await,
+            Backend::Exec(e) => e.submit_expected(key, expected(pred), self.0).await,
             // `pick` never chooses such a tier for a closure; refuse rather than panic.
             Backend::Remote(_) => Err(Error::new(
                 ErrorKind::Unsupported,
@@ -115,13 +120,14 @@ where
         self,
         slot: &TierSlot,
         key: Arc<str>,
-        expected: Option<Duration>,
+        pred: u64,
     ) -> Result<TaskHandle<R>, Error> {
         let Remote { f, args } = self;
         match &slot.backend {
             Backend::Exec(e) => {
                 let func = f.function();
-                e.submit_expected(key, expected, move || func(args)).await
+                e.submit_expected(key, expected(pred), move || func(args))
+                    .await
             }
             Backend::Remote(p) => p.submit(f, args).await,
         }
@@ -133,7 +139,7 @@ where
 enum Route {
     /// Run here; `n` is the bucket's inline-decision index, `pred` the prediction used.
     Inline { n: u64, pred: u64 },
-    /// Send off-core.
+    /// Send off-core; `pred` is the duration predicted for the call.
     OffCore { pred: u64 },
 }
 
@@ -223,23 +229,81 @@ impl CallSite {
     }
 
     /// A call with a size hint (bytes, items, n): the model learns duration per log2 of it.
+    ///
+    /// ```
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let checksum = sched.site("checksum");
+    /// let data = vec![7u8; 4096];
+    /// // The model learns this key's duration per size band of `data.len()`.
+    /// let sum = sched.block_on(
+    ///     checksum
+    ///         .sized(data.len() as u64)
+    ///         .call(move || data.iter().map(|&b| u64::from(b)).sum::<u64>()),
+    /// )?;
+    /// assert_eq!(sum, 7 * 4096);
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sized(&self, n: u64) -> Call<'_> {
         self.with(size_bucket(n), Hint::Model)
     }
 
     /// A call the caller expects to take `d`: that is the prediction, whatever the model says.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let render = sched.site("render");
+    /// // 20 ms is far over the inline budget: this call goes off-core at once.
+    /// let px = sched.block_on(render.expect(Duration::from_millis(20)).call(|| 640 * 480))?;
+    /// assert_eq!(px, 307_200);
+    /// assert_eq!(render.stats().threads, 1);
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn expect(&self, d: Duration) -> Call<'_> {
         self.with(UNSIZED, Hint::Expect(nanos(d)))
     }
 
     /// A call with a user probe, evaluated now: `true` means "long" (off-core), `false` means
     /// "short" (inline). It overrides the model.
+    ///
+    /// ```
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let sort = sched.site("sort");
+    /// let mut v: Vec<u32> = (0..100).rev().collect();
+    /// let len = v.len();
+    /// // The caller knows its own cost law: short inputs are sorted inline.
+    /// let v = sched.block_on(sort.probe(|| len > 100_000).call(move || {
+    ///     v.sort_unstable();
+    ///     v
+    /// }))?;
+    /// assert_eq!(v[0], 0);
+    /// assert_eq!(sort.stats().inline, 1);
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn probe(&self, long: impl FnOnce() -> bool) -> Call<'_> {
         self.with(UNSIZED, if long() { Hint::Long } else { Hint::Short })
     }
 
     /// Runs `f` where the model says: inline when its prediction is under the inline budget,
     /// else off-core. See [`Call::call`].
+    ///
+    /// ```
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let fib = sched.site("fib");
+    /// fn fib_of(n: u64) -> u64 { (0..n).fold((0u64, 1u64), |(a, b), _| (b, a + b)).0 }
+    /// // A key never seen goes off-core; once learned cheap, its calls run inline.
+    /// for _ in 0..50 {
+    ///     assert_eq!(sched.block_on(fib.call(|| fib_of(50)))?, 12_586_269_025);
+    /// }
+    /// let s = fib.stats();
+    /// assert_eq!(s.calls, 50);
+    /// assert!(s.inline > 0 && s.off_core() > 0, "{s}");
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn call<F, T>(&self, f: F) -> impl Future<Output = Result<T, Error>> + use<'_, F, T>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -264,6 +328,23 @@ impl CallSite {
 
     /// A staged call: `first` runs inline, and decides with what it computed whether the rest
     /// goes off-core. See [`Call::staged`].
+    ///
+    /// ```
+    /// use offload::Stage;
+    /// let sched = offload::Scheduler::builder().io_threads(1).cpu_workers(1).build()?;
+    /// let site = sched.site("parse-then-index");
+    /// let words = sched.block_on(site.staged(|| {
+    ///     let words: Vec<String> = "a short text".split(' ').map(String::from).collect();
+    ///     if words.len() < 1_000 {
+    ///         Stage::Done(words.len()) // small: finish here
+    ///     } else {
+    ///         Stage::Offload(move || words.len()) // large: the rest goes off-core
+    ///     }
+    /// }))?;
+    /// assert_eq!(words, 3);
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn staged<F, G, T>(
         &self,
         first: F,
@@ -280,7 +361,7 @@ impl CallSite {
     /// when it does not know yet (such a call goes off-core).
     pub fn prediction(&self, size: Option<u64>) -> Option<Duration> {
         let idx = size.map_or(UNSIZED, size_bucket);
-        shown(self.state.predict(idx, self.shared.params.budget_ns)).map(Duration::from_nanos)
+        shown(self.state.predict(idx, &self.shared.params)).map(Duration::from_nanos)
     }
 
     /// A snapshot of this site's key.
@@ -343,7 +424,7 @@ impl CallSite {
         let b = &self.state.buckets[idx];
         let (pred, user) = match hint.prediction() {
             Some(p) => (p, true),
-            None => (self.state.predict(idx, budget), false),
+            None => (self.state.predict(idx, &sh.params), false),
         };
         if !self.killable && pred <= budget {
             let n = b.inline.fetch_add(1, Relaxed);
@@ -353,15 +434,10 @@ impl CallSite {
             }
             return Route::Inline { n, pred };
         }
-        let m = b.off.fetch_add(1, Relaxed);
-        let may_explore = !user && !self.killable && pred != UNKNOWN;
-        if may_explore && pred <= sh.explore_inline_ns && explores(m, sh.explore_every) {
-            b.flipped_in.fetch_add(1, Relaxed);
-            return Route::Inline {
-                n: b.inline.load(Relaxed),
-                pred,
-            };
-        }
+        b.off.fetch_add(1, Relaxed);
+        // What a tier that orders work by duration is told: the user's figure, else the
+        // bucket's upper estimate (UNKNOWN for a bucket never timed).
+        let pred = if user { pred } else { b.upper() };
         Route::OffCore { pred }
     }
 
@@ -385,30 +461,28 @@ impl CallSite {
         let t0 = Instant::now();
         let r = catch_unwind(AssertUnwindSafe(f));
         let ns = nanos(t0.elapsed());
-        self.learn_inline(idx, n, pred, ns);
+        self.learn_inline(idx, pred, ns);
         r.map_err(|p| self.panicked(p))
     }
 
-    /// Folds a timed inline call into the model; a misprediction moves its bucket off-core.
+    /// Folds a timed inline call into the model; an overrun is counted as a misprediction (the
+    /// gate moves the bucket off-core on a spike, see [`Gate::step`]).
     #[inline(never)]
-    fn learn_inline(&self, idx: usize, n: u64, pred: u64, ns: u64) {
+    fn learn_inline(&self, idx: usize, pred: u64, ns: u64) {
         let sh = &*self.shared;
         let c = &self.state.counters;
         c.hist.record(ns);
-        let b = &self.state.buckets[idx];
-        if b.check_overrun(ns, pred, n, &sh.params) {
+        if is_overrun(ns, pred, &sh.params) {
             c.mispredictions.fetch_add(1, Relaxed);
             tracing::debug!(
                 target: TARGET,
                 key = %self.state.key,
                 predicted_ns = pred,
                 actual_ns = ns,
-                "misprediction: an inline call overran; its bucket goes off-core"
+                "misprediction: an inline call overran"
             );
-        } else {
-            b.observe(ns, &sh.params);
         }
-        self.refresh_masks(idx);
+        self.learn(idx, ns, true);
         tracing::trace!(
             target: TARGET,
             key = %self.state.key,
@@ -419,17 +493,43 @@ impl CallSite {
         );
     }
 
-    /// Recomputes which inline decisions of bucket `idx` are timed and explored, from its new
-    /// prediction, the clock's cost and the cheapest learned trip.
-    fn refresh_masks(&self, idx: usize) {
+    /// Folds one timed call of bucket `idx` into the model and steps the bucket's gate.
+    fn learn(&self, idx: usize, ns: u64, ran_inline: bool) {
+        let sh = &*self.shared;
+        let c = &self.state.counters;
+        let b = &self.state.buckets[idx];
+        let (gate, t) = b.observe(ns, ran_inline, c.strikes.load(Relaxed), &sh.params);
+        if t != Transition::Stay {
+            if t == Transition::Surprise {
+                c.strikes.fetch_max(gate.strikes, Relaxed);
+            }
+            tracing::debug!(
+                target: TARGET,
+                key = %self.state.key,
+                transition = ?t,
+                actual_ns = ns,
+                strikes = gate.strikes,
+                needs = gate.need(&sh.params),
+                "placement gate"
+            );
+        }
+        self.refresh_masks(idx, gate);
+    }
+
+    /// Recomputes which inline decisions of bucket `idx` are timed and explored, from its gate,
+    /// its prediction, the clock's cost and the cheapest learned trip. Until the gate is
+    /// confident every call is timed.
+    fn refresh_masks(&self, idx: usize, gate: Gate) {
         let sh = &*self.shared;
         let trip = sh.tiers.iter().map(|t| t.overhead_ns()).min().unwrap_or(0);
         let b = &self.state.buckets[idx];
         let pred = b.prediction();
-        b.set_masks(
-            sample_mask(sh.sample_every, sh.clock_pair_ns, sh.timing_ratio, pred),
-            explore_mask(sh.explore_every, pred, trip),
-        );
+        let sample = if gate.confident(&sh.params) {
+            sample_mask(sh.sample_every, sh.clock_pair_ns, sh.timing_ratio, pred)
+        } else {
+            0
+        };
+        b.set_masks(sample, explore_mask(sh.explore_every, pred, trip));
     }
 
     /// Sends `work` to the cheapest eligible off-core tier and learns from its trip. `lead_ns`
@@ -445,9 +545,9 @@ impl CallSite {
             return Err(self.no_tier(W::REMOTE));
         };
         st.counters.tiers[tier_index(slot.kind)].fetch_add(1, Relaxed);
+        let (in_flight, free) = slot.enter();
         let t0 = Instant::now();
-        let expected = shown(pred).map(Duration::from_nanos);
-        let mut handle = CancelOnDrop(Some(work.submit(slot, st.key.clone(), expected).await?));
+        let mut handle = CancelOnDrop(Some(work.submit(slot, st.key.clone(), pred).await?));
         let out = handle
             .0
             .as_mut()
@@ -455,13 +555,15 @@ impl CallSite {
             .await;
         let handle = handle.0.take().expect("set above");
         let wall = nanos(t0.elapsed());
+        drop(in_flight);
         if let Some(info) = handle.run_info() {
             let run = nanos(info.run_time);
+            let queued = nanos(info.queued);
             let total = run.saturating_add(lead_ns);
             st.counters.hist.record(total);
-            st.buckets[idx].observe(total, &sh.params);
-            self.refresh_masks(idx);
-            slot.learn(wall.saturating_sub(run));
+            self.learn(idx, total, false);
+            let finish = wall.saturating_sub(run).saturating_sub(queued);
+            slot.learn(free.then_some(queued), finish);
             tracing::trace!(
                 target: TARGET,
                 key = %st.key,
@@ -584,7 +686,7 @@ impl Call<'_> {
     /// assert_eq!(sched.block_on(sum_below(100_000))?, 4_999_950_000);
     /// let s = site.stats();
     /// assert_eq!((s.inline, s.threads), (1, 1));
-    /// # sched.shutdown(std::time::Duration::from_secs(1));
+    /// # sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -607,8 +709,7 @@ impl Call<'_> {
             Stage::Done(v) => {
                 st.buckets[self.bucket].inline.fetch_add(1, Relaxed);
                 st.counters.hist.record(lead);
-                st.buckets[self.bucket].observe(lead, &sh.params);
-                site.refresh_masks(self.bucket);
+                site.learn(self.bucket, lead, true);
                 tracing::trace!(
                     target: TARGET,
                     key = %st.key,
@@ -622,7 +723,7 @@ impl Call<'_> {
                 st.buckets[self.bucket].off.fetch_add(1, Relaxed);
                 let pred = match self.hint.prediction() {
                     Some(p) => p,
-                    None => st.predict(self.bucket, sh.params.budget_ns),
+                    None => st.predict(self.bucket, &sh.params),
                 };
                 site.off_core(self.bucket, pred, lead, Closure(rest)).await
             }

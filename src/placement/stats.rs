@@ -4,7 +4,8 @@
 //! Durations go into a log-scale histogram per key, four bins per octave, in atomics: recording
 //! is two `fetch_add`s; the p99 is read as the upper edge of its bin (at most 19 % high).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::tier::TierKind;
@@ -82,6 +83,8 @@ pub(crate) struct KeyCounters {
     /// Off-core calls per tier, indexed by [`tier_index`].
     pub(crate) tiers: [AtomicU64; 4],
     pub(crate) mispredictions: AtomicU64,
+    /// The most strikes any bucket of the key has had: a new bucket starts with them.
+    pub(crate) strikes: AtomicU32,
     pub(crate) hist: Histogram,
 }
 
@@ -125,7 +128,8 @@ pub struct KeyStats {
     pub buckets: Vec<BucketStats>,
 }
 
-/// One size bucket of a key: calls of sizes `size_from ..= 2 × size_from − 1` (one bit length).
+/// One size bucket of a key: calls of sizes from `size_from` up to the next bucket's, a quarter
+/// of an octave (sizes 1024..=1279, 1280..=1535, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketStats {
     /// The smallest size in the bucket; `None` for calls without a size hint.
@@ -134,20 +138,19 @@ pub struct BucketStats {
     pub inline: u64,
     /// Calls placed off-core.
     pub off_core: u64,
-    /// The model's prediction now, `None` while unknown.
+    /// The model's upper estimate now (`2^(mean + k·dev)` in octaves), `None` while unknown.
     pub prediction: Option<Duration>,
+    /// The model's typical duration now (`2^mean`, a median), `None` while unknown.
+    pub typical: Option<Duration>,
+    /// Surprises not yet forgiven: the bucket needs `CLEAN_STREAK × 2^strikes` clean samples in
+    /// a row to go inline (see `src/placement/README.md`).
+    pub strikes: u32,
 }
 
 impl KeyStats {
     /// The bucket holding calls of size `n` (`None`: calls without a size hint), if used.
     pub fn bucket(&self, n: Option<u64>) -> Option<&BucketStats> {
-        let from = n.map(|n| {
-            if n == 0 {
-                0
-            } else {
-                1u64 << (63 - n.leading_zeros())
-            }
-        });
+        let from = n.map(|n| super::model::bucket_floor(super::model::size_bucket(n)));
         self.buckets.iter().find(|b| b.size_from == from)
     }
 }
@@ -199,9 +202,119 @@ impl PlacementStats {
     }
 }
 
+/// A duration in the unit that reads best: `850ns`, `12.3µs`, `4.56ms`, `1.20s`.
+struct Short(Duration);
+
+impl fmt::Display for Short {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0.as_nanos() as f64;
+        let text = if ns < 1e3 {
+            format!("{ns:.0}ns")
+        } else if ns < 1e6 {
+            format!("{:.1}µs", ns / 1e3)
+        } else if ns < 1e9 {
+            format!("{:.2}ms", ns / 1e6)
+        } else {
+            format!("{:.2}s", ns / 1e9)
+        };
+        f.pad(&text)
+    }
+}
+
+/// One line: calls, where they ran, mean and p99, mispredictions.
+impl fmt::Display for KeyStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            self.key,
+            self.calls,
+            self.inline,
+            self.off_core(),
+            Short(self.mean),
+            Short(self.p99),
+            self.mispredictions,
+            self.buckets.len(),
+        )
+    }
+}
+
+/// A small table, one key a line, then what each off-core tier's hand-off costs:
+///
+/// ```text
+/// key                  calls    inline  off-core      mean       p99  mispred buckets
+/// parse                 1000       981        19     3.1µs    45.0µs        0       3
+/// off-core threads: hand-off 4.9µs (19 trips)
+/// ```
+impl fmt::Display for PlacementStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            "key", "calls", "inline", "off-core", "mean", "p99", "mispred", "buckets"
+        )?;
+        for k in &self.keys {
+            writeln!(f, "{k}")?;
+        }
+        for t in &self.tiers {
+            writeln!(
+                f,
+                "off-core {}: hand-off {} ({} trips)",
+                t.tier,
+                Short(t.overhead),
+                t.samples
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_is_a_table_with_one_line_per_key() {
+        let key = KeyStats {
+            key: "parse".into(),
+            calls: 1000,
+            inline: 981,
+            threads: 19,
+            processes: 0,
+            cluster: 0,
+            timed: 100,
+            mean: Duration::from_nanos(3_100),
+            p99: Duration::from_micros(45),
+            mispredictions: 0,
+            explored: 0,
+            buckets: Vec::new(),
+        };
+        let stats = PlacementStats {
+            keys: vec![key],
+            tiers: vec![TierCost {
+                tier: TierKind::Threads,
+                overhead: Duration::from_nanos(4_900),
+                samples: 19,
+            }],
+            clock_pair: Duration::from_nanos(40),
+        };
+        let text = stats.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].starts_with("key") && lines[0].contains("p99"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("parse") && lines[1].contains("45.0µs"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("3.1µs") && lines[1].contains("981"),
+            "{text}"
+        );
+        assert_eq!(lines[2], "off-core threads: hand-off 4.9µs (19 trips)");
+    }
 
     #[test]
     fn bins_cover_their_values() {

@@ -10,7 +10,7 @@
 //!     h.await
 //! })?;
 //! assert_eq!(sum, 5050);
-//! sched.shutdown(Duration::from_secs(1));
+//! sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(1));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -43,6 +43,12 @@ pub(crate) use watchdog::{WatchdogState, Watched};
 /// lower one, on Linux; see [`crate::tier::Threads`]): off-core work can use every core the
 /// I/O thread does not need, and the I/O thread wins the CPU when it does.
 pub const DEFAULT_IO_THREADS: usize = 1;
+
+/// The least time [`Scheduler::shutdown_timeout`] leaves the CPU executor to stop, even when
+/// the named tasks used the whole limit: an idle pool stops in microseconds, but its threads
+/// must be woken and joined, and a limit spent by the tasks must not turn a clean stop into a
+/// cancellation of nothing.
+pub(crate) const MIN_CPU_STOP: Duration = Duration::from_millis(100);
 
 /// Settings for a [`Scheduler`]; `&mut Self` setters, then [`build`](Self::build) (own a
 /// runtime) or [`attach`](Self::attach) (use the runtime this code already runs in).
@@ -165,7 +171,7 @@ impl SchedulerBuilder {
 
     /// Builds a scheduler on the runtime this code already runs in (inside `#[tokio::main]`).
     /// The runtime keeps its own threads (tokio's default: one per core); the scheduler adds
-    /// its CPU workers beside them. Shut it down with [`Scheduler::close`]`.await`.
+    /// its CPU workers beside them. Shut it down with [`Scheduler::shutdown`]`.await`.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
@@ -173,7 +179,7 @@ impl SchedulerBuilder {
     /// assert!(!sched.owns_runtime());
     /// let h = sched.executor().submit(|| 2 + 2).await?;
     /// assert_eq!(h.await?, 4);
-    /// sched.close(std::time::Duration::from_secs(1)).await;
+    /// sched.shutdown(offload::ShutdownMode::Drain).await;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// # }).unwrap();
     /// ```
@@ -263,7 +269,7 @@ impl Scheduler {
     /// let sched = offload::Scheduler::builder().io_threads(2).build()?;
     /// let n = sched.block_on(async { sched.site("sum").call(|| (1..=10u32).sum::<u32>()).await })?;
     /// assert_eq!(n, 55);
-    /// sched.shutdown(std::time::Duration::from_secs(1));
+    /// sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, std::time::Duration::from_secs(1));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -276,7 +282,7 @@ impl Scheduler {
     ///     let sched = offload::Scheduler::builder().attach()?;
     ///     let n = sched.site("sum").call(|| (1..=10u32).sum::<u32>()).await?;
     ///     assert_eq!(n, 55);
-    ///     sched.close(std::time::Duration::from_secs(1)).await;
+    ///     sched.shutdown(offload::ShutdownMode::Drain).await;
     ///     Ok(())
     /// }
     /// ```
@@ -326,7 +332,7 @@ impl Scheduler {
     }
 
     /// Spawns a named task on the runtime; its polls are watched, and
-    /// [`close`](Self::close) waits for it (then cancels it past the deadline).
+    /// [`shutdown`](Self::shutdown) waits for it ([`shutdown_timeout`](Self::shutdown_timeout) cancels it past the limit).
     pub fn spawn<F>(&self, name: &str, fut: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -380,14 +386,33 @@ impl Scheduler {
         }
     }
 
-    /// Graceful stop from async code: waits up to `deadline` for the named tasks spawned with
-    /// [`spawn`](Self::spawn), cancels those still running, then shuts the CPU executor down:
-    /// queued CPU work drains for what is left of `deadline`, and what is still queued then
-    /// fails with "shut down". A CPU task already running on a thread cannot be stopped: it
-    /// finishes there (its thread exits after it) while `close` returns. Groups are stopped by
-    /// their own `shutdown`.
-    pub async fn close(&self, deadline: Duration) {
+    /// Stops everything, from async code, with no time limit.
+    ///
+    /// - [`ShutdownMode::Drain`]: waits for the named tasks spawned with
+    ///   [`spawn`](Self::spawn) to end, then for the CPU executor to finish its queue.
+    /// - [`ShutdownMode::Cancel`] / [`ShutdownMode::Kill`]: cancels the named tasks, fails the
+    ///   queued CPU work with "shut down"; a CPU task already running on a thread finishes
+    ///   there (threads cannot be stopped), and its thread exits after it.
+    ///
+    /// Groups are stopped by their own `shutdown`. Tiers given to
+    /// [`SchedulerBuilder::placement_tier`] are yours to shut down. From sync code use
+    /// [`shutdown_blocking`](Self::shutdown_blocking).
+    pub async fn shutdown(&self, mode: ShutdownMode) {
+        self.stop(mode, None).await;
+    }
+
+    /// As [`shutdown`](Self::shutdown), but for at most `limit`: past it, the named tasks still
+    /// running are cancelled and the CPU executor escalates to [`ShutdownMode::Kill`] (queued
+    /// CPU work fails with "shut down"; running CPU tasks finish on their threads while this
+    /// returns). The CPU side always gets at least 100 ms to stop. Returns true when
+    /// everything stopped within `limit` without cancelling anything.
+    pub async fn shutdown_timeout(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        self.stop(mode, Some(limit)).await
+    }
+
+    async fn stop(&self, mode: ShutdownMode, limit: Option<Duration>) -> bool {
         let started = Instant::now();
+        let mut clean = true;
         let live = &self.inner.live;
         let all_done = async {
             loop {
@@ -403,44 +428,93 @@ impl Scheduler {
                 notified.await;
             }
         };
-        if tokio::time::timeout(deadline, all_done).await.is_err() {
+        let tasks_ended = match (mode, limit) {
+            (ShutdownMode::Drain, None) => {
+                all_done.await;
+                true
+            }
+            (ShutdownMode::Drain, Some(limit)) => {
+                tokio::time::timeout(limit, all_done).await.is_ok()
+            }
+            _ => false,
+        };
+        if !tasks_ended {
             let tasks = live.tasks.lock().unwrap_or_else(|p| p.into_inner());
-            tracing::info!(
-                left = tasks.len(),
-                "shutdown deadline passed: cancelling tasks"
-            );
-            for t in tasks.values() {
-                t.abort();
+            if !tasks.is_empty() {
+                if mode == ShutdownMode::Drain {
+                    clean = false;
+                    tracing::info!(
+                        left = tasks.len(),
+                        "shutdown limit passed: cancelling the named tasks still running"
+                    );
+                }
+                for t in tasks.values() {
+                    t.abort();
+                }
             }
         }
-        // Queued CPU work drains within what is left of the deadline; then what is still
-        // queued fails with "shut down". A task already running on a CPU thread cannot be
-        // stopped: it finishes on its thread, which exits after it.
-        let left = deadline.saturating_sub(started.elapsed());
-        let drained = tokio::time::timeout(left, self.inner.executor.shutdown(ShutdownMode::Drain));
-        if drained.await.is_err() {
-            tracing::warn!(
-                "shutdown deadline passed while CPU work drained: queued tasks fail with \
-                 \"shut down\", running ones finish on their threads"
-            );
-            self.inner.executor.shutdown(ShutdownMode::Cancel).await;
+        let executor = &self.inner.executor;
+        match limit {
+            None => executor.shutdown(mode).await,
+            Some(limit) => {
+                let left = limit.saturating_sub(started.elapsed()).max(MIN_CPU_STOP);
+                if !executor.shutdown_timeout(mode, left).await {
+                    clean = false;
+                    tracing::warn!(
+                        "shutdown limit passed before the CPU executor stopped: its queued \
+                         tasks fail with \"shut down\", running ones finish on their threads"
+                    );
+                }
+            }
         }
         self.inner.watchdog.stop();
+        clean
     }
 
-    /// Stops everything from sync code and waits for it: [`close`](Self::close), then, when the
-    /// scheduler owns its runtime, the runtime's shutdown (threads joined, up to `deadline`).
-    /// Afterwards no thread of the library is left.
+    /// As [`shutdown`](Self::shutdown), from sync code; then, when the scheduler owns its
+    /// runtime, the runtime's own shutdown. Afterwards no thread of the library is left.
     ///
     /// # Panics
     ///
     /// When called from inside an async context (a tokio task, `#[tokio::main]`): use
-    /// [`close`](Self::close)`.await` there. The panic names the caller's line.
+    /// [`shutdown`](Self::shutdown)`.await` there. The panic names the caller's line.
     #[track_caller]
-    pub fn shutdown(self, deadline: Duration) {
+    pub fn shutdown_blocking(self, mode: ShutdownMode) {
+        self.inner.handle.block_on(self.stop(mode, None));
+        let rt = self
+            .inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(rt);
+    }
+
+    /// As [`shutdown_timeout`](Self::shutdown_timeout), from sync code; then, when the
+    /// scheduler owns its runtime, the runtime's shutdown within what is left of `limit`.
+    /// Returns true when everything stopped within `limit` without cancelling anything.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use offload::ShutdownMode;
+    ///
+    /// let sched = offload::Scheduler::builder().build()?;
+    /// let ticker = sched.spawn("ticker", async { tokio::time::sleep(Duration::from_secs(60)).await });
+    /// // The ticker would run a minute: past 100 ms it is cancelled.
+    /// assert!(!sched.shutdown_timeout_blocking(ShutdownMode::Drain, Duration::from_millis(100)));
+    /// # drop(ticker);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async context: use
+    /// [`shutdown_timeout`](Self::shutdown_timeout)`.await` there.
+    #[track_caller]
+    pub fn shutdown_timeout_blocking(self, mode: ShutdownMode, limit: Duration) -> bool {
         let started = Instant::now();
-        self.inner.handle.block_on(self.close(deadline));
-        let deadline = deadline.saturating_sub(started.elapsed());
+        let clean = self.inner.handle.block_on(self.stop(mode, Some(limit)));
+        let left = limit.saturating_sub(started.elapsed());
         let rt = self
             .inner
             .runtime
@@ -448,8 +522,9 @@ impl Scheduler {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(rt) = rt {
-            rt.shutdown_timeout(deadline);
+            rt.shutdown_timeout(left);
         }
+        clean
     }
 }
 

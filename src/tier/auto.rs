@@ -3,6 +3,7 @@
 //! decided from the launcher's environment (never from `ps`).
 
 use std::fmt;
+use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use serde::Serialize;
@@ -201,6 +202,27 @@ impl RemotePool {
             RemotePool::Cluster(c) => c.shutdown_blocking(mode),
             RemotePool::Processes(p) => p.shutdown_blocking(mode),
             RemotePool::Local(e) => e.shutdown_blocking(mode),
+        }
+    }
+
+    /// Shuts down per `mode` within `limit`, then escalates to [`ShutdownMode::Kill`]; true
+    /// when it finished without escalating (see each tier's `shutdown_timeout`).
+    pub async fn shutdown_timeout(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        match self {
+            #[cfg(feature = "mpi")]
+            RemotePool::Cluster(c) => c.shutdown_timeout(mode, limit).await,
+            RemotePool::Processes(p) => p.shutdown_timeout(mode, limit).await,
+            RemotePool::Local(e) => e.shutdown_timeout(mode, limit).await,
+        }
+    }
+
+    /// As [`shutdown_timeout`](Self::shutdown_timeout), blocking the calling thread.
+    pub fn shutdown_timeout_blocking(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        match self {
+            #[cfg(feature = "mpi")]
+            RemotePool::Cluster(c) => c.shutdown_timeout_blocking(mode, limit),
+            RemotePool::Processes(p) => p.shutdown_timeout_blocking(mode, limit),
+            RemotePool::Local(e) => e.shutdown_timeout_blocking(mode, limit),
         }
     }
 }

@@ -37,40 +37,57 @@
 //!   serves on; a protocol error (a second setup) fails it as
 //!   [`Error::is_remote`](crate::Error::is_remote).
 //!
-//! # Dead ranks
+//! # Dead, frozen and unreachable ranks
 //!
-//! By default OpenMPI (4.1, checked here) aborts the whole job when any rank dies: `mpiexec`
-//! prints `mpiexec noticed that process rank N with PID P on node H exited on signal S (...)`
-//! (or "returned a non-zero exit code"), kills every other rank, rank 0 included, and exits
-//! with a non-zero status (134 for a rank killed by SIGABRT). MPI 4.1 itself gives rank 0 no
-//! error: a receive from the dead rank would simply wait. So rank 0's MPI thread watches: every
-//! [`LIVENESS_INTERVAL`] while a task is in flight it checks that the worker processes on its
-//! own host still exist, and a dead one fails its task with
-//! [`Error::is_worker_died`](crate::Error::is_worker_died) (rank and pid in the message), is
-//! never used again, and the cluster serves on with the other ranks. Under plain `mpiexec`
-//! this report comes before the abort reaches rank 0 (seen in `tests/mpi_dead_rank.rs`), but
-//! the job still ends with mpiexec's non-zero status; under `mpiexec --enable-recovery` the job
-//! survives, the cluster serves on, and shuts down with status 0. The check runs on its own
-//! timer, whether or not other ranks' results keep coming.
+//! MPI 4.1 gives rank 0 no error when a rank dies or its host drops off the network: a
+//! receive from it simply waits. So the cluster watches every rank itself, on every host
+//! (the protocol is in `liveness.rs`):
 //!
-//! **Ranks on other hosts are not watched**: rank 0 cannot see their processes, and a receive
-//! from a dead or unreachable one waits forever. There, set a time limit
-//! ([`ClusterBuilder::task_timeout`] for every task and `map` chunk, or
-//! [`Cluster::submit_timeout`] for one task): a task still running past it fails with
-//! [`Error::is_timeout`](crate::Error::is_timeout) ("timed out"), and its rank is *retired*,
-//! never given work again, because MPI can neither stop a running task nor tell a slow rank
-//! from a lost one. A retired rank that was only slow is still told to exit at shutdown and
-//! finalizes once its task ends. Pick a limit well above the longest task you expect, or a
-//! healthy rank is lost for the rest of the job.
+//! - rank 0 pings every worker rank every [`PING_INTERVAL`] (200 ms); a worker answers from its
+//!   serving loop when idle, and from a *watcher* thread while a task runs (the task runs on
+//!   the main thread; the two share MPI under a lock, `MPI_THREAD_SERIALIZED`);
+//! - a rank that leaves a ping unanswered for [`SILENCE_LIMIT`] (1 s) is lost: it died, hangs
+//!   outside a task, or is unreachable. Its task fails with
+//!   [`Error::is_worker_died`](crate::Error::is_worker_died) (rank, host and pid in the
+//!   message), at most 1.2 s after the rank went quiet; the rank is never used again and the
+//!   cluster serves on with the others. No time limit is needed for that;
+//!   [`ClusterBuilder::task_timeout`] remains for tasks that run too long.
+//! - on rank 0's own host the worker processes are also checked in `/proc` every
+//!   [`LIVENESS_INTERVAL`] while tasks run: a local death fails its task within 200 ms;
+//! - rank 0 never blocks on a send to a worker (`MPI_Isend`, see `outbox.rs`): a blocking send
+//!   to a dead peer over TCP waits for ever inside OpenMPI;
+//! - a worker rank that hears nothing from rank 0 for [`RANK0_SILENCE`] (3 s) ends its
+//!   process: rank 0 is gone or its host is cut off.
 //!
-//! **Finalizing after a dead rank.** OpenMPI's `MPI_Finalize` ends with a fence over every
-//! process of the job. After a rank died, that fence sometimes never completes (4 runs in 80
-//! of `tests/mpi_dead_rank.rs` under load here). So once a rank died, shutting the cluster
-//! down waits at most `FINALIZE_GRACE` (10 s) for rank 0's finalize, logs a warning and
-//! returns, leaving the MPI thread inside it; the exit message tells the worker ranks, which
-//! then also exit after the same grace (their work is done). Under `--enable-recovery`, which
-//! a job that survives a dead rank runs under, mpiexec takes both as a normal end (status 0).
-//! A rank only retired after a timeout is waited for as before.
+//! By default OpenMPI aborts the whole job, rank 0 included, when a rank *dies* (`mpiexec
+//! noticed that process rank N ... exited on signal S`; status 134 for SIGABRT): run under
+//! `mpiexec --enable-recovery` for the cluster to serve on. A frozen or unreachable rank does
+//! not trigger that abort: the cluster serves on either way.
+//!
+//! **The job ends.** After a loss rank 0 does not call `MPI_Finalize` (it ends with a fence
+//! over every process, which the lost rank never joins): the shutdown returns at once, and
+//! when rank 0's process exits it calls `MPI_Abort` with code 0, so that `mpiexec` ends every
+//! process left (and prints its `MPI_ABORT was invoked on rank 0 ... errorcode 0` banner).
+//! Worker ranks bound their own finalize by 2 s. Measured with `tests/multihost/run.sh`
+//! (two simulated hosts, the failing rank on the other one), from the failure to the end of
+//! every process of the job on both hosts: a dead rank 5–6 s (status 0), a cut link 3–5 s
+//! (`mpiexec` loses its daemon there and exits 1), a frozen rank 1–3 s (without
+//! `--enable-recovery`). **Limit**: under `--enable-recovery`, OpenMPI 4.1 never reaps a
+//! frozen (SIGSTOPped) process: `mpiexec` waits for it even after rank 0's `MPI_Abort`.
+//!
+//! [`ClusterBuilder::task_timeout`] and [`Cluster::submit_timeout`] still bound a task's run
+//! time: past the limit the task fails with [`Error::is_timeout`](crate::Error::is_timeout)
+//! and its rank is *retired*, never given work again (MPI cannot stop a running task except by
+//! ending the rank). A retired rank is still pinged and told to exit at shutdown.
+//!
+//! # Shutdown
+//!
+//! [`Cluster::shutdown`] with [`ShutdownMode::Drain`](crate::ShutdownMode::Drain) or
+//! [`Cancel`](crate::ShutdownMode::Cancel) waits for the running tasks;
+//! [`Kill`](crate::ShutdownMode::Kill) fails each running task with "shut down" at once and
+//! tells its rank to end (its watcher finalizes MPI and exits the process mid-task).
+//! [`Cluster::shutdown_timeout`] (and `_blocking`) shuts down per mode and escalates to `Kill`
+//! past a deadline: `shutdown_timeout(Drain, limit)` is a drain with a deadline.
 //!
 //! # Running on several machines
 //!
@@ -85,11 +102,15 @@
 //! ```
 //!
 //! ```text
-//! mpiexec --hostfile hosts.txt -n 16 target/release/examples/mpi_primes
+//! mpiexec --hostfile hosts.txt -n 16 --enable-recovery \
+//!     --mca btl_tcp_if_include 10.0.0.0/24 --mca oob_tcp_if_include 10.0.0.0/24 \
+//!     --mca oob_tcp_keepalive_time 1 --mca oob_tcp_keepalive_intvl 1 \
+//!     --mca oob_tcp_keepalive_probes 2 target/release/examples/mpi_primes
 //! ```
 //!
 //! Rank 0 (the application) runs on the first host. Every rank must run the same binary: the
-//! setup compares build ids and the cluster refuses to start otherwise.
+//! setup compares build ids and the cluster refuses to start otherwise. The README explains
+//! each setting, and `tests/multihost/` runs the same commands over simulated hosts.
 //!
 //! # A job that builds no cluster
 //!
@@ -159,8 +180,10 @@
 //!
 //! # Limits
 //!
-//! Running tasks cannot be stopped (stopping a rank would abort the job); only queued tasks can
-//! be cancelled. A time limit fails a task but retires its rank (see [Dead ranks](#dead-ranks)). Results and arguments are limited to
+//! A running task cannot be cancelled on its own (only by ending its rank: a
+//! [`ShutdownMode::Kill`](crate::ShutdownMode::Kill) shutdown); queued tasks can be. A time
+//! limit fails a task but retires its rank (see
+//! [Dead ranks](#dead-frozen-and-unreachable-ranks)). Results and arguments are limited to
 //! [`DEFAULT_MAX_FRAME`](crate::remote::wire::DEFAULT_MAX_FRAME) per message.
 
 // Without the `mpi` feature only `detect` exists here, and the links above to the cluster's
@@ -170,22 +193,40 @@
 pub mod detect;
 
 #[cfg(feature = "mpi")]
+mod builder;
+#[cfg(feature = "mpi")]
 mod cluster;
 #[cfg(feature = "mpi")]
+mod direct;
+#[cfg(feature = "mpi")]
+mod lifecycle;
+#[cfg(feature = "mpi")]
+mod liveness;
+#[cfg(feature = "mpi")]
+mod outbox;
+#[cfg(feature = "mpi")]
 mod service;
+#[cfg(feature = "mpi")]
+mod table;
 #[cfg(feature = "mpi")]
 mod worker;
 
 pub use detect::{Detected, Launch, Launcher, detect};
 
 #[cfg(feature = "mpi")]
-pub(crate) use cluster::start_up;
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+pub use builder::{ClusterBuilder, DIRECT_SPIN, RESULT_SPIN, SPIN_MIN_CORES};
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
-pub use cluster::{
-    Cluster, ClusterBuilder, DEFAULT_QUEUE_PER_RANK, DIRECT_SPIN, RESULT_SPIN, SPIN_MIN_CORES,
-    finish, launched_with_workers,
-};
+pub use cluster::Cluster;
+#[cfg(feature = "mpi")]
+pub(crate) use lifecycle::start_up;
+#[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+pub use lifecycle::{DEFAULT_QUEUE_PER_RANK, finish, launched_with_workers};
+#[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+pub use liveness::{PING_INTERVAL, RANK0_SILENCE, SILENCE_LIMIT};
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use service::{LIVENESS_INTERVAL, MAX_POLL_INTERVAL, SPIN};

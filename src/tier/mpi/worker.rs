@@ -1,17 +1,27 @@
 //! A worker rank (rank > 0): set up from rank 0's broadcast, then serve calls until told to
 //! stop, then finalize MPI and exit with status 0.
 //!
-//! Everything here runs on the process's main thread, inside [`crate::init`], which never
-//! returns on a worker rank.
+//! The serving loop runs on the process's main thread, inside [`crate::init`], which never
+//! returns on a worker rank; it runs each task itself (no thread hand-off on the round trip).
+//! Beside it a *watcher* thread keeps the rank visible while a task runs: it answers rank 0's
+//! liveness pings, takes a kill order ([`ShutdownMode::Kill`](crate::ShutdownMode::Kill)), and
+//! ends the process when rank 0 has been silent for [`RANK0_SILENCE`] (rank 0 gone, or this
+//! host cut off). The two share MPI under one lock ([`Rank::mpi`]): MPI is initialised with
+//! `MPI_THREAD_SERIALIZED`. See `liveness.rs` for the protocol.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use super::cluster::{
-    EXIT_AFTER_LOSS, SMALL_REQUEST, TAG_BIG, TAG_BIG_BODY, TAG_HOST, TAG_PING, TAG_TO_MASTER,
+use super::lifecycle::{
+    FINALIZE_GRACE, SMALL_REQUEST, TAG_BIG, TAG_BIG_BODY, TAG_HOST, TAG_PING, TAG_TO_MASTER,
     TAG_TO_WORKER, read_setup_broadcast,
 };
+use super::liveness::{PING_INTERVAL, RANK0_SILENCE, TAG_ALIVE, TAG_KILL};
 use super::service::KEEP_BUFFER;
 use crate::remote::Registry;
 use crate::remote::wire::{
@@ -19,49 +29,168 @@ use crate::remote::wire::{
     run_call,
 };
 
+/// What the serving loop and the watcher share.
+struct Rank {
+    /// The MPI lock: held for every MPI call on this rank. The serving loop holds it except
+    /// while it runs a task.
+    mpi: Mutex<()>,
+    /// The serving loop runs a task (and does not hold the MPI lock): the watcher answers.
+    running: AtomicBool,
+    /// Milliseconds from `start` when rank 0 was last heard from.
+    heard_ms: AtomicU64,
+    /// Milliseconds from `start` when the rank began to finalize (0: serving).
+    finishing_ms: AtomicU64,
+    start: Instant,
+}
+
+impl Rank {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn heard(&self) {
+        self.heard_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.mpi.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Serves as a worker rank, then exits the process. Never returns.
-pub(crate) fn serve(universe: Universe) -> ! {
+pub(crate) fn serve(universe: Universe, serialized: bool) -> ! {
     let world = universe.world();
     let rank = world.rank();
-    let (code, lost) = match serve_inner(&world) {
-        Ok(lost) => (0, lost),
+    let shared = Arc::new(Rank {
+        mpi: Mutex::new(()),
+        running: AtomicBool::new(false),
+        heard_ms: AtomicU64::new(0),
+        finishing_ms: AtomicU64::new(0),
+        start: Instant::now(),
+    });
+    let code = match serve_inner(&world, &shared, serialized) {
+        Ok(()) => 0,
         Err(why) => {
             tracing::error!(rank, %why, "cluster worker stops");
             // Exit 0 anyway: rank 0 has the reason and reports it; a non-zero status would make
             // mpiexec abort rank 0 before it can say so.
-            (0, false)
+            0
         }
     };
-    tracing::debug!(rank, lost, "cluster worker finalizes MPI");
-    // MPI_Finalize waits for every process of the job; after a rank died (rank 0 says so in
-    // the exit message) it may wait for ever (see FINALIZE_GRACE). This rank's work is done:
-    // past the grace, it exits anyway (mpiexec with --enable-recovery, which a job that
-    // survives a dead rank runs under, takes that as a normal end).
-    let _ = lost.then(|| {
-        std::thread::Builder::new()
-            .name("offload-mpi-exit".into())
-            .spawn(move || {
-                std::thread::sleep(super::cluster::FINALIZE_GRACE);
-                tracing::warn!(
-                    rank,
-                    grace = ?super::cluster::FINALIZE_GRACE,
-                    "MPI_Finalize has not ended (a rank of the job was lost?); exiting without it"
-                );
-                std::process::exit(code)
-            })
-    });
-    // Dropping the universe calls MPI_Finalize.
+    tracing::debug!(rank, "cluster worker finalizes MPI");
+    // MPI_Finalize waits for every process of the job; after a rank died it may wait for ever
+    // (see FINALIZE_GRACE). This rank's work is done: past the grace, the watcher (or, without
+    // one, this thread) exits the process anyway.
+    shared
+        .finishing_ms
+        .store(shared.now_ms().max(1), Ordering::Relaxed);
+    let guard = shared.lock();
+    if !serialized {
+        exit_after_grace(rank, code);
+    }
+    // Dropping the universe calls MPI_Finalize. The lock stays held: no MPI call after it.
     drop(world);
     drop(universe);
+    drop(guard);
     std::process::exit(code)
+}
+
+/// Exits the process [`FINALIZE_GRACE`] from now, from a thread of its own.
+fn exit_after_grace(rank: i32, code: i32) {
+    let _ = std::thread::Builder::new()
+        .name("offload-mpi-exit".into())
+        .spawn(move || {
+            std::thread::sleep(FINALIZE_GRACE);
+            tracing::warn!(
+                rank,
+                grace = ?FINALIZE_GRACE,
+                "MPI_Finalize has not ended (a rank of the job was lost?); exiting without it"
+            );
+            std::process::exit(code)
+        });
+}
+
+/// `MPI_Finalize` from the watcher thread, whose caller ends the process right after. (The
+/// serving loop owns the `Universe`, whose drop would finalize; it is busy in a task.)
+#[allow(unsafe_code)]
+fn finalize_here() {
+    // SAFETY: MPI was initialised (the watcher exists only after the setup); the caller holds
+    // the MPI lock and never releases it, so no other thread of this process calls MPI again,
+    // and the process exits right after.
+    unsafe {
+        mpi::ffi::MPI_Finalize();
+    }
+}
+
+/// The watcher thread (see the module docs). Returns never: it ends the process, or runs until
+/// the serving loop does.
+fn watch(shared: Arc<Rank>) {
+    let world = SimpleCommunicator::world();
+    let rank = world.rank();
+    let root = world.process_at_rank(0);
+    let tick = PING_INTERVAL / 2;
+    let silence = u64::try_from(RANK0_SILENCE.as_millis()).unwrap_or(u64::MAX);
+    let grace = u64::try_from(FINALIZE_GRACE.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        std::thread::sleep(tick);
+        let now = shared.now_ms();
+        let finishing = shared.finishing_ms.load(Ordering::Relaxed);
+        if finishing > 0 {
+            if now.saturating_sub(finishing) > grace {
+                tracing::warn!(rank, grace = ?FINALIZE_GRACE,
+                    "MPI_Finalize has not ended (a rank of the job was lost?); exiting without it");
+                std::process::exit(0);
+            }
+            continue;
+        }
+        let quiet = now.saturating_sub(shared.heard_ms.load(Ordering::Relaxed));
+        if quiet > silence {
+            tracing::error!(rank, silent_for = ?Duration::from_millis(quiet),
+                "rank 0 has gone silent (it ended, or this host is cut off): this rank exits");
+            std::process::exit(1);
+        }
+        if !shared.running.load(Ordering::Acquire) {
+            continue;
+        }
+        let Ok(guard) = shared.mpi.try_lock() else {
+            continue;
+        };
+        // The task may have ended between the two looks: the serving loop answers then.
+        if !shared.running.load(Ordering::Acquire) {
+            continue;
+        }
+        let mut pinged = false;
+        while let Some((msg, _)) = root.immediate_matched_probe_with_tag(TAG_ALIVE) {
+            let _ = msg.matched_receive_into(&mut [0u8; 0][..]);
+            pinged = true;
+        }
+        if pinged {
+            shared.heard();
+            root.send_with_tag(&[0u8; 0][..], TAG_ALIVE);
+        }
+        if root.immediate_probe_with_tag(TAG_KILL).is_some() {
+            tracing::debug!(rank, "killed by rank 0 (ShutdownMode::Kill) mid-task");
+            shared
+                .finishing_ms
+                .store(shared.now_ms().max(1), Ordering::Relaxed);
+            exit_after_grace(rank, 0);
+            finalize_here();
+            std::process::exit(0);
+        }
+        drop(guard);
+    }
 }
 
 fn send(world: &SimpleCommunicator, bytes: &[u8], tag: i32) {
     world.process_at_rank(0).send_with_tag(bytes, tag);
 }
 
-/// Serves until rank 0 says exit; true when its exit message says a rank of the job died.
-fn serve_inner(world: &SimpleCommunicator) -> Result<bool, String> {
+/// Serves until rank 0 says exit.
+fn serve_inner(
+    world: &SimpleCommunicator,
+    shared: &Arc<Rank>,
+    serialized: bool,
+) -> Result<(), String> {
     let rank = world.rank();
     crate::remote::install_panic_hook();
     let setup = read_setup_broadcast(world);
@@ -69,7 +198,7 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<bool, String> {
         decode_payload(&setup).map_err(|e| format!("bad setup broadcast: {e}"))?;
     let registry = Registry::global().ok_or("offload::init did not install a registry")?;
     match req {
-        Request::Exit => return Ok(false),
+        Request::Exit => return Ok(()),
         Request::Setup {
             build_id,
             init,
@@ -125,6 +254,14 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<bool, String> {
         other => return Err(format!("expected the setup broadcast, got {other:?}")),
     }
     tracing::debug!(rank, "cluster worker serves");
+    shared.heard();
+    if serialized {
+        let w = shared.clone();
+        std::thread::Builder::new()
+            .name("offload-mpi-watch".into())
+            .spawn(move || watch(w))
+            .map_err(|e| format!("could not start the watcher thread: {e}"))?;
+    }
     // Buffers kept between calls: small requests (every message from rank 0 but the body of
     // a big request fits), big requests, the result, the reply.
     let mut small = vec![0u8; SMALL_REQUEST];
@@ -133,14 +270,26 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<bool, String> {
     let mut reply_buf = Vec::new();
     let root = world.process_at_rank(0);
     loop {
+        let guard = shared.lock();
         let status = root.receive_into(&mut small[..]);
+        shared.heard();
         let len = usize::try_from(status.count(u8::equivalent_datatype()))
             .unwrap_or(0)
             .min(small.len());
         let bytes: &[u8] = match status.tag() {
+            TAG_ALIVE => {
+                send(world, &[], TAG_ALIVE);
+                continue;
+            }
+            TAG_KILL => {
+                // The order came as this rank's task ended: rank 0 failed the task already and
+                // sends no exit message to a killed rank.
+                tracing::debug!(rank, "killed by rank 0 (ShutdownMode::Kill)");
+                return Ok(());
+            }
             TAG_PING => {
                 let rounds = small[..len].try_into().map_or(0, u32::from_le_bytes);
-                ping_pong(world, rounds);
+                ping_pong(world, rounds, shared);
                 continue;
             }
             TAG_TO_WORKER => &small[..len],
@@ -172,7 +321,7 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<bool, String> {
         let (id, func, batch) = match req {
             Request::Call { id, func } => (id, func, false),
             Request::Batch { id, func } => (id, func, true),
-            Request::Exit => return Ok(args == [EXIT_AFTER_LOSS]),
+            Request::Exit => return Ok(()),
             Request::Setup { .. } => {
                 // Rank 0 sends one setup, by broadcast; a second one is a protocol error. The
                 // rank stays set up as it was and serves on; the message rank 0 sent in its
@@ -186,7 +335,12 @@ fn serve_inner(world: &SimpleCommunicator) -> Result<bool, String> {
             }
         };
         trim(&mut out);
+        // The task runs without the MPI lock: the watcher answers for this rank meanwhile.
+        shared.running.store(true, Ordering::Release);
+        drop(guard);
         let (r, run_ns) = run_call(registry, func, batch, args, DEFAULT_MAX_FRAME, &mut out);
+        let _guard = shared.lock();
+        shared.running.store(false, Ordering::Release);
         let reply = Response::Done {
             id,
             run_ns,
@@ -269,13 +423,17 @@ fn encode_into<H: serde::Serialize>(
     Ok(())
 }
 
-/// The raw MPI baseline: echo `rounds` 8-byte messages back to rank 0.
-fn ping_pong(world: &SimpleCommunicator, rounds: u32) {
+/// The raw MPI baseline: echo `rounds` 8-byte messages back to rank 0 (which is heard from
+/// meanwhile: the watcher must not take a long exchange for silence).
+fn ping_pong(world: &SimpleCommunicator, rounds: u32, shared: &Rank) {
     let root = world.process_at_rank(0);
     let mut x = 0u64;
-    for _ in 0..rounds {
+    for i in 0..rounds {
         root.receive_into_with_tag(&mut x, TAG_PING);
         root.send_with_tag(&x, TAG_PING);
+        if i % 16 == 0 {
+            shared.heard();
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
@@ -86,12 +87,62 @@ pub(crate) fn serve_as_worker(spec: WorkerSpec) -> ! {
             eprintln!("offload worker: could not make the pool's pipes close-on-exec: {e}");
         }
     }
+    guard_against_fork(&input, &output);
     let code = match Worker::new(input, output, spec).run() {
         Ok(()) => 0,
         Err(code) => code,
     };
     let _ = std::io::stdout().flush();
     std::process::exit(code);
+}
+
+/// The protocol's descriptors and this worker's pid, for the fork handler.
+static PROTOCOL_FDS: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+static WORKER_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Runs in the child of every `fork` a task makes (`pthread_atfork`): closes the protocol's
+/// pipes there, so that the child can neither hold them open (and hide the worker's death
+/// from the pool) nor read the worker's requests. Only `close`: async-signal-safe.
+extern "C" fn drop_protocol_in_forked_child() {
+    for fd in &PROTOCOL_FDS {
+        let fd = fd.load(Ordering::Relaxed);
+        if fd >= 0 {
+            #[allow(unsafe_code)]
+            // SAFETY: closes a descriptor number of this (new) process; the `File`s that own
+            // it in the parent never run here (a forked child that returns from its task
+            // leaves by `_exit` at its next protocol step, see `leave_if_forked`).
+            unsafe {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// Installs the fork handler for this worker's pipes.
+fn guard_against_fork(input: &File, output: &File) {
+    use std::os::fd::AsRawFd;
+    PROTOCOL_FDS[0].store(input.as_raw_fd(), Ordering::Relaxed);
+    PROTOCOL_FDS[1].store(output.as_raw_fd(), Ordering::Relaxed);
+    WORKER_PID.store(std::process::id(), Ordering::Relaxed);
+    #[allow(unsafe_code)]
+    // SAFETY: registers a handler with the C signature pthread_atfork expects; it only closes
+    // descriptors.
+    let r = unsafe { libc::pthread_atfork(None, None, Some(drop_protocol_in_forked_child)) };
+    if r != 0 {
+        eprintln!("offload worker: could not install the fork handler (error {r})");
+    }
+}
+
+/// Leaves at once, without a word, when this is not the worker but a process a task forked
+/// that returned from the task: the protocol is the worker's alone.
+fn leave_if_forked() {
+    if std::process::id() != WORKER_PID.load(Ordering::Relaxed) {
+        #[allow(unsafe_code)]
+        // SAFETY: _exit ends this process at once; nothing of it is shared with the worker.
+        unsafe {
+            libc::_exit(0)
+        };
+    }
 }
 
 struct Worker {
@@ -123,6 +174,7 @@ impl Worker {
 
     /// The next frame's payload; `None` at end of file (the pool is gone).
     fn next_frame(&mut self) -> Result<Option<BytesMut>, i32> {
+        leave_if_forked();
         loop {
             match self.codec.decode(&mut self.inbuf) {
                 Ok(Some(frame)) => return Ok(Some(frame)),
@@ -147,6 +199,7 @@ impl Worker {
     /// Sends one frame (the layout of [`wire::codec`]) built in one reused buffer, with one
     /// `write`.
     fn send(&mut self, header: &Response<'_>, body: &[u8]) -> Result<(), i32> {
+        leave_if_forked();
         let mut out = std::mem::take(&mut self.outbuf);
         out.clear();
         out.extend_from_slice(&[0, 0, 0, 0, wire::WIRE_VERSION]);

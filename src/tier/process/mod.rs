@@ -2,11 +2,17 @@
 //!
 //! | file | concern |
 //! | --- | --- |
-//! | `mod.rs` | [`ProcessPool`], [`ProcessPoolBuilder`], the tuning constants |
-//! | `pool.rs` | the shared state: queue, in-flight tasks, dispatch |
-//! | `slot.rs` | one thread per worker slot: start, handshake, read answers, reap, replace |
+//! | `mod.rs` | [`ProcessPool`], the tuning constants |
+//! | `builder.rs` | [`ProcessPoolBuilder`], the settings, `build` |
+//! | `worker.rs` | one worker slot's state: its phase and every transition (see `README.md`) |
+//! | `pool.rs` | the shared state: queue, dispatch, cancel |
+//! | `pending.rs` | typed completers; decoding a result |
+//! | `reader.rs` | reading a worker's answers: by the waiting caller or the slot thread |
+//! | `slot.rs` | one thread per worker slot: serve, reap, replace; the deadline watchdog |
+//! | `start.rs` | starting a worker: pipes, `exec`, handshake |
+//! | `shutdown.rs` | drain, cancel, kill, time limits |
 //! | `child.rs` | the worker's side, run by [`init`](crate::init) |
-//! | `sys.rs` | the system calls std lacks: pipes, `ppoll`, `timerfd`, `SIGPIPE` blocking |
+//! | `sys.rs` | the system calls std lacks: pipes, `ppoll`, `timerfd`, `SIGPIPE`, exit watch |
 //! | `README.md` | the wire protocol and the life of a worker |
 //!
 //! Workers are the current executable started again; [`init`](crate::init) at the top of
@@ -20,38 +26,44 @@
 //! and [`TaskHandle::cancel`] kill the worker running it. Panics come back with their message
 //! and backtrace. Shutdown reaps every child.
 
-use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_channel::TrySendError;
-use bytes::Bytes;
 use futures::stream::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{BuildError, Error, ErrorKind, TrySubmitError};
-use crate::remote::wire::{self, DEFAULT_MAX_FRAME, Request};
-use crate::remote::{Registry, RemoteFn, SealedFile};
+use crate::remote::wire::{self, Request};
+use crate::remote::{Registry, RemoteFn};
 use crate::task::{TaskHandle, remote_task};
 use crate::tier::map::{ChunkStats, chunked_map};
-use crate::tier::{DEFAULT_QUEUE_PER_WORKER, ShutdownMode, TierKind, TierStats, default_workers};
+use crate::tier::{ShutdownMode, TierKind, TierStats};
 
+mod builder;
 mod child;
+mod pending;
 mod pool;
+mod reader;
+mod shutdown;
 mod slot;
+mod start;
 mod sys;
+mod worker;
 
+pub use builder::ProcessPoolBuilder;
+pub(crate) use builder::{Config, SharedPayload};
 pub(crate) use child::{serve_as_worker, worker_spec};
-use pool::{Link, Req, Shared, SlotState, State};
+use pool::{Link, Shared};
+use shutdown::Owner;
+use worker::Req;
 // The typed completers are shared with the cluster tier.
 #[cfg(feature = "mpi")]
-pub(crate) use pool::Pending;
-pub(crate) use pool::{Batch, One};
+pub(crate) use pending::Pending;
+pub(crate) use pending::{Batch, One};
 
 /// How long a worker has to answer the handshake: start-up of a large binary on a loaded
 /// machine takes well under a second; ten leave room and still end a hang.
@@ -65,6 +77,16 @@ pub const DEFAULT_MAX_START_FAILURES: u32 = 3;
 /// worker never idles for a round trip between two tasks. A worker that dies loses only the
 /// running one; the waiting one runs elsewhere.
 pub const DEFAULT_PIPELINE: usize = 2;
+
+/// A task is written behind the tasks a busy worker runs (pipelining, up to
+/// [`DEFAULT_PIPELINE`] in all) only when each of them is of a function whose learned run time
+/// is under this, and only when no worker is idle: then the worker never idles for a round
+/// trip between two short tasks, and a task never waits behind a long one. 10 ms: a round trip
+/// (tens of µs) is under 1% of it, and a task waits at most about this long for a worker that
+/// frees meanwhile; `map` chunks (about [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET))
+/// stay under it. A function not yet seen is not known to be short. Set
+/// [`ProcessPoolBuilder::pipeline_short`].
+pub const DEFAULT_PIPELINE_SHORT: Duration = Duration::from_millis(10);
 
 /// Shared data of at least this many bytes goes to the workers as one sealed memory file that
 /// they all map, instead of inside each worker's setup frame: 64 KiB is a pipe's default
@@ -95,468 +117,8 @@ pub(crate) const REAP_GRACE: Duration = Duration::from_secs(2);
 pub(crate) const FORGOT_INIT: &str = "call offload::init(&[...]) as the first statement of \
     main: a process pool re-executes this binary, and only init turns it into a worker";
 
-/// Settings of a [`ProcessPool`] (all fixed at start).
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) workers: usize,
-    pub(crate) queue_capacity: usize,
-    pub(crate) max_frame: usize,
-    pub(crate) memory_limit: Option<u64>,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) max_tasks: Option<u64>,
-    pub(crate) init: Option<(&'static str, Vec<u8>)>,
-    pub(crate) shared: SharedPayload,
-    pub(crate) shared_map_threshold: usize,
-    pub(crate) task_timeout: Option<Duration>,
-    pub(crate) pipeline: usize,
-    pub(crate) max_start_failures: u32,
-    pub(crate) program: PathBuf,
-    pub(crate) arg0: Option<OsString>,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) env: Vec<(OsString, OsString)>,
-    pub(crate) result_spin: Duration,
-    pub(crate) result_wait: Duration,
-}
-
-/// The read-only data every worker gets: as the builder was given it, then (after
-/// [`ProcessPoolBuilder::build`]) as it travels.
-#[derive(Clone, Debug)]
-pub(crate) enum SharedPayload {
-    /// Bytes in the setup frame (the builder's form of any bytes; after `build`, only data
-    /// under the map threshold).
-    Inline(Bytes),
-    /// The builder's form of [`ProcessPoolBuilder::shared_file`]: copied at `build`.
-    File(PathBuf),
-    /// A sealed memory file every worker inherits and maps (after `build` only).
-    Mapped(Arc<SealedFile>),
-}
-
-impl SharedPayload {
-    /// The data's length in bytes, when known without reading a file.
-    fn len(&self) -> Option<u64> {
-        match self {
-            SharedPayload::Inline(b) => Some(b.len() as u64),
-            SharedPayload::File(_) => None,
-            SharedPayload::Mapped(f) => Some(f.len()),
-        }
-    }
-
-    /// The form the workers receive: data at or over `threshold` bytes, and any file, goes
-    /// into a sealed memory file.
-    fn resolve(&self, threshold: usize) -> Result<SharedPayload, String> {
-        if !crate::remote::MAPPED_SHARED_DATA {
-            // No sealed memory files on this platform: everything travels inline.
-            return match self {
-                SharedPayload::File(path) => std::fs::read(path)
-                    .map(|b| SharedPayload::Inline(b.into()))
-                    .map_err(|e| format!("could not read the shared file {}: {e}", path.display())),
-                other => Ok(other.clone()),
-            };
-        }
-        let sealed = match self {
-            SharedPayload::Inline(b) if b.len() < threshold || b.is_empty() => {
-                return Ok(self.clone());
-            }
-            SharedPayload::Mapped(_) => return Ok(self.clone()),
-            SharedPayload::Inline(b) => SealedFile::from_bytes(b).map_err(|e| {
-                format!(
-                    "could not put the shared data ({} bytes) in a memory file: {e}",
-                    b.len()
-                )
-            })?,
-            SharedPayload::File(path) => SealedFile::from_path(path)
-                .map_err(|e| format!("could not read the shared file {}: {e}", path.display()))?,
-        };
-        if sealed.len() == 0 {
-            return Ok(SharedPayload::Inline(Bytes::new()));
-        }
-        Ok(SharedPayload::Mapped(Arc::new(sealed)))
-    }
-}
-
-/// Settings for a [`ProcessPool`]: `&mut self` setters, then [`build`](Self::build).
-#[derive(Clone)]
-pub struct ProcessPoolBuilder {
-    cfg: Config,
-    queue_capacity: Option<usize>,
-    problem: Option<String>,
-}
-
-impl fmt::Debug for ProcessPoolBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProcessPoolBuilder")
-            .field("workers", &self.cfg.workers)
-            .field("max_frame", &self.cfg.max_frame)
-            .field("memory_limit", &self.cfg.memory_limit)
-            .field("max_tasks", &self.cfg.max_tasks)
-            .field("initializer", &self.cfg.init.as_ref().map(|(n, _)| *n))
-            .field("shared_bytes", &self.cfg.shared.len())
-            .field("shared_map_threshold", &self.cfg.shared_map_threshold)
-            .field("task_timeout", &self.cfg.task_timeout)
-            .finish()
-    }
-}
-
-impl Default for ProcessPoolBuilder {
-    fn default() -> Self {
-        let mut args = std::env::args_os();
-        let arg0 = args.next();
-        let program = if std::path::Path::new("/proc/self/exe").exists() {
-            // Exec'ing the magic link runs this very binary even if its file was replaced.
-            PathBuf::from("/proc/self/exe")
-        } else {
-            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
-        };
-        ProcessPoolBuilder {
-            cfg: Config {
-                workers: default_workers(),
-                queue_capacity: 0,
-                max_frame: DEFAULT_MAX_FRAME,
-                memory_limit: None,
-                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-                max_tasks: None,
-                init: None,
-                shared: SharedPayload::Inline(Bytes::new()),
-                shared_map_threshold: DEFAULT_SHARED_MAP_THRESHOLD,
-                task_timeout: None,
-                pipeline: DEFAULT_PIPELINE,
-                max_start_failures: DEFAULT_MAX_START_FAILURES,
-                program,
-                arg0,
-                args: args.collect(),
-                env: Vec::new(),
-                result_spin: DEFAULT_RESULT_SPIN,
-                result_wait: DEFAULT_RESULT_WAIT,
-            },
-            queue_capacity: None,
-            problem: None,
-        }
-    }
-}
-
-impl ProcessPoolBuilder {
-    /// Number of worker processes (default: cores − 1, at least 1; Listing 5).
-    pub fn workers(&mut self, n: usize) -> &mut Self {
-        self.cfg.workers = n;
-        self
-    }
-
-    /// Queue capacity: tasks waiting for a worker (default [`DEFAULT_QUEUE_PER_WORKER`] ×
-    /// workers). `submit` waits for room; `try_submit` hands the arguments back.
-    pub fn queue_capacity(&mut self, n: usize) -> &mut Self {
-        self.queue_capacity = Some(n);
-        self
-    }
-
-    /// Largest frame either side sends or accepts (default [`DEFAULT_MAX_FRAME`]). Arguments
-    /// or results that do not fit fail their task with an encoding error.
-    pub fn max_frame_size(&mut self, bytes: usize) -> &mut Self {
-        self.cfg.max_frame = bytes;
-        self
-    }
-
-    /// Caps each worker's address space (`RLIMIT_AS`). A task that allocates past it kills
-    /// its worker (the allocation fails and the process aborts): that task fails with
-    /// "worker died" and the worker is replaced.
-    pub fn memory_limit(&mut self, bytes: u64) -> &mut Self {
-        self.cfg.memory_limit = Some(bytes);
-        self
-    }
-
-    /// How long a new worker has to answer the handshake (default
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]).
-    pub fn handshake_timeout(&mut self, d: Duration) -> &mut Self {
-        self.cfg.handshake_timeout = d;
-        self
-    }
-
-    /// Replaces each worker after it ran `n` tasks (Python's `max_tasks_per_child`); a `map`
-    /// chunk counts as one task.
-    pub fn max_tasks_per_worker(&mut self, n: u64) -> &mut Self {
-        self.cfg.max_tasks = Some(n.max(1));
-        self
-    }
-
-    /// A registered function every worker, replacements included, runs with `args` before
-    /// its first task. If it panics the worker does not start (see the crash-loop guard).
-    pub fn initializer<A: Serialize, R>(&mut self, f: &RemoteFn<A, R>, args: A) -> &mut Self {
-        match postcard::to_allocvec(&args) {
-            Ok(bytes) => self.cfg.init = Some((f.name(), bytes)),
-            Err(e) => {
-                self.problem = Some(format!("could not encode the initializer's arguments: {e}"))
-            }
-        }
-        self
-    }
-
-    /// Read-only data given once to every worker at start (Listing 2's precomputed data);
-    /// workers read it with [`offload::shared`](crate::shared), which decodes it once per
-    /// worker and may borrow from it.
-    ///
-    /// Data of [`shared_map_threshold`](Self::shared_map_threshold) bytes or more (encoded)
-    /// is written once into a sealed memory file that every worker, replacements included,
-    /// maps read-only: one copy in memory for the whole pool, and no size limit but memory
-    /// (Linux; elsewhere all data travels inline, within
-    /// [`max_frame_size`](Self::max_frame_size)). Smaller data travels in each worker's setup
-    /// frame. Empty data is no data. Replaces any earlier shared data.
-    pub fn shared_data<T: Serialize + ?Sized>(&mut self, data: &T) -> &mut Self {
-        match postcard::to_allocvec(data) {
-            Ok(bytes) => self.cfg.shared = SharedPayload::Inline(bytes.into()),
-            Err(e) => self.problem = Some(format!("could not encode the shared data: {e}")),
-        }
-        self
-    }
-
-    /// Raw read-only bytes given once to every worker, read there with
-    /// [`offload::shared_bytes`](crate::shared_bytes) as a `&'static [u8]`, without any
-    /// decoding. Travels as [`shared_data`](Self::shared_data) does. Replaces any earlier
-    /// shared data.
-    pub fn shared_bytes(&mut self, bytes: impl Into<Bytes>) -> &mut Self {
-        self.cfg.shared = SharedPayload::Inline(bytes.into());
-        self
-    }
-
-    /// The contents of the file at `path`, given to every worker as read-only bytes
-    /// ([`offload::shared_bytes`](crate::shared_bytes)).
-    ///
-    /// [`build`](Self::build) copies the file once into a sealed memory file (inside the
-    /// kernel, not through this process's heap) that every worker maps: later changes to the
-    /// file on disk do not reach the workers, and no worker can see a half-written file.
-    /// The copy costs the file's size in memory once for the whole pool. A file that cannot
-    /// be read fails `build` with its path. Replaces any earlier shared data.
-    pub fn shared_file(&mut self, path: impl Into<PathBuf>) -> &mut Self {
-        self.cfg.shared = SharedPayload::File(path.into());
-        self
-    }
-
-    /// The size from which shared data is mapped from one memory file instead of copied into
-    /// every worker's setup frame (default [`DEFAULT_SHARED_MAP_THRESHOLD`]; 0 maps any
-    /// non-empty data).
-    pub fn shared_map_threshold(&mut self, bytes: usize) -> &mut Self {
-        self.cfg.shared_map_threshold = bytes;
-        self
-    }
-
-    /// A deadline for every task, counted from when its worker starts it; a task past it is
-    /// killed with its worker and fails with "timed out". For a frame larger than the request
-    /// pipe's buffer (`pipeline_depth` × 64 KiB by default), it counts from when an idle
-    /// worker is claimed for it, before the write: a worker that never reads the arguments
-    /// cannot hold the task past its deadline. Per task: [`ProcessPool::submit_timeout`].
-    pub fn task_timeout(&mut self, d: Duration) -> &mut Self {
-        self.cfg.task_timeout = Some(d);
-        self
-    }
-
-    /// Tasks sent ahead to each worker (default [`DEFAULT_PIPELINE`]; 1 sends a task only to
-    /// an idle worker).
-    pub fn pipeline_depth(&mut self, n: usize) -> &mut Self {
-        self.cfg.pipeline = n.max(1);
-        self
-    }
-
-    /// Start failures in a row that break the pool (default [`DEFAULT_MAX_START_FAILURES`]).
-    pub fn max_start_failures(&mut self, n: u32) -> &mut Self {
-        self.cfg.max_start_failures = n.max(1);
-        self
-    }
-
-    /// Sets an environment variable for the workers.
-    pub fn env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> &mut Self {
-        self.cfg.env.push((key.into(), value.into()));
-        self
-    }
-
-    /// How long a waiter spins for a result before it parks (default
-    /// [`DEFAULT_RESULT_SPIN`]).
-    pub fn result_spin(&mut self, d: Duration) -> &mut Self {
-        self.cfg.result_spin = d;
-        self
-    }
-
-    /// How long the first poll (`.await`) of a handle may block its thread reading the
-    /// task's answer itself, while recent tasks are shorter than that (default
-    /// [`DEFAULT_RESULT_WAIT`]; zero: never, the waiter parks at once and the pool's thread
-    /// reads the answer and wakes it).
-    pub fn result_wait(&mut self, d: Duration) -> &mut Self {
-        self.cfg.result_wait = d;
-        self
-    }
-
-    /// Starts the pool. The workers start in the background; a worker that cannot start is
-    /// retried, and the crash-loop guard turns repeated failures into a pool error that
-    /// every task then reports.
-    ///
-    /// Errors when [`init`](crate::init) did not run in this process, or a setting is invalid.
-    pub fn build(&self) -> Result<ProcessPool, BuildError> {
-        if let Some(p) = &self.problem {
-            return Err(BuildError::invalid(p.clone()));
-        }
-        let Some(registry) = Registry::global() else {
-            return Err(BuildError::invalid(format!(
-                "offload::init was not called in this process: {FORGOT_INIT}"
-            )));
-        };
-        let mut cfg = self.cfg.clone();
-        if cfg.workers == 0 {
-            return Err(BuildError::invalid(
-                "a process pool needs at least 1 worker",
-            ));
-        }
-        if let Some((name, _)) = &cfg.init {
-            if !registry.contains(name) {
-                return Err(BuildError::invalid(format!(
-                    "the initializer {name:?} is not registered: {}",
-                    not_registered_fix()
-                )));
-            }
-        }
-        cfg.shared = cfg
-            .shared
-            .resolve(cfg.shared_map_threshold)
-            .map_err(BuildError::invalid)?;
-        let inline = match &cfg.shared {
-            SharedPayload::Inline(b) => b.len(),
-            _ => 0,
-        };
-        let setup_len = inline + cfg.init.as_ref().map_or(0, |(_, a)| a.len()) + 64;
-        if setup_len > cfg.max_frame {
-            return Err(BuildError::invalid(format!(
-                "the shared data and initializer arguments ({setup_len} bytes) exceed the \
-                 maximum frame size ({} bytes)",
-                cfg.max_frame
-            )));
-        }
-        cfg.queue_capacity = self
-            .queue_capacity
-            .unwrap_or(DEFAULT_QUEUE_PER_WORKER * cfg.workers)
-            .max(1);
-        // Remote functions run in this process (inline or on threads, by placement) read the
-        // same data as the workers.
-        match &cfg.shared {
-            SharedPayload::Inline(b) => crate::remote::adopt_bytes(b),
-            SharedPayload::Mapped(f) => crate::remote::adopt_file(f),
-            SharedPayload::File(_) => {}
-        }
-        let (tx, rx) = async_channel::bounded(cfg.queue_capacity);
-        let workers = cfg.workers;
-        let state = State {
-            slots: (0..workers).map(|_| SlotState::default()).collect(),
-            ..State::default()
-        };
-        let shared = Arc::new(Shared {
-            cfg,
-            state: Mutex::new(state),
-            changed: Condvar::new(),
-            deadlines: Condvar::new(),
-            tx,
-            rx,
-            next_id: AtomicU64::new(1),
-            counters: pool::Counters::default(),
-            guard_sigpipe: sys::sigpipe_kills(),
-        });
-        let mut threads = Vec::with_capacity(workers + 1);
-        let s = shared.clone();
-        let watchdog = std::thread::Builder::new()
-            .name("offload-proc-deadlines".into())
-            .spawn(move || slot::watchdog(s));
-        match watchdog {
-            Ok(t) => threads.push(t),
-            Err(e) => return Err(BuildError::io("could not start the deadline thread", e)),
-        }
-        for i in 0..workers {
-            let s = shared.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("offload-proc-{i}"))
-                .spawn(move || slot::run(s, i));
-            match t {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    let owner = Owner {
-                        shared,
-                        threads: Mutex::new(threads),
-                        stopped: Mutex::new(false),
-                    };
-                    owner.stop(ShutdownMode::Cancel, true);
-                    return Err(BuildError::io("could not start a worker slot thread", e));
-                }
-            }
-        }
-        tracing::debug!(workers, "process tier started");
-        Ok(ProcessPool {
-            inner: Arc::new(Owner {
-                shared,
-                threads: Mutex::new(threads),
-                stopped: Mutex::new(false),
-            }),
-        })
-    }
-}
-
-fn not_registered_fix() -> &'static str {
+pub(crate) fn not_registered_fix() -> &'static str {
     "list it in offload::init(&[...]) at the top of main"
-}
-
-/// Owns the pool's threads; the last clone of the pool stops it.
-struct Owner {
-    shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    stopped: Mutex<bool>,
-}
-
-impl Owner {
-    fn stop(&self, mode: ShutdownMode, kill: bool) {
-        let kill = kill || mode == ShutdownMode::Kill;
-        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        let s = &self.shared;
-        s.tx.close();
-        {
-            let mut st = s.lock();
-            st.closing = true;
-            // Running tasks are waited for (or killed) now: their answers must be read.
-            s.want_readers(&mut st);
-            if mode.fails_queued() {
-                s.fail_queued(&mut st, Error::shut_down);
-            }
-            if kill {
-                st.stopping = true;
-                s.deadlines.notify_all();
-                for sl in st.slots.iter_mut() {
-                    if let Some(c) = sl.child.as_mut() {
-                        let _ = c.kill();
-                    }
-                }
-            } else {
-                while !(s.is_idle(&st) || st.broken.is_some()) {
-                    st = s.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-                }
-                st.stopping = true;
-                s.deadlines.notify_all();
-                s.fail_queued(&mut st, Error::shut_down);
-                for sl in st.slots.iter_mut() {
-                    if let Some(conn) = sl.conn.clone() {
-                        sl.retiring = true;
-                        s.send_exit(&conn);
-                    }
-                }
-            }
-        }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in threads {
-            let _ = t.join();
-        }
-        *stopped = true;
-        tracing::debug!("process tier stopped; every worker reaped");
-    }
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        let done = *self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        if !done {
-            // Dropped without shutdown: do not wait for running tasks; kill and reap.
-            self.stop(ShutdownMode::Cancel, true);
-        }
-    }
 }
 
 /// A pool of worker processes running registered [`RemoteFn`]s. Cheap to clone; see the
@@ -601,7 +163,10 @@ impl fmt::Debug for ProcessPool {
             .field("workers", &st.slots.len())
             .field(
                 "live",
-                &st.slots.iter().filter(|s| s.conn.is_some()).count(),
+                &st.slots
+                    .iter()
+                    .filter(|s| s.phase == worker::Phase::Serving)
+                    .count(),
             )
             .field("queued", &(st.retry.len() + self.inner.shared.rx.len()))
             .field("broken", &st.broken.is_some())
@@ -612,6 +177,25 @@ impl fmt::Debug for ProcessPool {
 
 impl ProcessPool {
     /// Settings for a new pool.
+    ///
+    /// ```
+    /// use offload::{ProcessPool, RemoteFn, ShutdownMode};
+    ///
+    /// static LEN: RemoteFn<String, usize> = RemoteFn::new("len", |s| s.len());
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     offload::init(&[&LEN]); // first: in a worker process, this serves tasks
+    ///     let pool = ProcessPool::builder()
+    ///         .workers(2)
+    ///         .memory_limit(512 << 20)      // each worker's address space
+    ///         .max_tasks_per_worker(1_000)  // recycle a worker after 1,000 tasks
+    ///         .build()?;
+    ///     let n = pool.submit_blocking(&LEN, "four".to_string())?.blocking_wait()?;
+    ///     assert_eq!(n, 4);
+    ///     pool.shutdown_blocking(ShutdownMode::Drain);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn builder() -> ProcessPoolBuilder {
         ProcessPoolBuilder::default()
     }
@@ -635,7 +219,9 @@ impl ProcessPool {
         TierKind::Processes
     }
 
-    /// The process ids of the workers running now (slots between workers are skipped).
+    /// The process ids of the workers serving now (a worker still in its handshake, and a slot
+    /// between two workers, are skipped). A finished task's
+    /// [`RunInfo::pid`](crate::RunInfo::pid) names the worker that ran it.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.shared()
             .lock()
@@ -692,7 +278,7 @@ impl ProcessPool {
         make: impl FnOnce(crate::task::Completer<T>) -> P,
     ) -> Result<(Req, TaskHandle<T>), Error>
     where
-        P: pool::Pending + 'static,
+        P: pending::Pending + 'static,
     {
         let s = self.shared();
         let registered = Registry::global().is_some_and(|r| r.contains(name));
@@ -731,6 +317,7 @@ impl ProcessPool {
         );
         let req = Req {
             id,
+            key: (name, batch),
             frame,
             task: Box::new(make(completer)),
             timeout: timeout.or(s.cfg.task_timeout),
@@ -774,9 +361,36 @@ impl ProcessPool {
         self.submit_inner(f, args, None).await
     }
 
-    /// As [`submit`](Self::submit), with a deadline for this task: past `timeout` from its
-    /// start (see [`ProcessPoolBuilder::task_timeout`]) its worker is killed and it fails with
+    /// As [`submit`](Self::submit), with a deadline for this task: past `timeout` from when
+    /// its worker starts it (time in the queue does not count; see
+    /// [`ProcessPoolBuilder::task_timeout`]) its worker is killed and it fails with
     /// "timed out".
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use offload::{ProcessPool, RemoteFn, ShutdownMode};
+    ///
+    /// static SLEEP_MS: RemoteFn<u64, u64> = RemoteFn::new("sleep_ms", |ms| {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// });
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     offload::init(&[&SLEEP_MS]);
+    ///     let pool = ProcessPool::new(1)?;
+    ///     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    ///     rt.block_on(async {
+    ///         let h = pool.submit_timeout(&SLEEP_MS, 10_000, Duration::from_millis(100)).await?;
+    ///         let e = h.await.unwrap_err();
+    ///         assert!(e.is_timeout(), "{e}");
+    ///         // The worker was killed and replaced: the pool serves on.
+    ///         assert_eq!(pool.submit(&SLEEP_MS, 1).await?.await?, 1);
+    ///         pool.shutdown(ShutdownMode::Drain).await;
+    ///         Ok::<(), offload::Error>(())
+    ///     })?;
+    ///     Ok(())
+    /// }
+    /// ```
     pub async fn submit_timeout<A, R>(
         &self,
         f: &RemoteFn<A, R>,
@@ -986,32 +600,52 @@ impl ProcessPool {
     }
 
     /// Stops the pool: new submissions fail with "shut down"; queued tasks run
-    /// ([`ShutdownMode::Drain`]) or fail with "shut down" ([`ShutdownMode::Cancel`]); running
-    /// tasks finish. Returns when every worker has exited and been reaped and every thread of
-    /// the pool has ended. Safe to call twice.
+    /// ([`ShutdownMode::Drain`]) or fail with "shut down" ([`ShutdownMode::Cancel`],
+    /// [`ShutdownMode::Kill`]); running tasks finish, or with `Kill` are killed with their
+    /// workers and fail "shut down". Returns when every worker has exited and been reaped and
+    /// every thread of the pool has ended. Safe to call twice.
     pub async fn shutdown(&self, mode: ShutdownMode) {
+        self.stop_async(mode, None).await;
+    }
+
+    /// As [`shutdown`](Self::shutdown), blocking the calling thread (for sync code).
+    pub fn shutdown_blocking(&self, mode: ShutdownMode) {
+        self.inner.stop(mode, None);
+    }
+
+    /// As [`shutdown`](Self::shutdown) with a time limit (Python's `terminate_workers` after
+    /// a wait): shuts down per `mode`; if that has not finished within `limit`, escalates to
+    /// [`ShutdownMode::Kill`] (queued and running tasks fail "shut down"). Returns true when it
+    /// finished without escalating. On return no worker process is left (all reaped).
+    pub async fn shutdown_timeout(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        self.stop_async(mode, Some(limit)).await
+    }
+
+    /// As [`shutdown_timeout`](Self::shutdown_timeout), blocking the calling thread (for sync
+    /// code).
+    pub fn shutdown_timeout_blocking(&self, mode: ShutdownMode, limit: Duration) -> bool {
+        self.inner.stop(mode, Some(limit))
+    }
+
+    /// Stops the pool on a thread of its own (joining threads and reaping children block).
+    async fn stop_async(&self, mode: ShutdownMode, limit: Option<Duration>) -> bool {
         let owner = self.inner.clone();
         let (tx, rx) = futures::channel::oneshot::channel();
         let joiner = std::thread::Builder::new()
             .name("offload-proc-shutdown".into())
             .spawn(move || {
-                owner.stop(mode, false);
-                let _ = tx.send(());
+                let _ = tx.send(owner.stop(mode, limit));
             });
         match joiner {
             Ok(j) => {
-                let _ = rx.await;
+                let clean = rx.await.unwrap_or(false);
                 let _ = j.join();
+                clean
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no thread for shutdown; stopping on the caller's thread");
-                self.inner.stop(mode, false);
+                self.inner.stop(mode, limit)
             }
         }
-    }
-
-    /// As [`shutdown`](Self::shutdown), blocking the calling thread (for sync code).
-    pub fn shutdown_blocking(&self, mode: ShutdownMode) {
-        self.inner.stop(mode, false);
     }
 }

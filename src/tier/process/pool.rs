@@ -1,5 +1,5 @@
-//! The pool's shared state: the queue, the workers' in-flight tasks, dispatch, and who reads
-//! each worker's answers.
+//! The pool's shared state: the queue, the worker slots ([`SlotState`], whose phase changes
+//! only through the transitions in `worker.rs`), dispatch, and cancel.
 //!
 //! One mutex guards the state. Dispatch ([`Shared::pump`]) runs under it, from a submitter
 //! (when a worker has room) or from whoever reads a worker's answers (when a result frees
@@ -10,306 +10,23 @@
 //! ([`BigWrite`]).
 //!
 //! A worker's answers are read by its slot thread or by a caller waiting for its own task
-//! ([`ReaderRole`]); the rules that make sure an awaited answer is always read are on
+//! ([`ReaderRole`](super::worker::ReaderRole)); the rules that make sure an awaited answer is always read are on
 //! [`Shared::pump`] and [`Shared::want_readers`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::Write;
-use std::os::unix::net::UnixStream;
-use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use serde::de::DeserializeOwned;
 
 use super::Config;
+use super::worker::{
+    BigWrite, Cancelled, FnKey, InFlight, MAX_FAILED_WRITES, Phase, Req, SlotState, Take, not_run,
+};
 use crate::error::{Error, ErrorKind};
-use crate::remote::wire::ItemOutcome;
-use crate::task::{Completer, RemoteLink};
-use crate::tier::map::ChunkStats;
-use crate::tier::{RunInfo, TierKind};
-
-/// A task's completer with its result type erased: the reader hands it the body bytes.
-pub(crate) trait Pending: Send {
-    /// Claims the task for running; false when it was cancelled while queued.
-    fn start(&self) -> bool;
-    /// When the task was submitted.
-    fn submitted(&self) -> Instant;
-    /// Whether its handle waits for it (parked, blocked, probing): then the pool reads its
-    /// answer without waiting for the handle to do it.
-    fn is_waited(&self) -> bool;
-    /// Decodes the result from `body` and completes the task.
-    fn succeed(self: Box<Self>, body: &[u8], info: RunInfo);
-    /// Completes the task with `e`.
-    fn fail(self: Box<Self>, e: Error, info: RunInfo);
-    /// Drops the task whose slot already holds its outcome (cancelled while queued).
-    fn discard(self: Box<Self>);
-}
-
-/// A single call: the body is one encoded `R`.
-pub(crate) struct One<R> {
-    pub(crate) completer: Completer<R>,
-}
-
-impl<R: DeserializeOwned + Send + 'static> Pending for One<R> {
-    fn start(&self) -> bool {
-        self.completer.start()
-    }
-    fn submitted(&self) -> Instant {
-        self.completer.submitted()
-    }
-    fn is_waited(&self) -> bool {
-        self.completer.is_waited()
-    }
-    fn succeed(self: Box<Self>, body: &[u8], info: RunInfo) {
-        let outcome = postcard::from_bytes::<R>(body).map_err(|e| {
-            Error::new(
-                ErrorKind::Encoding,
-                format!(
-                    "could not decode the result as {}: {e}",
-                    std::any::type_name::<R>()
-                ),
-            )
-        });
-        self.completer.finish(outcome, info);
-    }
-    fn fail(self: Box<Self>, e: Error, info: RunInfo) {
-        self.completer.finish(Err(e), info);
-    }
-    fn discard(self: Box<Self>) {
-        self.completer.disarm();
-    }
-}
-
-/// A batch of `map` items: the body is an encoded `Vec<ItemOutcome<R>>`.
-pub(crate) struct Batch<R> {
-    pub(crate) completer: Completer<Vec<Result<R, Error>>>,
-    pub(crate) items: usize,
-    pub(crate) stats: Arc<ChunkStats>,
-}
-
-impl<R: DeserializeOwned + Send + 'static> Pending for Batch<R> {
-    fn start(&self) -> bool {
-        self.completer.start()
-    }
-    fn submitted(&self) -> Instant {
-        self.completer.submitted()
-    }
-    fn is_waited(&self) -> bool {
-        self.completer.is_waited()
-    }
-    fn succeed(self: Box<Self>, body: &[u8], info: RunInfo) {
-        let run_ns = u64::try_from(info.run_time.as_nanos()).unwrap_or(u64::MAX);
-        self.stats.record(self.items, run_ns);
-        let outcome = postcard::from_bytes::<Vec<ItemOutcome<R>>>(body)
-            .map(|v| v.into_iter().map(ItemOutcome::into_result).collect())
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Encoding,
-                    format!(
-                        "could not decode a batch of results as {}: {e}",
-                        std::any::type_name::<R>()
-                    ),
-                )
-            });
-        self.completer.finish(outcome, info);
-    }
-    fn fail(self: Box<Self>, e: Error, info: RunInfo) {
-        self.completer.finish(Err(e), info);
-    }
-    fn discard(self: Box<Self>) {
-        self.completer.disarm();
-    }
-}
-
-/// A queued task: its frame, ready to write, and its completer.
-pub(crate) struct Req {
-    pub(crate) id: u64,
-    pub(crate) frame: Vec<u8>,
-    pub(crate) task: Box<dyn Pending>,
-    pub(crate) timeout: Option<Duration>,
-    /// Claimed already (a task put back after its worker died before starting it).
-    pub(crate) started: bool,
-    /// Writes of this task's frame that failed because its worker went away mid-write.
-    pub(crate) failed_writes: u32,
-}
-
-impl InFlight {
-    /// `req`, sent (or claimed) at `sent`, started at `started`.
-    fn sent(req: Req, started: Option<Instant>, sent: Instant) -> InFlight {
-        InFlight {
-            id: req.id,
-            task: req.task,
-            frame: req.frame,
-            timeout: req.timeout,
-            started,
-            sent,
-            killed: None,
-            failed_writes: req.failed_writes,
-        }
-    }
-
-    /// Back to the queue's form, for a task that did not run (claimed already).
-    pub(crate) fn unsent(self) -> Req {
-        Req {
-            id: self.id,
-            frame: self.frame,
-            task: self.task,
-            timeout: self.timeout,
-            started: true,
-            failed_writes: self.failed_writes,
-        }
-    }
-}
-
-/// The run info of a task that never ran: failed before or while it was sent to `worker`.
-pub(crate) fn not_run(worker: Option<usize>, task: &dyn Pending) -> RunInfo {
-    RunInfo {
-        tier: TierKind::Processes,
-        worker,
-        run_time: Duration::ZERO,
-        queued: task.submitted().elapsed(),
-        pid: None,
-    }
-}
-
-/// A task whose frame could not be written to this many workers in a row fails with "worker
-/// died" instead of trying another: a frame that kills the worker reading it (an argument
-/// over the memory cap) would otherwise restart workers for ever. Two, so that one worker that
-/// dies for its own reasons during the write does not fail an innocent task.
-pub(crate) const MAX_FAILED_WRITES: u32 = 2;
-
-/// Why the pool killed a worker while it ran a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KillReason {
-    Timeout(Duration),
-    Cancel,
-}
-
-/// A task sent to a worker, not yet answered.
-pub(crate) struct InFlight {
-    pub(crate) id: u64,
-    pub(crate) task: Box<dyn Pending>,
-    pub(crate) frame: Vec<u8>,
-    pub(crate) timeout: Option<Duration>,
-    /// When the worker started it (when it became the worker's first unanswered task; for a
-    /// frame written without the lock and a deadline, when the worker was claimed for it).
-    pub(crate) started: Option<Instant>,
-    pub(crate) sent: Instant,
-    pub(crate) killed: Option<KillReason>,
-    /// Writes of this task's frame that failed before (see [`MAX_FAILED_WRITES`]).
-    pub(crate) failed_writes: u32,
-}
-
-/// A frame written to a worker with the pool's lock released: one too large for the request
-/// pipe's buffer ([`SlotState::unlocked_write_over`]), whose write may last as long as the
-/// worker takes to read it (tens of milliseconds for 64 MiB), and would stall every submit,
-/// answer and reader of the pool if the lock were held meanwhile.
-///
-/// Dispatch claims an idle worker for such a task: the task becomes the worker's only one in
-/// flight (its deadline, if any, counts from the claim; its handle may wait as for any other) and
-/// the slot is marked [`Claimed`](Self::Claimed), which keeps every other write off its
-/// request pipe (dispatch skips it; `Exit` is only sent to an idle pool or after an answer,
-/// and an answer to this task means its frame was read whole). The slot thread then takes the
-/// frame out, marks the slot [`Writing`](Self::Writing), writes without the lock, and settles
-/// the result under it (`slot::write_claimed`):
-///
-/// - written: the task is started (a task without a deadline: from now), unless a reader
-///   already took its answer;
-/// - failed, the task killed meanwhile (a cancel or its deadline kills the worker: it holds
-///   only this task) or the pool stopping: the task stays in flight, and the slot thread
-///   fails it when it reaps the worker (`cancelled`, `timed out`, `shut down`);
-/// - failed otherwise (the worker died while reading): the worker is killed (a half-written
-///   frame leaves it nothing to read) and sent nothing more, and the task goes the way of any
-///   failed write: tried elsewhere, failed after [`MAX_FAILED_WRITES`].
-///
-/// A cancel of a claimed task not being written yet takes it back without touching the
-/// worker. A worker that goes away before its slot thread wrote the claimed frame puts the
-/// task back at the front of the queue (it never ran), or fails it "shut down" when the pool
-/// stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum BigWrite {
-    /// No frame waits for the slot thread or is being written by it.
-    #[default]
-    None,
-    /// Task `id`, the worker's only one in flight, waits for the slot thread to write it.
-    Claimed(u64),
-    /// The slot thread is writing task `id`'s frame (taken out of its [`InFlight`]).
-    Writing(u64),
-}
-
-/// Who reads a worker's answers now. Only the holder touches the answer pipe (through the
-/// [`Inbox`](super::slot::Inbox)), so frames are never split between two readers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum ReaderRole {
-    /// Nobody: the slot thread waits only for the worker's death or a wake-up, so an answer
-    /// arriving wakes no thread of the pool; the caller waiting for it reads it itself.
-    #[default]
-    Nobody,
-    /// The slot thread, blocked in `read`, until the worker has no unanswered task.
-    Thread,
-    /// A caller in the first poll of its handle, for a bounded time
-    /// ([`DEFAULT_RESULT_WAIT`](super::DEFAULT_RESULT_WAIT)).
-    Caller,
-}
-
-/// One worker slot as the pool sees it.
-#[derive(Default)]
-pub(crate) struct SlotState {
-    /// Write end of the worker's request pipe; `None` while no worker can take a task: none
-    /// started yet, it went away, or the pool is killing it (a deadline, a cancel, a bad
-    /// frame), so that no task is written to a worker about to die.
-    pub(crate) conn: Option<Arc<File>>,
-    /// Frames up to this size may wait in the request pipe behind a running task (see
-    /// [`PIPELINE_FRAME_LIMIT`]).
-    pub(crate) pipeline_limit: usize,
-    /// A frame written (or about to be) with the lock released; nothing else is written to
-    /// this worker meanwhile.
-    pub(crate) big_write: BigWrite,
-    pub(crate) child: Option<Child>,
-    pub(crate) pid: Option<u32>,
-    pub(crate) inflight: VecDeque<InFlight>,
-    /// Tasks sent to the current process.
-    pub(crate) sent: u64,
-    /// Told to exit (max tasks reached, or shutdown).
-    pub(crate) retiring: bool,
-    /// Who reads the worker's answers.
-    pub(crate) reader: ReaderRole,
-    /// The answer pipe and its undecoded bytes; taken out by the reader while it reads.
-    pub(crate) inbox: Option<Box<super::slot::Inbox>>,
-    /// Write end of the slot thread's wake-up socket (nonblocking).
-    pub(crate) wake: Option<UnixStream>,
-}
-
-impl SlotState {
-    /// Frames over this size go to an idle worker by its slot thread, with the lock released
-    /// ([`BigWrite`]): they may not fit the request pipe's buffer (sized for `depth` frames
-    /// of up to [`pipeline_limit`](Self::pipeline_limit)), so their write may wait for the
-    /// worker to read. Smaller ones fit the empty pipe of an idle worker at once.
-    pub(crate) fn unlocked_write_over(&self, depth: usize) -> usize {
-        self.pipeline_limit.saturating_mul(depth.max(1))
-    }
-
-    /// Wakes the slot thread (it re-reads its role). A full wake-up socket already holds a
-    /// wake-up, so a failed write loses nothing.
-    pub(crate) fn wake_thread(&self) {
-        if let Some(w) = &self.wake {
-            let _ = (&*w).write(&[1]);
-        }
-    }
-
-    /// Makes the slot thread the reader when unanswered tasks have none; see
-    /// [`Shared::want_readers`].
-    pub(crate) fn want_reader(&mut self) {
-        if self.reader == ReaderRole::Nobody && !self.inflight.is_empty() {
-            self.reader = ReaderRole::Thread;
-            self.wake_thread();
-        }
-    }
-}
+use crate::task::RemoteLink;
 
 /// The mutable state under the pool's lock.
 #[derive(Default)]
@@ -319,12 +36,20 @@ pub(crate) struct State {
     pub(crate) retry: VecDeque<Req>,
     /// Set by the crash-loop guard: the pool cannot start workers.
     pub(crate) broken: Option<Error>,
-    /// Consecutive start-up failures, over all slots.
+    /// Consecutive start-up failures, over all slots (kills from outside not counted).
     pub(crate) start_failures: u32,
+    /// Consecutive starting workers killed from outside (they only slow the next start).
+    pub(crate) start_kills: u32,
     /// No new tasks (shutdown called).
     pub(crate) closing: bool,
     /// Workers exit once idle and are not replaced.
     pub(crate) stopping: bool,
+    /// Stopping by killing the workers: a worker still in its handshake is killed too.
+    pub(crate) killing: bool,
+    /// Each function's learned run time (an average, in nanoseconds): dispatch writes a task
+    /// behind running ones only when they are known to be short
+    /// ([`DEFAULT_PIPELINE_SHORT`](super::DEFAULT_PIPELINE_SHORT)).
+    pub(crate) run_times: HashMap<FnKey, u64>,
 }
 
 /// Counters for stats.
@@ -367,7 +92,7 @@ pub(crate) struct Link {
 impl RemoteLink for Link {
     fn kill(&self) -> bool {
         self.pool.upgrade().is_some_and(|p| {
-            super::slot::read_waiting_answers(&p, self.id);
+            super::reader::read_waiting_answers(&p, self.id);
             p.cancel_running(self.id)
         })
     }
@@ -377,7 +102,7 @@ impl RemoteLink for Link {
             return;
         }
         if let Some(p) = self.pool.upgrade() {
-            super::slot::read_own_answer(&p, self.id, done);
+            super::reader::read_own_answer(&p, self.id, done);
         }
     }
 
@@ -458,6 +183,11 @@ impl Shared {
         if !(st.retry.is_empty() && self.rx.is_empty()) {
             self.want_readers(st);
         }
+        // Shutdown waits for the pool to become idle (and sets `closing` first): any change
+        // that empties it passes through here.
+        if st.closing && self.is_idle(st) {
+            self.changed.notify_all();
+        }
     }
 
     fn pump_queue(&self, st: &mut State) {
@@ -466,24 +196,13 @@ impl Shared {
         }
         let depth = self.cfg.pipeline.max(1);
         loop {
-            // The worker with the fewest unanswered tasks that can take one more.
-            let Some(w) = (0..st.slots.len())
-                .filter(|&i| {
-                    let s = &st.slots[i];
-                    s.conn.is_some()
-                        && !s.retiring
-                        // One writer at a time: nothing is written behind a frame being written.
-                        && s.big_write == BigWrite::None
-                        && s.inflight.len() < depth
-                        && self.cfg.max_tasks.is_none_or(|m| s.sent < m)
-                        // Nothing is queued behind a task with a deadline: the watchdog's kill
-                        // may land just after that task finished, and must not hit another.
-                        && !s.inflight.iter().any(|t| t.timeout.is_some())
-                })
-                .min_by_key(|&i| st.slots[i].inflight.len())
-            else {
+            if !st
+                .slots
+                .iter()
+                .any(|s| s.phase == Phase::Serving && s.big_write == BigWrite::None)
+            {
                 return;
-            };
+            }
             let req = match st.retry.pop_front() {
                 Some(r) => r,
                 None => match self.rx.try_recv() {
@@ -491,31 +210,37 @@ impl Shared {
                     Err(_) => return,
                 },
             };
+            // The worker with the fewest unanswered tasks that takes it (see
+            // `SlotState::takes`): an idle one first, behind short tasks only when none is.
+            let run_times = &st.run_times;
+            let short_ns = u64::try_from(self.cfg.pipeline_short.as_nanos()).unwrap_or(u64::MAX);
+            let short = |t: &InFlight| run_times.get(&t.key).is_some_and(|&ns| ns < short_ns);
+            let pick = (0..st.slots.len())
+                .filter_map(|i| {
+                    st.slots[i]
+                        .takes(&req, depth, self.cfg.max_tasks, short)
+                        .map(|t| (i, t))
+                })
+                .min_by_key(|&(i, _)| st.slots[i].inflight.len());
+            let Some((w, take)) = pick else {
+                // No worker takes it now: it waits at the front for the first that frees.
+                st.retry.push_front(req);
+                return;
+            };
             if !req.started && !req.task.start() {
                 // Cancelled while queued: its handle already has the outcome.
                 req.task.discard();
                 continue;
             }
+            let closing = st.closing;
             let slot = &mut st.slots[w];
-            if !slot.inflight.is_empty()
-                && (req.frame.len() > slot.pipeline_limit || req.timeout.is_some())
-            {
-                // Big frames wait for an idle worker (the chosen one has the fewest tasks, so
-                // none is idle), so that writing never blocks on a busy one; so do tasks with a
-                // deadline, so that their kill can only ever hit them.
-                let mut req = req;
-                req.started = true;
-                st.retry.push_front(req);
-                return;
-            }
-            if req.frame.len() > slot.unlocked_write_over(depth) {
-                // The worker is idle (checked above). Claimed for this task; its slot thread
-                // writes the frame with the lock released (see `BigWrite`).
-                let needs_reader = req.timeout.is_some() || st.closing || req.task.is_waited();
-                // A deadline counts from the claim: the write is part of the task's time, so a
-                // worker that never reads the frame cannot hold the task past its deadline
-                // (the watchdog kills it; it holds only this task).
-                let now = Instant::now();
+            let needs_reader = req.timeout.is_some() || closing || req.task.is_waited();
+            let now = Instant::now();
+            if take == Take::Claim {
+                // The worker is idle. Claimed for this task; its slot thread writes the frame
+                // with the lock released (see `BigWrite`). A deadline counts from the claim
+                // until the write ends (then from the write's end): a worker that never reads
+                // the frame cannot hold the task past its deadline.
                 let started = req.timeout.map(|_| now);
                 if started.is_some() {
                     self.deadlines.notify_one();
@@ -532,19 +257,18 @@ impl Shared {
             }
             let written = match &slot.conn {
                 Some(conn) => super::sys::write_all(conn, &req.frame, self.guard_sigpipe),
-                None => return,
+                None => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
             };
             if let Err(e) = written {
                 // The worker is going away; its reader will notice.
                 self.failed_write(st, w, req, &e);
                 continue;
             }
-            let now = Instant::now();
+            // Written to an idle worker, which is blocked reading: it starts the task now.
             let started = slot.inflight.is_empty().then_some(now);
             if started.is_some() && req.timeout.is_some() {
                 self.deadlines.notify_one();
             }
-            let needs_reader = req.timeout.is_some() || st.closing || req.task.is_waited();
             slot.inflight.push_back(InFlight::sent(req, started, now));
             slot.sent += 1;
             if needs_reader {
@@ -557,7 +281,7 @@ impl Shared {
     /// worker is sent nothing more (its reader notices its end), and the task is tried
     /// elsewhere, unless its frame already killed a worker before. Call with the lock held.
     pub(crate) fn failed_write(&self, st: &mut State, w: usize, mut req: Req, e: &std::io::Error) {
-        st.slots[w].conn = None;
+        st.slots[w].transition_to_killed();
         req.failed_writes += 1;
         if req.failed_writes >= MAX_FAILED_WRITES {
             let info = not_run(Some(w), req.task.as_ref());
@@ -610,46 +334,32 @@ impl Shared {
     /// fails it as cancelled) or fails it at once. Returns whether it found the task.
     pub(crate) fn cancel_running(&self, id: u64) -> bool {
         let mut st = self.lock();
-        for slot in st.slots.iter_mut() {
-            if let Some(pos) = slot.inflight.iter().position(|t| t.id == id) {
-                if slot.big_write == BigWrite::Claimed(id) {
-                    // Claimed for this worker, not written yet: take it back; the worker
-                    // never sees it, and is free for the next task.
-                    slot.big_write = BigWrite::None;
-                    let Some(t) = slot.inflight.remove(pos) else {
-                        return false;
-                    };
-                    self.pump(&mut st);
-                    let idle = st.closing && self.is_idle(&st);
-                    drop(st);
-                    if idle {
-                        self.changed.notify_all();
-                    }
-                    let info = not_run(None, t.task.as_ref());
-                    t.task.fail(Error::cancelled(), info);
+        for w in 0..st.slots.len() {
+            let failed = match st.slots[w].cancel(id) {
+                Cancelled::NotHere => continue,
+                Cancelled::Killing => {
+                    tracing::debug!(task = id, pid = ?st.slots[w].pid, "cancel: killed the worker running the task");
                     return true;
                 }
-                if pos == 0 {
-                    slot.inflight[0].killed = Some(KillReason::Cancel);
-                    if let Some(child) = slot.child.as_mut() {
-                        let _ = child.kill();
-                    }
-                    // Nothing more goes to a worker being killed (see `SlotState::conn`).
-                    slot.conn = None;
-                    tracing::debug!(task = id, pid = ?slot.pid, "cancel: killed the worker running the task");
-                } else {
-                    // Sent but not started: the worker will run it unless we stop it, and a
-                    // frame cannot be taken back. Mark it; the reader fails it as cancelled
-                    // (and kills the worker) when the task before it is answered.
-                    slot.inflight[pos].killed = Some(KillReason::Cancel);
-                    slot.want_reader();
-                }
-                return true;
+                Cancelled::TakenBack(t) => t.task,
+                Cancelled::Withdrawn(task) => Some(task),
+            };
+            self.pump(&mut st);
+            drop(st);
+            if let Some(task) = failed {
+                let info = not_run(None, task.as_ref());
+                task.fail(Error::cancelled(), info);
             }
+            return true;
         }
         if let Some(pos) = st.retry.iter().position(|r| r.id == id) {
             if let Some(r) = st.retry.remove(pos) {
+                self.pump(&mut st);
                 drop(st);
+                if !r.started && !r.task.start() {
+                    r.task.discard();
+                    return true;
+                }
                 let info = not_run(None, r.task.as_ref());
                 r.task.fail(Error::cancelled(), info);
                 return true;

@@ -373,3 +373,73 @@ pub(crate) fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
         revents: 0,
     }
 }
+
+/// Tells when a worker process exits, from the process itself rather than from the end of
+/// file of its pipes (which a process it forked may hold open): a `pidfd` (Linux 5.3+),
+/// readable once the process exited, or else a poll of its state every
+/// [`EXIT_POLL`].
+pub(crate) struct ExitWatch {
+    pid: u32,
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+/// How often a worker's state is looked at where no `pidfd` tells its exit.
+pub(crate) const EXIT_POLL: Duration = Duration::from_millis(100);
+
+impl ExitWatch {
+    /// Watches child `pid` (not reaped yet: the caller reaps it after the watch says so).
+    pub(crate) fn new(pid: u32) -> Self {
+        #[cfg(target_os = "linux")]
+        let fd = {
+            #[allow(unsafe_code)]
+            // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+            let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+            i32::try_from(r).ok().filter(|&fd| fd >= 0).map(|fd| {
+                #[allow(unsafe_code)]
+                // SAFETY: the descriptor was just created for us and nothing else owns it.
+                unsafe {
+                    <std::os::fd::OwnedFd as FromRawFd>::from_raw_fd(fd)
+                }
+            })
+        };
+        #[cfg(not(target_os = "linux"))]
+        let fd = None;
+        ExitWatch { pid, fd }
+    }
+
+    /// The descriptor to poll for `POLLIN` (-1, which `poll` ignores, without a pidfd).
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
+    /// How long a wait may last before [`exited`](Self::exited) must be asked: `None` with a
+    /// pidfd (its readiness says it).
+    pub(crate) fn poll_every(&self) -> Option<Duration> {
+        if self.fd.is_some() {
+            None
+        } else {
+            Some(EXIT_POLL)
+        }
+    }
+
+    /// Whether the process exited (it stays a zombie until reaped: this does not reap it).
+    pub(crate) fn exited(&self) -> bool {
+        if let Some(fd) = &self.fd {
+            let mut fds = [pollfd(fd.as_raw_fd(), libc::POLLIN)];
+            return wait_fds(&mut fds, Some(Duration::ZERO)).is_ok_and(|n| n > 0);
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: waitid writes into the zeroed siginfo we pass; WNOWAIT leaves the child
+        // waitable (it is not reaped here), WNOHANG returns at once.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let r = libc::waitid(
+                libc::P_PID,
+                self.pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            );
+            r == 0 && info.si_pid() != 0
+        }
+    }
+}
