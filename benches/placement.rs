@@ -222,7 +222,7 @@ fn mixed_contended(c: &mut Criterion) {
         s.explored,
         s.mispredictions
     );
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }
 
 criterion_group!(benches, fast_path, mixed, mixed_contended);

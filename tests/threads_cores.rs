@@ -98,7 +98,7 @@ fn the_default_scheduler_runs_cpu_work_on_every_core() {
         worked >= cores,
         "{worked} worker threads ran CPU work on {cores} cores: {after:?}"
     );
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -112,7 +112,9 @@ async fn attach_follows_the_same_default() {
     }
     auto.shutdown(offload::ShutdownMode::Drain).await;
     let s = sched.clone();
-    tokio::task::spawn_blocking(move || s.shutdown(Duration::from_secs(5)))
-        .await
-        .expect("shut down");
+    tokio::task::spawn_blocking(move || {
+        s.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5))
+    })
+    .await
+    .expect("shut down");
 }

@@ -63,5 +63,5 @@ fn cheap_calls_complete_while_long_calls_hold_every_worker() {
             h.await.expect("joined").expect("no panic");
         }
     });
-    sched.shutdown(Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }
