@@ -366,6 +366,22 @@ impl Shared {
         }
     }
 
+    /// After a worker took a job and more is queued: wake another worker the same way, so
+    /// that a wake-up that went to a worker already waking (or taken by a spinner) is passed
+    /// on rather than lost.
+    pub(super) fn pass_on(&self) {
+        fence(Ordering::SeqCst);
+        if !self.has_work() || self.spinning.load(Ordering::SeqCst) >= self.queued() {
+            return;
+        }
+        if self.normal_park.wake_one() {
+            return;
+        }
+        if self.overflow_idle.load(Ordering::SeqCst) > 0 {
+            self.overflow_park.wake_one();
+        }
+    }
+
     /// Wakes every sleeping worker (the lanes closed).
     pub(super) fn wake_all(&self) {
         self.normal_park.wake_all();

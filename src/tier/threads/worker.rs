@@ -63,6 +63,9 @@ impl Worker {
                 Role::Express => self.next_express(&mut cooldown),
             };
             let Some((job, class)) = next else { break };
+            if self.role != Role::Express {
+                sh.pass_on();
+            }
             if sh.cancelling.load(Ordering::Acquire) {
                 // Shutdown(Cancel): the job's destructor fails its task with "shut down".
                 drop(job);
