@@ -182,7 +182,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Policy::Adaptive)]
     policy: Policy,
     /// Runtime (I/O) threads.
-    #[arg(long, default_value_t = offload::DEFAULT_IO_THREADS)]
+    #[arg(long, default_value_t = 1)]
     io_threads: usize,
     /// CPU pool threads (default: cores - 1, at least 1).
     #[arg(long)]

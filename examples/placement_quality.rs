@@ -54,7 +54,9 @@ use serde_json::json;
 mod common;
 
 /// The inline budget the oracle and the over-budget figures go by: placement's own.
-const BUDGET: Duration = offload::placement::INLINE_BUDGET;
+fn budget() -> Duration {
+    offload::PlacementConfig::default().budget()
+}
 
 /// Calls after a drift key's change that its agreement leaves out.
 const DRIFT_GRACE: u64 = 50;
@@ -315,7 +317,7 @@ async fn request_loop(
     switch: [u64; 6],
     ipms: u64,
 ) -> Vec<Rec> {
-    let budget_ns = BUDGET.as_nanos() as u64;
+    let budget_ns = budget().as_nanos() as u64;
     let mut out = Vec::with_capacity(reqs.len());
     for r in reqs {
         let (cost_ns, since_switch) = match r.law.drift() {
@@ -472,7 +474,7 @@ fn run(policy: Policy, plan: &Plan, args: &Args, ipms: u64) -> Result<Run, offlo
 /// The size threshold that agrees best with the oracle over the planned calls (drift keys at
 /// their planned costs, in plan order), found in hindsight.
 fn best_threshold(plan: &Plan) -> (u64, f64) {
-    let budget_ns = BUDGET.as_nanos() as u64;
+    let budget_ns = budget().as_nanos() as u64;
     let mut seen = [0u64; 6];
     let mut calls: Vec<(u64, bool)> = Vec::new();
     for r in plan.loops.iter().flatten() {
@@ -531,7 +533,7 @@ impl Figures {
     }
 
     fn add(&mut self, r: Run) {
-        let budget_ns = BUDGET.as_nanos() as u64;
+        let budget_ns = budget().as_nanos() as u64;
         self.walls.push(r.wall);
         self.heartbeat.add(&r.heartbeat).expect("same bounds");
         for c in &r.recs {
@@ -633,7 +635,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.seed,
         plan.total_cpu.as_secs_f64(),
         plan.total_cpu.as_secs_f64() / cores as f64,
-        BUDGET,
+        budget(),
         t_agree * 100.0
     );
     let mut figs: Vec<Figures> = policies.iter().map(|&p| Figures::new(p)).collect();
@@ -744,7 +746,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ));
         }
         if let Some(o) = offload {
-            let bound = (2.0 * o.ms(0.99)).max(4.0 * BUDGET.as_secs_f64() * 1000.0);
+            let bound = (2.0 * o.ms(0.99)).max(4.0 * budget().as_secs_f64() * 1000.0);
             checks.push((
                 format!("heartbeat p99 <= {bound:.3} ms"),
                 a.ms(0.99) <= bound,
@@ -823,7 +825,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let doc = json!({
             "loops": args.loops, "calls_per_loop": calls, "io_threads": args.io_threads,
             "cores": cores, "seed": args.seed, "rounds": args.rounds,
-            "budget_us": BUDGET.as_micros() as u64,
+            "budget_us": budget().as_micros() as u64,
             "cpu_work_s": plan.total_cpu.as_secs_f64(),
             "hand_rule_threshold": t,
             "policies": policies,

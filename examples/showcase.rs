@@ -100,7 +100,7 @@ impl Settings {
             echo_clients: 8,
             echo_interval: Duration::from_millis(5),
             compute_clients: 4,
-            io_threads: offload::DEFAULT_IO_THREADS,
+            io_threads: 1,
             cpu_workers: 1,
             out: default_out(),
             progress: true,

@@ -165,10 +165,9 @@ pub use placement::{
     BucketStats, Call, CallSite, KeyStats, Placement, PlacementConfig, PlacementStats,
     PlacementTier, Stage, TierCost,
 };
-pub use remote::{AnyRemoteFn, CallFailure, Registry, RemoteFn, init, shared, shared_bytes, wire};
+pub use remote::{AnyRemoteFn, CallFailure, Registry, RemoteFn, init, shared, shared_bytes};
 pub use scheduler::{
-    Cooperate, DEFAULT_IO_THREADS, DEFAULT_SLOW_POLL, DEFAULT_YIELD_EVERY, Scheduler,
-    SchedulerBuilder, SchedulerStats, TaskExit, TaskGroup, yield_now,
+    Cooperate, Scheduler, SchedulerBuilder, SchedulerStats, TaskExit, TaskGroup, yield_now,
 };
 pub use task::{Job, Ran, TaskHandle, WorkerCtx};
 /// What most programs need, in one `use offload::prelude::*;`: the executor face, the

@@ -10,7 +10,8 @@ use common::spin;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use offload::placement::INLINE_BUDGET;
+/// Placement's default inline budget (`PlacementConfig::budget`).
+const INLINE_BUDGET: std::time::Duration = std::time::Duration::from_micros(50);
 use offload::{PlacementConfig, Scheduler};
 
 #[test]

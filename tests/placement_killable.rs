@@ -131,6 +131,6 @@ fn with_a_killable_tier_every_killable_call_goes_there() {
     });
     let s = site.stats();
     assert_eq!((s.inline, s.threads, s.processes), (0, 0, 101));
-    assert!(site.prediction(None).expect("learned") < offload::placement::INLINE_BUDGET);
+    assert!(site.prediction(None).expect("learned") < site.budget());
     sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

@@ -35,8 +35,8 @@ fn a_probe_overrides_what_the_model_learned() {
                 .await
                 .expect("ok");
         }
-        assert!(cheap.prediction(None).expect("known") < offload::placement::INLINE_BUDGET);
-        assert!(long.prediction(None).expect("known") > offload::placement::INLINE_BUDGET);
+        assert!(cheap.prediction(None).expect("known") < cheap.budget());
+        assert!(long.prediction(None).expect("known") > long.budget());
         // What the model does on its own: (the call after 20 is not an exploration)
         assert!(!cheap.call(on_worker).await.expect("ok"));
         assert!(long.call(on_worker).await.expect("ok"));

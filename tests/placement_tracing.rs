@@ -9,6 +9,9 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::{Layer, Registry};
 
+/// Placement's default clean streak before a bucket goes inline (`PlacementConfig::clean_streak`).
+const CLEAN_STREAK: usize = 4;
+
 #[derive(Default, Debug, Clone)]
 struct Seen {
     key: String,
@@ -74,7 +77,7 @@ fn each_decision_is_an_event_with_key_prediction_tier_and_actual() {
     assert!(decisions.iter().all(|e| e.key == "traced" && e.predicted));
     // The first calls of an unknown key went off-core (until a clean streak of
     // CLEAN_STREAK samples) and were timed there.
-    let n = offload::placement::CLEAN_STREAK as usize;
+    let n = CLEAN_STREAK;
     assert!(
         decisions[..n]
             .iter()

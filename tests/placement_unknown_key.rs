@@ -26,7 +26,7 @@ fn the_first_call_of_a_key_goes_off_core() {
         .expect("scheduler starts");
     let site = sched.site("never-seen");
     assert_eq!(site.prediction(None), None);
-    let streak = offload::placement::CLEAN_STREAK;
+    let streak: u64 = 4; // PlacementConfig::clean_streak, default
     sched.block_on(async {
         assert!(site.call(on_worker).await.expect("ok"));
         let s = site.stats();

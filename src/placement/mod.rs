@@ -91,11 +91,7 @@ mod policy;
 mod site;
 mod stats;
 
-pub use config::{
-    CLEAN_STREAK, DEV_SMOOTHING_SHIFT, DEV_WEIGHT, EXPLORE_EVERY, INITIAL_DEV, INLINE_BUDGET,
-    LEAVE_FACTOR, MAX_STRIKES, MISPREDICT_FACTOR, PlacementConfig, SAMPLE_AFTER, SAMPLE_EVERY,
-    SMOOTHING_SHIFT, STRIKE_DECAY, TIMING_RATIO,
-};
+pub use config::PlacementConfig;
 pub use policy::PlacementTier;
 pub use site::{Call, CallSite, Stage};
 pub use stats::{BucketStats, KeyStats, PlacementStats, TierCost};

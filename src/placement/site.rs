@@ -364,6 +364,11 @@ impl CallSite {
         shown(self.state.predict(idx, &self.shared.params)).map(Duration::from_nanos)
     }
 
+    /// The inline budget of this site's placement: a call predicted longer goes off-core.
+    pub fn budget(&self) -> Duration {
+        self.shared.config.budget()
+    }
+
     /// A snapshot of this site's key.
     pub fn stats(&self) -> KeyStats {
         self.state.snapshot()

@@ -114,7 +114,7 @@ pub struct KeyStats {
     /// Calls run on the cluster tier.
     pub cluster: u64,
     /// Calls that were timed: every off-core call, and inline calls as sampled (one in
-    /// [`SAMPLE_EVERY`](crate::placement::SAMPLE_EVERY) cheap ones). Mean and p99 are over these.
+    /// 16 cheap ones). Mean and p99 are over these.
     pub timed: u64,
     /// Mean duration of the timed calls (the task's own run time, wherever it ran).
     pub mean: Duration,
@@ -191,7 +191,7 @@ pub struct PlacementStats {
     /// The off-core tiers in the order they were attached.
     pub tiers: Vec<TierCost>,
     /// What one pair of clock reads costs here (measured at start): the reason cheap inline
-    /// calls are timed only one in [`SAMPLE_EVERY`](crate::placement::SAMPLE_EVERY).
+    /// calls are timed only one in 16.
     pub clock_pair: Duration,
 }
 

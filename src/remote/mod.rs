@@ -11,7 +11,7 @@
 
 mod registry;
 mod shared;
-pub mod wire;
+pub(crate) mod wire;
 
 pub(crate) use registry::install_panic_hook;
 pub use registry::{AnyRemoteFn, CallFailure, Registry, RemoteFn};

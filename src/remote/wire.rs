@@ -22,11 +22,11 @@ use crate::remote::registry::{CallFailure, Registry};
 
 /// The protocol version, the first byte of every payload. Bumped on any change to the
 /// headers below; a peer with another version is refused with a clear error.
-pub const WIRE_VERSION: u8 = 2;
+pub(crate) const WIRE_VERSION: u8 = 2;
 
 /// Default maximum frame size: 64 MiB. Large enough for any reasonable argument batch, small
 /// enough that a corrupt length prefix cannot make the reader allocate gigabytes.
-pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+pub(crate) const DEFAULT_MAX_FRAME: usize = 64 << 20;
 
 /// Why a call failed on the remote side without panicking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +53,7 @@ impl FailKind {
 
 /// A header sent to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Request<'a> {
+pub(crate) enum Request<'a> {
     /// First frame: who the worker is, and what to do before its first task. Body:
     /// `init_args_len` bytes of initializer arguments, then the shared read-only data when
     /// it travels [`SharedData::Inline`].
@@ -89,7 +89,7 @@ pub enum Request<'a> {
 
 /// Where a worker finds the read-only data its pool shares with every worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SharedData {
+pub(crate) enum SharedData {
     /// In the setup frame's body, after the initializer's arguments (possibly empty).
     Inline,
     /// In a sealed memory file the worker inherited as descriptor `fd`, `len` bytes long,
@@ -104,7 +104,7 @@ pub enum SharedData {
 
 /// A header sent by a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Response<'a> {
+pub(crate) enum Response<'a> {
     /// The handshake succeeded and the initializer ran.
     Ready {
         /// The worker's own build id (equal to the parent's).
@@ -131,7 +131,7 @@ pub enum Response<'a> {
 
 /// How a call ended on the remote side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome<'a> {
+pub(crate) enum Outcome<'a> {
     /// It returned; the result is the body.
     Ok,
     /// It panicked.
@@ -152,7 +152,7 @@ pub enum Outcome<'a> {
 
 impl Outcome<'_> {
     /// The caller's error for a non-`Ok` outcome.
-    pub fn into_error(self) -> Option<Error> {
+    pub(crate) fn into_error(self) -> Option<Error> {
         match self {
             Outcome::Ok => None,
             Outcome::Panicked { message, backtrace } => {
@@ -165,7 +165,7 @@ impl Outcome<'_> {
 
 /// The result of one item of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ItemOutcome<R> {
+pub(crate) enum ItemOutcome<R> {
     /// The item's result.
     Ok(R),
     /// The item panicked.
@@ -179,7 +179,7 @@ pub enum ItemOutcome<R> {
 
 impl<R> ItemOutcome<R> {
     /// As a `Result` with the crate's error.
-    pub fn into_result(self) -> Result<R, Error> {
+    pub(crate) fn into_result(self) -> Result<R, Error> {
         match self {
             ItemOutcome::Ok(r) => Ok(r),
             ItemOutcome::Panicked { message, backtrace } => {
@@ -190,7 +190,7 @@ impl<R> ItemOutcome<R> {
 }
 
 /// The length-delimited codec of this protocol, refusing frames over `max_frame` bytes.
-pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
+pub(crate) fn codec(max_frame: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .big_endian()
         .length_field_length(4)
@@ -200,7 +200,7 @@ pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
 
 /// Builds a payload (version, header, body) without the length prefix: what an MPI message
 /// carries as is.
-pub fn encode_payload<H: Serialize>(header: &H, body: &[u8]) -> Result<Vec<u8>, Error> {
+pub(crate) fn encode_payload<H: Serialize>(header: &H, body: &[u8]) -> Result<Vec<u8>, Error> {
     let mut v = Vec::with_capacity(32 + body.len());
     v.push(WIRE_VERSION);
     let mut v = postcard::to_extend(header, v).map_err(|e| {
@@ -215,7 +215,7 @@ pub fn encode_payload<H: Serialize>(header: &H, body: &[u8]) -> Result<Vec<u8>, 
 
 /// Appends one frame (length prefix and payload) to `dst`; an [`ErrorKind::Encoding`] error
 /// when the payload would exceed `max_frame`.
-pub fn encode_frame<H: Serialize>(
+pub(crate) fn encode_frame<H: Serialize>(
     header: &H,
     body: &[u8],
     max_frame: usize,
@@ -239,7 +239,7 @@ pub fn encode_frame<H: Serialize>(
 /// to the buffer it is given) in a single buffer, with the layout [`codec`] reads. Saves a copy
 /// of the body over [`encode_frame`]; an [`ErrorKind::Encoding`] error when the body cannot be
 /// encoded or the payload exceeds `max_frame`.
-pub fn build_frame<H: Serialize>(
+pub(crate) fn build_frame<H: Serialize>(
     header: &H,
     max_frame: usize,
     body: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, postcard::Error>,
@@ -268,7 +268,7 @@ pub fn build_frame<H: Serialize>(
 }
 
 /// The error for a frame over the limit.
-pub fn frame_too_large(len: usize, max_frame: usize) -> Error {
+pub(crate) fn frame_too_large(len: usize, max_frame: usize) -> Error {
     Error::new(
         ErrorKind::Encoding,
         format!("a frame of {len} bytes exceeds the maximum frame size of {max_frame} bytes"),
@@ -276,7 +276,9 @@ pub fn frame_too_large(len: usize, max_frame: usize) -> Error {
 }
 
 /// Splits a payload into its header and body, checking the version byte.
-pub fn decode_payload<'a, H: Deserialize<'a>>(payload: &'a [u8]) -> Result<(H, &'a [u8]), Error> {
+pub(crate) fn decode_payload<'a, H: Deserialize<'a>>(
+    payload: &'a [u8],
+) -> Result<(H, &'a [u8]), Error> {
     match payload.split_first() {
         None => Err(Error::new(ErrorKind::Encoding, "an empty frame")),
         Some((&v, rest)) if v == WIRE_VERSION => postcard::take_from_bytes(rest).map_err(|e| {
@@ -300,7 +302,7 @@ pub fn decode_payload<'a, H: Deserialize<'a>>(payload: &'a [u8]) -> Result<(H, &
 /// [`Outcome::Ok`]. Returns the outcome's owned parts and the run time in nanoseconds.
 ///
 /// This is the whole of a remote tier's worker loop body besides its transport.
-pub fn run_call(
+pub(crate) fn run_call(
     registry: &Registry,
     func: &str,
     batch: bool,
@@ -348,7 +350,7 @@ pub fn run_call(
 }
 
 /// The [`Outcome`] header for a [`run_call`] result.
-pub fn outcome_of(r: &Result<(), CallFailure>) -> Outcome<'_> {
+pub(crate) fn outcome_of(r: &Result<(), CallFailure>) -> Outcome<'_> {
     match r {
         Ok(()) => Outcome::Ok,
         Err(CallFailure::Panicked { message, backtrace }) => Outcome::Panicked {

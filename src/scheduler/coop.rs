@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// Default time between yields: 1 ms keeps the worst added latency for the other tasks on a
 /// thread at about a millisecond while costing one clock read per tick.
-pub const DEFAULT_YIELD_EVERY: Duration = Duration::from_millis(1);
+pub(crate) const DEFAULT_YIELD_EVERY: Duration = Duration::from_millis(1);
 
 /// Yields once to the runtime, so other tasks can run.
 pub async fn yield_now() {

@@ -33,16 +33,16 @@ mod coop;
 mod group;
 mod watchdog;
 
-pub use coop::{Cooperate, DEFAULT_YIELD_EVERY, yield_now};
+pub use coop::{Cooperate, yield_now};
 pub use group::{TaskExit, TaskGroup};
-pub use watchdog::DEFAULT_SLOW_POLL;
+pub(crate) use watchdog::DEFAULT_SLOW_POLL;
 pub(crate) use watchdog::{WatchdogState, Watched};
 
 /// Default number of I/O (runtime) threads when the scheduler owns its runtime: one. The CPU
 /// workers are one per core (cores − 1 at the I/O threads' priority, one overflow worker at a
 /// lower one, on Linux; see [`crate::tier::Threads`]): off-core work can use every core the
 /// I/O thread does not need, and the I/O thread wins the CPU when it does.
-pub const DEFAULT_IO_THREADS: usize = 1;
+pub(crate) const DEFAULT_IO_THREADS: usize = 1;
 
 /// The least time [`Scheduler::shutdown_timeout`] leaves the CPU executor to stop, even when
 /// the named tasks used the whole limit: an idle pool stops in microseconds, but its threads
@@ -75,7 +75,7 @@ impl Default for SchedulerBuilder {
 
 impl SchedulerBuilder {
     /// Runtime worker threads when the scheduler owns its runtime (default
-    /// [`DEFAULT_IO_THREADS`]).
+    /// 1).
     pub fn io_threads(&mut self, n: usize) -> &mut Self {
         self.io_threads = n;
         self
@@ -102,7 +102,7 @@ impl SchedulerBuilder {
     }
 
     /// The watchdog threshold: polls longer than this are reported (default
-    /// [`DEFAULT_SLOW_POLL`]).
+    /// 10 ms).
     pub fn slow_poll_threshold(&mut self, d: Duration) -> &mut Self {
         self.slow_poll = d;
         self

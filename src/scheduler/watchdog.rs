@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// Default slow-poll threshold. A poll that holds a runtime thread for 10 ms delays every other
 /// task on that thread by as much — two orders of magnitude above a healthy poll (tens of µs).
-pub const DEFAULT_SLOW_POLL: Duration = Duration::from_millis(10);
+pub(crate) const DEFAULT_SLOW_POLL: Duration = Duration::from_millis(10);
 
 /// Where a watched task's current poll started (ns since the watchdog's epoch; 0: not polling).
 #[derive(Debug)]

@@ -30,11 +30,7 @@ pub(crate) mod threads;
 pub use auto::RemotePool;
 pub use inline::Inline;
 pub use map::{MAP_CHUNK_TARGET, MAP_MAX_CHUNK, THREADS_CHUNK_TARGET, THREADS_MAX_CHUNK};
-pub use process::{
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_START_FAILURES, DEFAULT_PIPELINE,
-    DEFAULT_PIPELINE_SHORT, DEFAULT_RESULT_SPIN, DEFAULT_RESULT_WAIT, DEFAULT_SHARED_MAP_THRESHOLD,
-    ProcessPool, ProcessPoolBuilder,
-};
+pub use process::{ProcessPool, ProcessPoolBuilder};
 pub use threads::{
     DEFAULT_QUEUE_PER_WORKER, EXPRESS_COOLDOWN, OVERFLOW_NICE, OVERFLOW_PATIENCE, RESULT_SPIN,
     SAMPLE_EVERY, SHORT_LANE_LIMIT, SPIN_BEFORE_PARK, Threads, ThreadsBuilder,

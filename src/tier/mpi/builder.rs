@@ -68,7 +68,7 @@ impl Default for ClusterBuilder {
 impl ClusterBuilder {
     /// Read-only data every worker rank gets once, by one `MPI_Bcast` when the cluster starts;
     /// remote functions read it with [`crate::shared`]. Errors at [`build`](Self::build) when
-    /// it cannot be encoded or is over [`DEFAULT_MAX_FRAME`].
+    /// it cannot be encoded or is over 64 MiB.
     pub fn shared_data<T: Serialize + ?Sized>(&mut self, data: &T) -> &mut Self {
         self.shared = postcard::to_allocvec(data)
             .map_err(|e| format!("the shared data could not be encoded: {e}"));
@@ -79,7 +79,7 @@ impl ClusterBuilder {
     /// [`crate::shared_bytes`] (the cluster's side of
     /// [`ProcessPoolBuilder::shared_bytes`](crate::tier::ProcessPoolBuilder::shared_bytes)).
     /// Ranks may sit on other hosts, so the bytes are broadcast, never mapped; errors at
-    /// [`build`](Self::build) when over [`DEFAULT_MAX_FRAME`].
+    /// [`build`](Self::build) when over 64 MiB.
     pub fn shared_bytes(&mut self, bytes: impl Into<Vec<u8>>) -> &mut Self {
         self.shared = Ok(bytes.into());
         self

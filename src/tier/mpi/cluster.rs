@@ -233,7 +233,7 @@ impl Cluster {
     /// Submits `f(args)` to the next free worker rank, waiting while the queue is full. The
     /// handle is a `Future` of the outcome. Errors at once, with an [`Error::is_encoding`]
     /// error, when the arguments cannot be encoded or their request exceeds
-    /// [`DEFAULT_MAX_FRAME`]; and when the cluster is shut down.
+    /// 64 MiB; and when the cluster is shut down.
     ///
     /// A short task may go straight from this thread to a free rank (the direct path, see the
     /// module docs on the round trip); its handle's first poll then watches for the reply for
@@ -296,7 +296,7 @@ impl Cluster {
     /// - [`TrySubmitError::ShutDown`]: the cluster is shut down.
     /// - [`TrySubmitError::Rejected`], with the [`Error::is_encoding`] error that says why:
     ///   the arguments cannot be encoded, or their request would exceed
-    ///   [`DEFAULT_MAX_FRAME`] ([`submit`](Self::submit) returns the same error).
+    ///   64 MiB ([`submit`](Self::submit) returns the same error).
     pub fn try_submit<A, R>(
         &self,
         f: &RemoteFn<A, R>,

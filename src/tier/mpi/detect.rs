@@ -14,6 +14,10 @@
 //! Slurm's own `SLURM_PROCID` is deliberately not read: plain `srun` sets it for jobs that are
 //! not MPI at all.
 
+// Public with the `mpi` feature (users ask how they were launched); without it only
+// `RemotePool::auto` uses `detect`, and the rest is there for that feature.
+#![cfg_attr(not(feature = "mpi"), allow(unreachable_pub, dead_code))]
+
 use std::fmt;
 
 /// Which launcher variables were found.
@@ -107,7 +111,7 @@ const PAIRS: [(Launcher, &str, Option<&str>); 4] = [
 
 /// Reads the launcher variables through `var` (a pure function of it, for tests); the first
 /// launcher whose rank variable is set wins, in the order of the module table.
-pub fn detect_with(var: impl Fn(&str) -> Option<String>) -> Detected {
+pub(crate) fn detect_with(var: impl Fn(&str) -> Option<String>) -> Detected {
     for (launcher, rank_var, size_var) in PAIRS {
         let Some(rank_text) = var(rank_var) else {
             continue;

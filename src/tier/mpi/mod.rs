@@ -184,13 +184,16 @@
 //! [`ShutdownMode::Kill`](crate::ShutdownMode::Kill) shutdown); queued tasks can be. A time
 //! limit fails a task but retires its rank (see
 //! [Dead ranks](#dead-frozen-and-unreachable-ranks)). Results and arguments are limited to
-//! [`DEFAULT_MAX_FRAME`](crate::remote::wire::DEFAULT_MAX_FRAME) per message.
+//! 64 MiB per message.
 
 // Without the `mpi` feature only `detect` exists here, and the links above to the cluster's
 // items have nothing to point to; with it (docs.rs builds with it) every link resolves.
-#![cfg_attr(not(feature = "mpi"), allow(rustdoc::broken_intra_doc_links))]
+#![cfg_attr(
+    not(feature = "mpi"),
+    allow(rustdoc::broken_intra_doc_links, rustdoc::private_intra_doc_links)
+)]
 
-pub mod detect;
+mod detect;
 
 #[cfg(feature = "mpi")]
 mod builder;
@@ -211,6 +214,10 @@ mod table;
 #[cfg(feature = "mpi")]
 mod worker;
 
+#[cfg(not(feature = "mpi"))]
+pub(crate) use detect::detect;
+#[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use detect::{Detected, Launch, Launcher, detect};
 
 #[cfg(feature = "mpi")]

@@ -178,7 +178,7 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// Largest frame either side sends or accepts (default [`DEFAULT_MAX_FRAME`]). Arguments
+    /// Largest frame either side sends or accepts (default 64 MiB). Arguments
     /// or results that do not fit fail their task with an encoding error.
     pub fn max_frame_size(&mut self, bytes: usize) -> &mut Self {
         self.cfg.max_frame = bytes;
@@ -194,7 +194,7 @@ impl ProcessPoolBuilder {
     }
 
     /// How long a new worker has to answer the handshake (default
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    /// 10 s).
     pub fn handshake_timeout(&mut self, d: Duration) -> &mut Self {
         self.cfg.handshake_timeout = d;
         self
@@ -260,7 +260,7 @@ impl ProcessPoolBuilder {
     }
 
     /// The size from which shared data is mapped from one memory file instead of copied into
-    /// every worker's setup frame (default [`DEFAULT_SHARED_MAP_THRESHOLD`]; 0 maps any
+    /// every worker's setup frame (default 64 KiB; 0 maps any
     /// non-empty data).
     pub fn shared_map_threshold(&mut self, bytes: usize) -> &mut Self {
         self.cfg.shared_map_threshold = bytes;
@@ -280,7 +280,7 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// Tasks sent ahead to each worker (default [`DEFAULT_PIPELINE`]; 1 sends a task only to
+    /// Tasks sent ahead to each worker (default 2; 1 sends a task only to
     /// an idle worker).
     pub fn pipeline_depth(&mut self, n: usize) -> &mut Self {
         self.cfg.pipeline = n.max(1);
@@ -289,14 +289,14 @@ impl ProcessPoolBuilder {
 
     /// A task is written behind the tasks of a busy worker only when each of them is of a
     /// function whose learned run time is under `d`, and no worker is idle (default
-    /// [`DEFAULT_PIPELINE_SHORT`]); zero never writes a task behind another. The longest a
+    /// 10 ms); zero never writes a task behind another. The longest a
     /// task may wait behind another when a worker frees meanwhile.
     pub fn pipeline_short(&mut self, d: Duration) -> &mut Self {
         self.cfg.pipeline_short = d;
         self
     }
 
-    /// Start failures in a row that break the pool (default [`DEFAULT_MAX_START_FAILURES`]).
+    /// Start failures in a row that break the pool (default 3).
     pub fn max_start_failures(&mut self, n: u32) -> &mut Self {
         self.cfg.max_start_failures = n.max(1);
         self
@@ -309,7 +309,7 @@ impl ProcessPoolBuilder {
     }
 
     /// How long a waiter spins for a result before it parks (default
-    /// [`DEFAULT_RESULT_SPIN`]).
+    /// 0).
     pub fn result_spin(&mut self, d: Duration) -> &mut Self {
         self.cfg.result_spin = d;
         self
@@ -317,7 +317,7 @@ impl ProcessPoolBuilder {
 
     /// How long the first poll (`.await`) of a handle may block its thread reading the
     /// task's answer itself, while recent tasks are shorter than that (default
-    /// [`DEFAULT_RESULT_WAIT`]; zero: never, the waiter parks at once and the pool's thread
+    /// 100 µs; zero: never, the waiter parks at once and the pool's thread
     /// reads the answer and wakes it).
     pub fn result_wait(&mut self, d: Duration) -> &mut Self {
         self.cfg.result_wait = d;

@@ -67,16 +67,16 @@ pub(crate) use pending::{Batch, One};
 
 /// How long a worker has to answer the handshake: start-up of a large binary on a loaded
 /// machine takes well under a second; ten leave room and still end a hang.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Workers that fail to start this many times in a row break the pool (the crash-loop guard):
 /// one failure can be bad luck, three in a row is the program.
-pub const DEFAULT_MAX_START_FAILURES: u32 = 3;
+pub(crate) const DEFAULT_MAX_START_FAILURES: u32 = 3;
 
 /// Tasks sent ahead to each worker: one running and one waiting in its request pipe, so that a
 /// worker never idles for a round trip between two tasks. A worker that dies loses only the
 /// running one; the waiting one runs elsewhere.
-pub const DEFAULT_PIPELINE: usize = 2;
+pub(crate) const DEFAULT_PIPELINE: usize = 2;
 
 /// A task is written behind the tasks a busy worker runs (pipelining, up to
 /// [`DEFAULT_PIPELINE`] in all) only when each of them is of a function whose learned run time
@@ -86,18 +86,18 @@ pub const DEFAULT_PIPELINE: usize = 2;
 /// frees meanwhile; `map` chunks (about [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET))
 /// stay under it. A function not yet seen is not known to be short. Set
 /// [`ProcessPoolBuilder::pipeline_short`].
-pub const DEFAULT_PIPELINE_SHORT: Duration = Duration::from_millis(10);
+pub(crate) const DEFAULT_PIPELINE_SHORT: Duration = Duration::from_millis(10);
 
 /// Shared data of at least this many bytes goes to the workers as one sealed memory file that
 /// they all map, instead of inside each worker's setup frame: 64 KiB is a pipe's default
 /// capacity, past which an inline copy costs the pool's start thread blocking writes and each
 /// worker its own heap copy, while the file costs a few system calls once per pool.
-pub const DEFAULT_SHARED_MAP_THRESHOLD: usize = 64 << 10;
+pub(crate) const DEFAULT_SHARED_MAP_THRESHOLD: usize = 64 << 10;
 
 /// How long a waiter for a process task spins before it parks, by default: zero. The waiter
 /// reads its own answer first ([`DEFAULT_RESULT_WAIT`]) without burning CPU; spinning on top
 /// would only take a core from the worker on a small machine.
-pub const DEFAULT_RESULT_SPIN: Duration = Duration::ZERO;
+pub(crate) const DEFAULT_RESULT_SPIN: Duration = Duration::ZERO;
 
 /// How long the first poll of a handle may block reading its own answer from the worker's
 /// answer pipe (in `ppoll`: no CPU burned), when the pool's recent tasks run shorter than this.
@@ -108,7 +108,7 @@ pub const DEFAULT_RESULT_SPIN: Duration = Duration::ZERO;
 /// how long a runtime thread is held when the answer is late (the waiter then parks as
 /// before, and the slot thread reads). Set [`ProcessPoolBuilder::result_wait`]; zero turns
 /// it off.
-pub const DEFAULT_RESULT_WAIT: Duration = Duration::from_micros(100);
+pub(crate) const DEFAULT_RESULT_WAIT: Duration = Duration::from_micros(100);
 
 /// After a worker closed its answer pipe, how long it may take to exit before it is killed.
 pub(crate) const REAP_GRACE: Duration = Duration::from_secs(2);
