@@ -10,6 +10,23 @@
 //! same-CPU switches, the ping-pong ~7 µs here) or not (cross-CPU wake-ups, ~13 µs);
 //! `taskset -c 1 cargo bench ...` forces the first case.
 //!
+//! `contended`: one trivial task at a time, as `roundtrip`, under a background load started by
+//! the bench for the whole group (`support/contention.rs`: a second process running this
+//! library's thread-tier round trip in a loop, plus one busy thread per core).
+//!
+//! `map_1m`: 1,000,000 trivial items (`x * x`), results collected in order: the thread tier's
+//! `map` (`Executor::auto()`, the default pool), the process tier's `map`, rayon's
+//! `into_par_iter().map().collect()`, and the thread tier again under the background load
+//! (`threads_contended`).
+//!
+//! `heartbeat`: a 1 ms sleep on a one-thread runtime (its time over the idle pool's is how late
+//! the runtime thread wakes) while every CPU worker of a pool runs CPU work: `idle_pool` (no
+//! CPU work), `cores_minus_1` (the old default: cores − 1 workers, one core left idle for
+//! the runtime), `default_pool` (the default: cores − 1 workers at normal priority and one
+//! overflow worker at nice 10), `all_normal` (one worker per core, all at normal priority),
+//! `overflow_nice19` (as the default, the overflow worker at nice 19). The choice of the
+//! default rests on these.
+//!
 //! `cargo bench --bench overhead`
 
 use std::hint::black_box;
@@ -18,9 +35,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
+use futures::StreamExt;
 use offload::{Executor, ProcessPool, RemoteFn, ShutdownMode};
+use rayon::prelude::*;
+
+#[path = "support/contention.rs"]
+mod contention;
 
 static ADD1: RemoteFn<u64, u64> = RemoteFn::new("add1", |x| x + 1);
+static SQUARE: RemoteFn<u64, u64> = RemoteFn::new("square", |x| x * x);
+
+/// Items of the `map_1m` group.
+const MAP_ITEMS: u64 = 1_000_000;
 
 /// Set in the child of `pipe_pingpong`.
 const PINGPONG_CHILD: &str = "OFFLOAD_BENCH_PINGPONG_CHILD";
@@ -169,11 +195,146 @@ fn burst(c: &mut Criterion) {
     threads.shutdown_blocking(ShutdownMode::Drain);
 }
 
-criterion_group!(benches, roundtrip, burst);
+fn contended(c: &mut Criterion) {
+    let rt = runtime();
+    let threads = Executor::threads(1).expect("one worker thread starts");
+    let load = contention::Contention::start();
+    let mut g = c.benchmark_group("contended");
+    g.measurement_time(Duration::from_secs(4));
+    g.bench_function("threads", |b| {
+        b.to_async(&rt).iter(|| async {
+            let h = threads.submit(|| black_box(1u64) + 1).await.expect("open");
+            h.await.expect("no panic")
+        })
+    });
+    g.bench_function("tokio_spawn_blocking", |b| {
+        b.to_async(&rt).iter(|| async {
+            tokio::task::spawn_blocking(|| black_box(1u64) + 1)
+                .await
+                .expect("no panic")
+        })
+    });
+    g.finish();
+    drop(load);
+    threads.shutdown_blocking(ShutdownMode::Drain);
+}
+
+/// The thread tier's ordered `map` of `MAP_ITEMS` trivial items, collected.
+async fn map_threads(pool: &Executor) -> Vec<u64> {
+    pool.map(0..MAP_ITEMS, |x| black_box(x) * x)
+        .map(|r| r.expect("no panic"))
+        .collect()
+        .await
+}
+
+fn map_1m(c: &mut Criterion) {
+    let rt = runtime();
+    let threads = Executor::auto();
+    let procs = ProcessPool::builder()
+        .build()
+        .expect("worker processes start");
+    let mut g = c.benchmark_group("map_1m");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(4));
+    g.bench_function("threads", |b| {
+        b.to_async(&rt).iter(|| map_threads(&threads))
+    });
+    g.bench_function("processes", |b| {
+        b.to_async(&rt).iter(|| async {
+            procs
+                .map(&SQUARE, 0..MAP_ITEMS)
+                .map(|r| r.expect("no panic"))
+                .collect::<Vec<u64>>()
+                .await
+        })
+    });
+    g.bench_function("rayon_par_iter", |b| {
+        b.iter(|| {
+            (0..MAP_ITEMS)
+                .into_par_iter()
+                .map(|x| black_box(x) * x)
+                .collect::<Vec<u64>>()
+        })
+    });
+    let load = contention::Contention::start();
+    g.bench_function("threads_contended", |b| {
+        b.to_async(&rt).iter(|| map_threads(&threads))
+    });
+    drop(load);
+    g.finish();
+    threads.shutdown_blocking(ShutdownMode::Drain);
+    procs.shutdown_blocking(ShutdownMode::Drain);
+}
+
+/// A pool of `workers` workers, `low` of them at nice `nice`.
+fn pool_of(workers: usize, low: usize, nice: i32) -> Executor {
+    let t = offload::tier::Threads::builder()
+        .workers(workers)
+        .low_priority_workers(low)
+        .low_priority_nice(nice)
+        .build()
+        .expect("the pool starts");
+    Executor::from_tier(std::sync::Arc::new(t))
+}
+
+fn heartbeat(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    let mut g = c.benchmark_group("heartbeat");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(3));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (name, busy, workers, low, nice) in [
+        ("idle_pool", false, cores, 1, offload::tier::OVERFLOW_NICE),
+        ("cores_minus_1", true, cores.saturating_sub(1).max(1), 0, 0),
+        ("default_pool", true, cores, 1, offload::tier::OVERFLOW_NICE),
+        ("all_normal", true, cores, 0, 0),
+        ("overflow_nice19", true, cores, 1, 19),
+    ] {
+        let pool = pool_of(workers, low, nice);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut burners = Vec::new();
+        if busy {
+            for _ in 0..pool.workers() {
+                let stop = stop.clone();
+                let h = pool.submit_blocking(move || {
+                    let mut x = 1u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for _ in 0..1_000 {
+                            x = black_box(
+                                x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
+                            );
+                        }
+                    }
+                    x
+                });
+                burners.push(h.expect("open"));
+            }
+            std::thread::sleep(Duration::from_millis(50)); // every worker runs one
+        }
+        g.bench_function(name, |b| {
+            b.to_async(&rt)
+                .iter(|| tokio::time::sleep(Duration::from_millis(1)))
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in burners {
+            let _ = h.blocking_wait();
+        }
+        pool.shutdown_blocking(ShutdownMode::Drain);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, roundtrip, burst, contended, map_1m, heartbeat);
 
 // criterion_main! cannot call offload::init first: worker processes are this binary.
 fn main() {
-    offload::init(&[&ADD1]);
+    offload::init(&[&ADD1, &SQUARE]);
+    if contention::child_main_if_asked() {
+        return;
+    }
     if std::env::var_os(PINGPONG_CHILD).is_some() {
         pingpong_child();
         return;

@@ -6,6 +6,10 @@
 //!   total time: all inline on the I/O thread (`always_inline`), all submitted to the thread
 //!   tier (`always_offload`), and placed per call with a size hint (`adaptive`).
 //!
+//! - `mixed_contended`: the `mixed` workload under a background load started by the bench for
+//!   the group (`support/contention.rs`: a second process running this library's thread-tier
+//!   round trip in a loop, plus one busy thread per core), same three functions.
+//!
 //! One I/O thread and one CPU worker, as the scheduler's defaults give on a 2-core machine.
 //! The mixed costs are CPU work (a multiply-add loop calibrated at start to iterations per µs),
 //! not wall-clock spin-waits: a spin-wait that is preempted still ends on time, which would
@@ -16,8 +20,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use offload::{CallSite, Executor, Scheduler};
+
+#[path = "support/contention.rs"]
+mod contention;
 
 /// About 100 ns of dependent multiply-adds.
 #[inline(never)]
@@ -184,5 +191,49 @@ fn mixed(c: &mut Criterion) {
     sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }
 
-criterion_group!(benches, fast_path, mixed);
-criterion_main!(benches);
+fn mixed_contended(c: &mut Criterion) {
+    let sched = scheduler();
+    let exec = sched.executor().clone();
+    let site = sched.site("mixed");
+    let ipu = iters_per_us();
+    eprintln!("mixed_contended: {ipu} iterations of work per µs (before the load)");
+    sched.block_on(load(Mode::Adaptive, &exec, &site, ipu)); // the model learns the two sizes
+    let background = contention::Contention::start();
+    let mut g = c.benchmark_group("mixed_contended");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(8));
+    for (name, mode) in [
+        ("always_inline", Mode::Inline),
+        ("always_offload", Mode::Offload),
+        ("adaptive", Mode::Adaptive),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| sched.block_on(load(mode, &exec, &site, ipu)))
+        });
+    }
+    g.finish();
+    drop(background);
+    let s = site.stats();
+    eprintln!(
+        "mixed_contended/adaptive: {} calls, {} inline, {} off-core, {} explored, {} mispredictions",
+        s.calls,
+        s.inline,
+        s.off_core(),
+        s.explored,
+        s.mispredictions
+    );
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
+}
+
+criterion_group!(benches, fast_path, mixed, mixed_contended);
+
+// Not criterion_main!: the contention child is this binary again and must stop here first.
+fn main() {
+    if contention::child_main_if_asked() {
+        return;
+    }
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}

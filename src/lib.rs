@@ -141,7 +141,9 @@
 //! lacks, in `tier/process/sys.rs` (pipes and their size, `ppoll`, `timerfd`, blocking
 //! `SIGPIPE` for a host that left it at its default), and the shared-data file in
 //! `remote/shared.rs` (`memfd_create`, its seals, adopting the inherited descriptor, and
-//! mapping it: sound because a sealed file can be neither written nor shrunk).
+//! mapping it: sound because a sealed file can be neither written nor shrunk); and in the
+//! thread tier, `gettid`/`setpriority` (lower one overflow worker's priority) and `sysconf`
+//! (online CPUs).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

@@ -189,6 +189,8 @@ pub struct Ran {
     pub run_time: Duration,
     /// Whether it panicked.
     pub panicked: bool,
+    /// From submission to the start of the run (queueing and hand-off).
+    pub queued: Duration,
 }
 
 trait RunJob: Send {
@@ -228,7 +230,11 @@ where
             pid: None,
         };
         completer.finish(outcome, info);
-        Some(Ran { run_time, panicked })
+        Some(Ran {
+            run_time,
+            panicked,
+            queued,
+        })
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
@@ -240,6 +246,27 @@ where
 /// its outcome goes to. Dropping a job unrun fails its task with "shut down".
 pub struct Job {
     inner: Box<dyn RunJob>,
+    /// What the submitter said about the task's run time.
+    expect: Expect,
+}
+
+/// What the submitter of a job said about its run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Expect {
+    /// Nothing: a plain submission.
+    #[default]
+    Unsaid,
+    /// Asked, and not known yet (placement's unknown keys and explorations).
+    Unknown,
+    /// Predicted to run about this long.
+    About(Duration),
+}
+
+impl Expect {
+    /// From a prediction that may be missing (`None`: asked, not known).
+    pub(crate) fn from_prediction(p: Option<Duration>) -> Self {
+        p.map_or(Expect::Unknown, Expect::About)
+    }
 }
 
 impl fmt::Debug for Job {
@@ -253,6 +280,25 @@ impl Job {
     /// `None` when it had been cancelled and did not run. Panics of the task are caught.
     pub fn run(self, ctx: WorkerCtx) -> Option<Ran> {
         self.inner.run(ctx)
+    }
+
+    /// How long the submitter expects the task to run, if it said: the thread tier serves
+    /// work predicted short on a lane that work predicted long cannot fill.
+    pub fn expected(&self) -> Option<Duration> {
+        match self.expect {
+            Expect::About(d) => Some(d),
+            Expect::Unsaid | Expect::Unknown => None,
+        }
+    }
+
+    /// What the submitter said about the run time.
+    pub(crate) fn expect(&self) -> Expect {
+        self.expect
+    }
+
+    /// Sets what the submitter said about the run time.
+    pub(crate) fn set_expect(&mut self, expect: Expect) {
+        self.expect = expect;
     }
 }
 
@@ -277,6 +323,7 @@ where
     };
     let job = Job {
         inner: Box::new(ClosureJob { f, completer }),
+        expect: Expect::Unsaid,
     };
     let handle = TaskHandle {
         slot,
@@ -424,6 +471,12 @@ impl<T> fmt::Debug for TaskHandle<T> {
 }
 
 impl<T> TaskHandle<T> {
+    /// Stops the handle's first poll from spinning for the result (a stream that keeps several
+    /// tasks in flight polls each new one long before it needs its result).
+    pub(crate) fn no_spin(&mut self) {
+        self.spin = Duration::ZERO;
+    }
+
     pub(crate) fn set_lazy(&mut self, job: Job) {
         *self.lazy.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(job);
     }
@@ -621,7 +674,14 @@ impl<T> Future for TaskHandle<T> {
             }
             // A tier whose tasks finish faster than a thread wake-up says so through `spin`:
             // waiting a few microseconds here beats parking the runtime and being woken.
-            if !this.spin.is_zero() && !this.slot.is_done() {
+            // Only while this process spins on fewer cores than the system has idle (see
+            // `tier/threads/spin.rs`): never on a core another thread needs.
+            let slot = if !this.spin.is_zero() && !this.slot.is_done() {
+                crate::tier::threads::spin::try_spin()
+            } else {
+                None
+            };
+            if let Some(_slot) = slot {
                 let t0 = Instant::now();
                 let mut i = 0u32;
                 while !this.slot.is_done() {

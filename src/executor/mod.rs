@@ -3,7 +3,7 @@
 //! | Python | here |
 //! | --- | --- |
 //! | `executor.submit(fn)` | [`Executor::submit`] (waits for room), [`Executor::try_submit`] (hands the job back when full), [`Executor::submit_blocking`] (sync callers) |
-//! | `executor.map(fn, it)` | [`Executor::map`]: an ordered `Stream` with a bounded window in flight |
+//! | `executor.map(fn, it, chunksize)` | [`Executor::map`]: an ordered `Stream`, small items batched in chunks sized from their measured cost, a bounded window in flight; [`Executor::map_chunked`] fixes the chunk size, [`Executor::map_window`] runs one task per item |
 //! | `as_completed(fs)` | [`as_completed`] and [`Executor::map_unordered`] |
 //! | `wait(fs, return_when)` | [`wait()`] with [`WaitMode`] |
 //! | `shutdown(wait, cancel_futures)` | [`Executor::shutdown`] with [`ShutdownMode`] |
@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::stream::{self, Stream, StreamExt};
-
 use crate::error::{BuildError, Error, TrySubmitError};
-use crate::task::{TaskHandle, closure_task, recover_closure};
+use crate::task::{Expect, TaskHandle, closure_task, recover_closure};
 use crate::tier::{Inline, PushError, ShutdownMode, Threads, Tier, TierKind, TierStats};
 
+mod map;
 mod wait;
 
 pub use wait::{WaitMode, Waited, as_completed, wait, wait_timeout};
@@ -77,14 +76,18 @@ impl Executor {
         Executor::from_tier(Arc::new(Inline::new()))
     }
 
-    /// The thread tier with `workers` threads and default settings.
+    /// The thread tier with `workers` threads and default settings: on Linux, with 2 or more,
+    /// the last one is the overflow worker at a lower priority (see
+    /// [`Threads`](crate::tier::Threads); [`ThreadsBuilder::low_priority_workers`](crate::tier::ThreadsBuilder::low_priority_workers)
+    /// turns it off), plus the express worker for short work.
     pub fn threads(workers: usize) -> Result<Self, BuildError> {
         let pool = Threads::builder().workers(workers).build()?;
         Ok(Executor::from_tier(Arc::new(pool)))
     }
 
     /// The best in-process tier available here: threads when this machine has more than one
-    /// core, inline otherwise. The choice is logged and readable through [`tier`](Self::tier).
+    /// core (the thread tier's default workers: one per core on Linux, see
+    /// [`Threads`](crate::tier::Threads)), inline otherwise. The choice is logged and readable through [`tier`](Self::tier).
     pub fn auto() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chosen = if cores > 1 {
@@ -134,13 +137,20 @@ impl Executor {
         }
     }
 
-    fn build<F, T>(&self, name: Option<Arc<str>>, f: F) -> (crate::task::Job, TaskHandle<T>)
+    fn build<F, T>(
+        &self,
+        name: Option<Arc<str>>,
+        expect: Expect,
+        f: F,
+    ) -> (crate::task::Job, TaskHandle<T>)
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let tier = &self.inner.tier;
-        closure_task(f, name, tier.kind(), tier.result_spin())
+        let (mut job, handle) = closure_task(f, name, tier.kind(), tier.result_spin());
+        job.set_expect(expect);
+        (job, handle)
     }
 
     /// Submits `f`, waiting while the queue is full. The handle is a `Future` of the outcome.
@@ -151,7 +161,7 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_inner(None, f).await
+        self.submit_inner(None, Expect::Unsaid, f).await
     }
 
     /// Submits `f` and waits for its outcome: `submit(f).await?.await` in one step, for the
@@ -176,7 +186,7 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_inner(None, f).await?.await
+        self.submit_inner(None, Expect::Unsaid, f).await?.await
     }
 
     /// As [`submit`](Self::submit), naming the task (the name shows in errors and logs).
@@ -189,10 +199,36 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_inner(Some(name.into()), f).await
+        self.submit_inner(Some(name.into()), Expect::Unsaid, f)
+            .await
     }
 
-    async fn submit_inner<F, T>(&self, name: Option<Arc<str>>, f: F) -> Result<TaskHandle<T>, Error>
+    /// As [`submit_named`](Self::submit_named), saying how long the task is expected to run
+    /// (placement's prediction; `None`: asked, but not known yet). The thread tier serves work
+    /// predicted under [`SHORT_LANE_LIMIT`](crate::tier::SHORT_LANE_LIMIT), and work not yet
+    /// predicted, before plain and long work, and on its express worker when long work holds
+    /// every other one: such a task never waits long behind long ones (see
+    /// [`Threads`](crate::tier::Threads)).
+    pub async fn submit_expected<F, T>(
+        &self,
+        name: impl Into<Arc<str>>,
+        expected: Option<Duration>,
+        f: F,
+    ) -> Result<TaskHandle<T>, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_inner(Some(name.into()), Expect::from_prediction(expected), f)
+            .await
+    }
+
+    async fn submit_inner<F, T>(
+        &self,
+        name: Option<Arc<str>>,
+        expect: Expect,
+        f: F,
+    ) -> Result<TaskHandle<T>, Error>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -200,7 +236,7 @@ impl Executor {
         if self.is_shut_down() {
             return Err(self.refuse(name));
         }
-        let (job, mut handle) = self.build(name.clone(), f);
+        let (job, mut handle) = self.build(name.clone(), expect, f);
         let tier = &self.inner.tier;
         if tier.is_lazy() {
             handle.set_lazy(job);
@@ -227,7 +263,7 @@ impl Executor {
         if self.is_shut_down() {
             return Err(TrySubmitError::ShutDown(f));
         }
-        let (job, mut handle) = self.build(None, f);
+        let (job, mut handle) = self.build(None, Expect::Unsaid, f);
         let tier = &self.inner.tier;
         if tier.is_lazy() {
             handle.set_lazy(job);
@@ -253,7 +289,7 @@ impl Executor {
         if self.is_shut_down() {
             return Err(self.refuse(None));
         }
-        let (job, mut handle) = self.build(None, f);
+        let (job, mut handle) = self.build(None, Expect::Unsaid, f);
         let tier = &self.inner.tier;
         if tier.is_lazy() {
             handle.set_lazy(job);
@@ -263,87 +299,6 @@ impl Executor {
             Ok(()) => Ok(handle),
             Err(_) => Err(self.refuse(None)),
         }
-    }
-
-    /// The default `map` window for this executor.
-    pub fn default_window(&self) -> usize {
-        (self.inner.workers * MAP_WINDOW_PER_WORKER).max(MIN_MAP_WINDOW)
-    }
-
-    /// Applies `f` to every item, results in input order, with at most
-    /// [`default_window`](Self::default_window) items in flight. The input is pulled only as
-    /// results are consumed, so an endless iterator is fine and memory stays flat.
-    pub fn map<I, F, T>(
-        &self,
-        items: I,
-        f: F,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        let window = self.default_window();
-        self.map_window(items, window, f)
-    }
-
-    /// As [`map`](Self::map) with an explicit window (at least 1).
-    pub fn map_window<I, F, T>(
-        &self,
-        items: I,
-        window: usize,
-        f: F,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        self.item_futures(items, f).buffered(window.max(1))
-    }
-
-    /// As [`map`](Self::map), yielding results as they finish (`as_completed` order).
-    pub fn map_unordered<I, F, T>(
-        &self,
-        items: I,
-        f: F,
-    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        let window = self.default_window();
-        self.item_futures(items, f).buffer_unordered(window)
-    }
-
-    fn item_futures<I, F, T>(
-        &self,
-        items: I,
-        f: F,
-    ) -> impl Stream<Item = impl Future<Output = Result<T, Error>> + Send + use<I, F, T>>
-    + Send
-    + use<I, F, T>
-    where
-        I: IntoIterator,
-        I::IntoIter: Send + 'static,
-        I::Item: Send + 'static,
-        F: Fn(I::Item) -> T + Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        let this = self.clone();
-        let f = Arc::new(f);
-        stream::iter(items).map(move |item| {
-            let this = this.clone();
-            let f = f.clone();
-            async move { this.submit(move || f(item)).await?.await }
-        })
     }
 
     /// Stops the executor: new submissions fail with "shut down"; queued tasks run

@@ -40,6 +40,12 @@ fn shown(pred: u64) -> Option<u64> {
     (pred != UNKNOWN).then_some(pred)
 }
 
+/// The prediction as the thread tier takes it (`None`: not known yet), so that it serves work
+/// predicted short, and unknown keys, apart from work predicted long.
+fn expected(pred: u64) -> Option<Duration> {
+    shown(pred).map(Duration::from_nanos)
+}
+
 /// Work on its way off-core: a closure (tiers that run closures only) or a registered remote
 /// function with its arguments (any tier: an executor runs it as a closure).
 trait OffCoreWork<T> {
@@ -83,10 +89,10 @@ where
         self,
         slot: &TierSlot,
         key: Arc<str>,
-        _pred: u64,
+        pred: u64,
     ) -> Result<TaskHandle<T>, Error> {
         match &slot.backend {
-            Backend::Exec(e) => e.submit_named(key, self.0).await,
+            Backend::Exec(e) => e.submit_expected(key, expected(pred), self.0).await,
             // `pick` never chooses such a tier for a closure; refuse rather than panic.
             Backend::Remote(_) => Err(Error::new(
                 ErrorKind::Unsupported,
@@ -114,13 +120,14 @@ where
         self,
         slot: &TierSlot,
         key: Arc<str>,
-        _pred: u64,
+        pred: u64,
     ) -> Result<TaskHandle<R>, Error> {
         let Remote { f, args } = self;
         match &slot.backend {
             Backend::Exec(e) => {
                 let func = f.function();
-                e.submit_named(key, move || func(args)).await
+                e.submit_expected(key, expected(pred), move || func(args))
+                    .await
             }
             Backend::Remote(p) => p.submit(f, args).await,
         }

@@ -39,7 +39,9 @@ pub(crate) use watchdog::DEFAULT_SLOW_POLL;
 pub(crate) use watchdog::{WatchdogState, Watched};
 
 /// Default number of I/O (runtime) threads when the scheduler owns its runtime: one. The CPU
-/// workers take the other cores (cores − 1), so the default is one thread per core in all.
+/// workers are one per core (cores − 1 at the I/O threads' priority, one overflow worker at a
+/// lower one, on Linux; see [`crate::tier::Threads`]): off-core work can use every core the
+/// I/O thread does not need, and the I/O thread wins the CPU when it does.
 pub(crate) const DEFAULT_IO_THREADS: usize = 1;
 
 /// The least time [`Scheduler::shutdown_timeout`] leaves the CPU executor to stop, even when
@@ -79,7 +81,9 @@ impl SchedulerBuilder {
         self
     }
 
-    /// CPU worker threads (default cores − 1, at least 1).
+    /// CPU worker threads (default [`default_thread_workers`](crate::tier::default_thread_workers):
+    /// one per core on Linux, the last at a lower priority; cores − 1 elsewhere). The same
+    /// default holds for [`build`](Self::build) and [`attach`](Self::attach).
     pub fn cpu_workers(&mut self, n: usize) -> &mut Self {
         self.cpu.workers(n);
         self

@@ -1,22 +1,27 @@
-//! The chunked `map` of the remote tiers ([`ProcessPool::map`](super::ProcessPool::map) and
-//! `mpi::Cluster::map`): how big a chunk is, and the ordered stream with its window.
+//! The chunked `map` of every tier ([`ProcessPool::map`](super::ProcessPool::map),
+//! `mpi::Cluster::map`, and [`Executor::map`](crate::Executor::map) on the thread tier): how
+//! big a chunk is, and the stream with its window.
 //!
-//! A tier gives [`chunked_map`] a "send one chunk" closure: it encodes the chunk, queues it
-//! on the tier's own path, and returns a future of the chunk's results. Everything else is
-//! the same on both tiers, and lives here:
+//! A tier gives [`chunked_map`] (or [`chunked_stream`]) a "send one chunk" closure: it queues
+//! the chunk on the tier's own path (encoded, for the remote tiers), and returns a future of
+//! the chunk's results. Everything else is the same on every tier, and lives here:
 //!
 //! - the input is cut into chunks as they are needed: single items until a chunk reports its
-//!   run time ([`ChunkStats`]), then as many as run about [`MAP_CHUNK_TARGET`];
+//!   run time ([`ChunkStats`]), then as many as run about the tier's target ([`Sizing`]:
+//!   [`MAP_CHUNK_TARGET`] for the remote tiers, whose trip costs tens of microseconds;
+//!   [`THREADS_CHUNK_TARGET`] for the thread tier, whose trip costs one to 25);
 //! - at most `window` chunks are in flight; the input is pulled only as results are consumed
 //!   (backpressure), so an endless iterator keeps memory flat;
-//! - results come out in input order, one per item: a chunk that fails as a whole (not sent,
-//!   or its worker died) fails each of its items with that error.
+//! - results come out in input order (or, unordered, chunk by chunk as chunks finish), one per
+//!   item: a chunk that fails as a whole (not sent, or its worker died) fails each of its items
+//!   with that error.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::future::Either;
 use futures::stream::{self, Stream, StreamExt};
 
 use crate::error::Error;
@@ -27,6 +32,55 @@ pub const MAP_CHUNK_TARGET: Duration = Duration::from_millis(2);
 
 /// The largest `map` chunk, in items (bounds the frame and the memory per chunk).
 pub const MAP_MAX_CHUNK: usize = 4096;
+
+/// The thread tier's `map` sizes its chunks so that one runs about this long. A chunk costs one
+/// hand-off (about 1 µs to a spinning worker, ~25 µs to a parked one, plus two small
+/// allocations); at this length that is at most a tenth of the chunk, and 2 × workers chunks
+/// in flight still spread uneven items over the workers.
+pub const THREADS_CHUNK_TARGET: Duration = Duration::from_micros(250);
+
+/// The largest thread-tier `map` chunk, in items: no frame to bound, only memory (the window
+/// holds 2 × workers chunks); at this size a hand-off costs well under a nanosecond per item
+/// even when the worker has to be woken.
+pub const THREADS_MAX_CHUNK: usize = 16_384;
+
+/// How a chunked map cuts its input: a fixed chunk size, or chunks aimed at a run time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sizing {
+    /// A fixed chunk size (`map_chunked`); `None`: sized from the measured item cost.
+    pub(crate) fixed: Option<usize>,
+    /// The run time an adaptive chunk aims at.
+    pub(crate) target: Duration,
+    /// The largest chunk, in items.
+    pub(crate) max: usize,
+}
+
+impl Sizing {
+    /// The remote tiers' sizing: [`MAP_CHUNK_TARGET`], at most [`MAP_MAX_CHUNK`] items.
+    pub(crate) fn remote(fixed: Option<usize>) -> Self {
+        Sizing {
+            fixed,
+            target: MAP_CHUNK_TARGET,
+            max: MAP_MAX_CHUNK,
+        }
+    }
+
+    /// The thread tier's sizing: [`THREADS_CHUNK_TARGET`], at most [`THREADS_MAX_CHUNK`] items.
+    pub(crate) fn threads(fixed: Option<usize>) -> Self {
+        Sizing {
+            fixed,
+            target: THREADS_CHUNK_TARGET,
+            max: THREADS_MAX_CHUNK,
+        }
+    }
+
+    fn next(&self, stats: &ChunkStats) -> usize {
+        match self.fixed {
+            Some(n) => n.max(1),
+            None => chunk_for(stats, self.target, self.max),
+        }
+    }
+}
 
 /// Learns how long one item of a `map` takes, to size the next chunks.
 #[derive(Debug, Default)]
@@ -46,20 +100,53 @@ impl ChunkStats {
         let new = if old == 0 { x } else { old - old / 4 + x / 4 };
         self.per_item_ns.store(new.max(1), Ordering::Relaxed);
     }
+
+    /// The expected run time of a chunk of `items` items, once an item's cost is known.
+    pub(crate) fn expected(&self, items: usize) -> Option<Duration> {
+        match self.per_item_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns.saturating_mul(items as u64))),
+        }
+    }
 }
 
 /// The next chunk size of a `map`: aimed at [`MAP_CHUNK_TARGET`] once the run time per item
 /// is known, 1 until then.
+/// The input cut into chunks, each sized as it is cut (so later chunks use what earlier ones
+/// measured).
+struct Chunks<It> {
+    items: It,
+    sizing: Sizing,
+    stats: Arc<ChunkStats>,
+}
+
+impl<It: Iterator> Iterator for Chunks<It> {
+    type Item = Vec<It::Item>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let size = self.sizing.next(&self.stats);
+        let chunk: Vec<It::Item> = self.items.by_ref().take(size).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    }
+}
+
+#[cfg(test)]
 pub(crate) fn next_chunk(stats: &ChunkStats) -> usize {
+    chunk_for(stats, MAP_CHUNK_TARGET, MAP_MAX_CHUNK)
+}
+
+/// Items per chunk so that one runs about `target`, at most `max`; 1 until the item cost is
+/// known.
+fn chunk_for(stats: &ChunkStats, target: Duration, max: usize) -> usize {
     let per_item = stats.per_item_ns.load(Ordering::Relaxed);
     if per_item == 0 {
         // Nothing measured yet: single items, so that a few long ones spread over the workers.
         return 1;
     }
-    let target = MAP_CHUNK_TARGET.as_nanos() as u64;
+    let target = u64::try_from(target.as_nanos()).unwrap_or(u64::MAX);
     usize::try_from(target / per_item)
-        .unwrap_or(MAP_MAX_CHUNK)
-        .clamp(1, MAP_MAX_CHUNK)
+        .unwrap_or(max)
+        .clamp(1, max.max(1))
 }
 
 /// The results of `items`, in order, computed chunk by chunk through `send`.
@@ -72,6 +159,26 @@ pub(crate) fn chunked_map<A, R, I, S, F>(
     items: I,
     fixed: Option<usize>,
     window: usize,
+    send: S,
+) -> impl Stream<Item = Result<R, Error>> + Send + use<A, R, I, S, F>
+where
+    I: IntoIterator<Item = A>,
+    I::IntoIter: Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+    S: FnMut(Vec<A>, Arc<ChunkStats>) -> F + Send + 'static,
+    F: Future<Output = Result<Vec<Result<R, Error>>, Error>> + Send + 'static,
+{
+    chunked_stream(items, Sizing::remote(fixed), window, true, send)
+}
+
+/// As [`chunked_map`], with the tier's own [`Sizing`], and in input order or (`ordered` false)
+/// chunk by chunk as chunks finish (`map_unordered`).
+pub(crate) fn chunked_stream<A, R, I, S, F>(
+    items: I,
+    sizing: Sizing,
+    window: usize,
+    ordered: bool,
     mut send: S,
 ) -> impl Stream<Item = Result<R, Error>> + Send + use<A, R, I, S, F>
 where
@@ -83,31 +190,71 @@ where
     F: Future<Output = Result<Vec<Result<R, Error>>, Error>> + Send + 'static,
 {
     let stats = Arc::new(ChunkStats::default());
-    let sizer = stats.clone();
-    let chunks = stream::unfold(items.into_iter(), move |mut it| {
-        let size = fixed.unwrap_or_else(|| next_chunk(&sizer));
-        let chunk: Vec<A> = it.by_ref().take(size).collect();
+    // An iterator, not an async unfold: the stream stays `Unpin`, as callers expect of `map`.
+    let chunks = stream::iter(Chunks {
+        items: items.into_iter(),
+        sizing,
+        stats: stats.clone(),
+    });
+    let futures = chunks.map(move |chunk: Vec<A>| {
+        let n = chunk.len();
+        let sent = send(chunk, stats.clone());
         async move {
-            if chunk.is_empty() {
-                None
-            } else {
-                Some((chunk, it))
+            match sent.await {
+                Ok(v) => v,
+                Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
             }
         }
     });
-    chunks
-        .map(move |chunk: Vec<A>| {
-            let n = chunk.len();
-            let sent = send(chunk, stats.clone());
-            async move {
-                match sent.await {
-                    Ok(v) => v,
-                    Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-                }
+    let window = window.max(1);
+    let done = if ordered {
+        Either::Left(futures.buffered(window))
+    } else {
+        Either::Right(futures.buffer_unordered(window))
+    };
+    Flat {
+        chunks: done,
+        current: Vec::new().into_iter(),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The items of a stream of chunks, one by one: `flat_map(stream::iter)` without a stream
+    /// layer per chunk (an item costs one `Vec` iterator step; this is the consumer's hot loop).
+    struct Flat<S, T> {
+        #[pin]
+        chunks: S,
+        current: std::vec::IntoIter<T>,
+    }
+}
+
+impl<S: Stream<Item = Vec<T>>, T> Stream for Flat<S, T> {
+    type Item = T;
+
+    // The consumer's per-item step: worth inlining into its loop.
+    #[inline]
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        let mut this = self.project();
+        loop {
+            if let Some(item) = this.current.next() {
+                return std::task::Poll::Ready(Some(item));
             }
-        })
-        .buffered(window)
-        .flat_map(stream::iter)
+            match futures::ready!(this.chunks.as_mut().poll_next(cx)) {
+                Some(chunk) => *this.current = chunk.into_iter(),
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (lo, hi) = self.chunks.size_hint();
+        let here = self.current.len();
+        // A chunk holds at least one item.
+        (here + lo, hi.and(None))
+    }
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 //! | tier | module | where a task runs | killable | takes |
 //! | --- | --- | --- | --- | --- |
 //! | [`Inline`] | `inline.rs` | on the thread that first waits for its handle | no | closures |
-//! | [`Threads`] | `threads.rs` | on the library's own pool of named threads | no | closures |
+//! | [`Threads`] | `threads/` | on the library's own pool of named threads | no | closures |
 //! | [`ProcessPool`] | `process/` | in worker processes (this binary, re-executed) | yes | [`RemoteFn`](crate::RemoteFn)s |
 //! | `mpi::Cluster` | `mpi/` | on the worker ranks of an MPI job (feature `mpi`) | no | [`RemoteFn`](crate::RemoteFn)s |
 //!
 //! The process tier takes named remote functions instead of closures and has its own face
-//! ([`ProcessPool`]) with the same verbs; both remote tiers cut a `map` into chunks the same
-//! way (`map.rs`: chunk sizing, order, window). Every in-process tier implements the small
+//! ([`ProcessPool`]) with the same verbs; every tier but inline cuts a `map` into chunks the
+//! same way (`map.rs`: chunk sizing, order, window). Every in-process tier implements the small
 //! [`Tier`] trait: take a [`Job`] now or hand it back when full, take it after waiting for
 //! room, shut down. Each job reports, when it finishes, its own run time measured where it ran
 //! and the time it spent queued ([`RunInfo`]), so that placement learns each tier's real
@@ -22,18 +22,19 @@ use std::time::Duration;
 
 mod auto;
 mod inline;
-mod map;
+pub(crate) mod map;
 pub mod mpi;
 pub(crate) mod process;
-mod threads;
+pub(crate) mod threads;
 
 pub use auto::RemotePool;
 pub use inline::Inline;
-pub use map::{MAP_CHUNK_TARGET, MAP_MAX_CHUNK};
+pub use map::{MAP_CHUNK_TARGET, MAP_MAX_CHUNK, THREADS_CHUNK_TARGET, THREADS_MAX_CHUNK};
 pub use process::{ProcessPool, ProcessPoolBuilder};
 pub use threads::{
-    DEFAULT_QUEUE_PER_WORKER, RESULT_SPIN, SPIN_BEFORE_PARK, Threads, ThreadsBuilder,
-    default_workers,
+    DEFAULT_QUEUE_PER_WORKER, EXPRESS_COOLDOWN, OVERFLOW_NICE, OVERFLOW_PATIENCE, RESULT_SPIN,
+    SAMPLE_EVERY, SHORT_LANE_LIMIT, SPIN_BEFORE_PARK, Threads, ThreadsBuilder,
+    default_thread_workers, default_workers,
 };
 
 pub(crate) use crate::task::Job;

@@ -1,0 +1,214 @@
+//! `map`, `map_chunked`, `map_window` and `map_unordered`: the input cut into chunks (one
+//! task per chunk, sized from the measured item cost; `tier/map.rs`), or one task per item.
+
+use std::sync::Arc;
+
+use futures::stream::{self, Stream, StreamExt};
+
+use super::{Executor, MAP_WINDOW_PER_WORKER, MIN_MAP_WINDOW};
+use crate::error::{Error, panic_message};
+use crate::task::Expect;
+use crate::tier::TierKind;
+use crate::tier::map::{ChunkStats, Sizing, chunked_stream};
+
+impl Executor {
+    /// The default `map` window for this executor, in chunks (for [`map_window`](Self::map_window),
+    /// in items).
+    pub fn default_window(&self) -> usize {
+        (self.inner.workers * MAP_WINDOW_PER_WORKER).max(MIN_MAP_WINDOW)
+    }
+
+    /// Applies `f` to every item, results in input order, one per item.
+    ///
+    /// Items run in chunks, one task per chunk: the first chunks hold one item each; once a
+    /// chunk has run, the measured cost of an item sizes the next ones so that a chunk runs
+    /// about [`THREADS_CHUNK_TARGET`](crate::tier::THREADS_CHUNK_TARGET) (at most
+    /// [`THREADS_MAX_CHUNK`](crate::tier::THREADS_MAX_CHUNK) items). So an item of 1 µs travels with a
+    /// few hundred others and pays a few nanoseconds of hand-off, and an item of 1 ms travels
+    /// alone and spreads over the workers. [`map_chunked`](Self::map_chunked) fixes the size.
+    ///
+    /// At most [`default_window`](Self::default_window) chunks are in flight and the input is
+    /// pulled only as results are consumed, so an endless iterator is fine and memory stays
+    /// flat. A panic fails only its item.
+    pub fn map<I, F, T>(
+        &self,
+        items: I,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        self.chunks(items, None, true, f)
+    }
+
+    /// As [`map`](Self::map) with a fixed chunk size (at least 1; Python's `chunksize`).
+    pub fn map_chunked<I, F, T>(
+        &self,
+        items: I,
+        chunk: usize,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        self.chunks(items, Some(chunk.max(1)), true, f)
+    }
+
+    /// One task per item, results in input order, with at most `window` items (at least 1) in
+    /// flight. For items of a millisecond or more, or when each item must be its own task
+    /// (cancellation, a lane of its own); [`map`](Self::map) batches small items.
+    pub fn map_window<I, F, T>(
+        &self,
+        items: I,
+        window: usize,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let window = window.max(1);
+        self.item_futures(items, window, f).buffered(window)
+    }
+
+    /// As [`map`](Self::map), yielding results as their chunks finish (`as_completed` order;
+    /// within a chunk, input order).
+    pub fn map_unordered<I, F, T>(
+        &self,
+        items: I,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        self.chunks(items, None, false, f)
+    }
+
+    /// The chunked stream behind `map`, `map_chunked` and `map_unordered`.
+    fn chunks<I, F, T>(
+        &self,
+        items: I,
+        fixed: Option<usize>,
+        ordered: bool,
+        f: F,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let this = self.clone();
+        let f = Arc::new(f);
+        let window = self.default_window();
+        chunked_stream(
+            items,
+            Sizing::threads(fixed),
+            window,
+            ordered,
+            move |chunk: Vec<I::Item>, stats: Arc<ChunkStats>| {
+                let this = this.clone();
+                let f = f.clone();
+                // Chunks sized from a measured cost carry their prediction; the first ones are
+                // plain submissions.
+                let expect = stats
+                    .expected(chunk.len())
+                    .map_or(Expect::Unsaid, Expect::About);
+                let tier = this.tier();
+                async move {
+                    let mut h = this
+                        .submit_inner(None, expect, move || run_chunk(&*f, chunk, &stats, tier))
+                        .await?;
+                    // Polled now, needed only when the chunks before it are consumed.
+                    h.no_spin();
+                    h.await
+                }
+            },
+        )
+    }
+
+    /// One task future per item; with a window over 1, the handles do not spin for results
+    /// (each is polled at submission, long before its turn).
+    fn item_futures<I, F, T>(
+        &self,
+        items: I,
+        window: usize,
+        f: F,
+    ) -> impl Stream<Item = impl Future<Output = Result<T, Error>> + Send + use<I, F, T>>
+    + Send
+    + use<I, F, T>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let this = self.clone();
+        let f = Arc::new(f);
+        stream::iter(items).map(move |item| {
+            let this = this.clone();
+            let f = f.clone();
+            async move {
+                let mut h = this.submit(move || f(item)).await?;
+                if window > 1 {
+                    h.no_spin();
+                }
+                h.await
+            }
+        })
+    }
+}
+
+/// Runs `f` on every item of a chunk: each item's panic becomes that item's error; the chunk's
+/// run time per item goes to `stats`, to size the next chunks. One `catch_unwind` per chunk
+/// (and one more after each panic), not per item.
+fn run_chunk<A, T, F>(
+    f: &F,
+    chunk: Vec<A>,
+    stats: &ChunkStats,
+    tier: TierKind,
+) -> Vec<Result<T, Error>>
+where
+    F: Fn(A) -> T,
+{
+    let n = chunk.len();
+    let t0 = std::time::Instant::now();
+    let mut out: Vec<Result<T, Error>> = Vec::with_capacity(n);
+    let mut items = chunk.into_iter();
+    loop {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for a in items.by_ref() {
+                out.push(Ok(f(a)));
+            }
+        }));
+        match ran {
+            Ok(()) => break,
+            // The item that panicked was taken from `items`: its slot is this error.
+            Err(p) => out.push(Err(
+                Error::panicked(panic_message(&*p), None).fill(None, tier, None)
+            )),
+        }
+    }
+    stats.record(
+        n,
+        u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX),
+    );
+    out
+}

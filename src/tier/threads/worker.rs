@@ -1,0 +1,238 @@
+//! The worker loops, one per role: normal workers, the overflow worker, the express worker.
+//! See the module docs of the thread tier for what each role takes and when.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::shared::{Class, Shared, Take};
+use super::{EXPRESS_COOLDOWN, OVERFLOW_PATIENCE, SHORT_LANE_LIMIT, priority, spin};
+use crate::task::{Job, WorkerCtx};
+use crate::tier::TierKind;
+
+/// Spin episodes in a row that found no work, after which a worker parks at once ...
+const UNPAID_SPINS: u32 = 3;
+/// ... except every this many times, to notice that spinning pays again.
+const PROBE_EVERY: u32 = 8;
+
+/// How often an overflow worker that declined queued work looks again (pushes do not wake it
+/// meanwhile: a submitter never pays a wake-up for a worker that would decline).
+const OVERFLOW_RECHECK: Duration = Duration::from_millis(1);
+
+/// A worker's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Normal priority; takes any work at once, spins before it parks.
+    Normal,
+    /// Lower priority; takes work only when every normal worker is busy and a core is spare
+    /// (or the work has waited [`OVERFLOW_PATIENCE`]).
+    Overflow,
+    /// Normal priority; short-lane work only, and only while long work holds every general
+    /// worker.
+    Express,
+}
+
+pub(super) struct Worker {
+    /// General workers: their index (normal ones first); the express worker: past the last.
+    pub(super) index: usize,
+    pub(super) role: Role,
+    pub(super) shared: Arc<Shared>,
+    pub(super) spin: Duration,
+    pub(super) nice: i32,
+}
+
+impl Worker {
+    pub(super) fn run(self) {
+        if self.role == Role::Overflow {
+            priority::lower_this_thread(self.nice);
+        }
+        let ctx = WorkerCtx {
+            tier: TierKind::Threads,
+            worker: Some(self.index),
+        };
+        let sh = &*self.shared;
+        let mut unpaid = 0u32;
+        let mut parks = 0u32;
+        let mut streak = 0u32;
+        // The express worker: no unpredicted work until then (see EXPRESS_COOLDOWN).
+        let mut cooldown: Option<Instant> = None;
+        loop {
+            let next = match self.role {
+                Role::Normal => self.next_normal(&mut streak, &mut unpaid, &mut parks),
+                Role::Overflow => self.next_overflow(&mut streak),
+                Role::Express => self.next_express(&mut cooldown),
+            };
+            let Some((job, class)) = next else { break };
+            if self.role != Role::Express {
+                sh.pass_on();
+            }
+            if sh.cancelling.load(Ordering::Acquire) {
+                // Shutdown(Cancel): the job's destructor fails its task with "shut down".
+                drop(job);
+                continue;
+            }
+            let ran = self.run_one(job, class, ctx);
+            if self.role == Role::Express && class == Class::Unknown && ran > SHORT_LANE_LIMIT {
+                cooldown = Some(Instant::now() + ran.saturating_mul(EXPRESS_COOLDOWN));
+            }
+        }
+        tracing::trace!(worker = self.index, role = ?self.role, "thread worker exits");
+    }
+
+    /// Runs `job`; returns its run time (zero when it had been cancelled).
+    fn run_one(&self, job: Job, class: Class, ctx: WorkerCtx) -> Duration {
+        let sh = &*self.shared;
+        let general = self.role != Role::Express;
+        if self.role == Role::Normal {
+            sh.normal_busy.fetch_add(1, Ordering::SeqCst);
+        }
+        if general {
+            sh.started(self.index, class == Class::Long);
+        }
+        sh.counters.busy.fetch_add(1, Ordering::Relaxed);
+        let mut run_time = Duration::ZERO;
+        let running = spin::running();
+        if let Some(ran) = job.run(ctx) {
+            sh.counters.record(&ran);
+            run_time = ran.run_time;
+        }
+        drop(running);
+        sh.counters.busy.fetch_sub(1, Ordering::Relaxed);
+        if general {
+            sh.finished(self.index);
+        }
+        if self.role == Role::Normal {
+            sh.normal_busy.fetch_sub(1, Ordering::SeqCst);
+        }
+        run_time
+    }
+
+    /// A normal worker's next job: take one, else spin while spinning has paid lately and the
+    /// system has a core to spare, else park.
+    fn next_normal(
+        &self,
+        streak: &mut u32,
+        unpaid: &mut u32,
+        parks: &mut u32,
+    ) -> Option<(Job, Class)> {
+        let sh = &*self.shared;
+        loop {
+            match sh.take(streak) {
+                Take::Job(job, class) => return Some((job, class)),
+                Take::Closed => return None,
+                Take::Empty => {}
+            }
+            *parks = parks.wrapping_add(1);
+            let worth = *unpaid < UNPAID_SPINS || *parks % PROBE_EVERY == 0;
+            if !self.spin.is_zero() && worth {
+                if let Some(slot) = spin::try_spin() {
+                    sh.spinning.fetch_add(1, Ordering::SeqCst);
+                    let found = self.spin_for_work(streak);
+                    sh.spinning.fetch_sub(1, Ordering::SeqCst);
+                    drop(slot);
+                    match found {
+                        Some(Take::Job(job, class)) => {
+                            *unpaid = 0;
+                            return Some((job, class));
+                        }
+                        Some(Take::Closed) => return None,
+                        _ => *unpaid = unpaid.saturating_add(1),
+                    }
+                }
+            }
+            sh.normal_park
+                .park(None, || sh.has_work() || sh.is_closed());
+        }
+    }
+
+    /// Spins up to the spin bound looking for work; `None` when none came.
+    fn spin_for_work(&self, streak: &mut u32) -> Option<Take> {
+        let sh = &*self.shared;
+        let t0 = Instant::now();
+        let mut i = 0u32;
+        loop {
+            std::hint::spin_loop();
+            if sh.has_work() || sh.is_closed() {
+                match sh.take(streak) {
+                    Take::Empty => {}
+                    t => return Some(t),
+                }
+            }
+            i = i.wrapping_add(1);
+            if i % 16 == 0 && t0.elapsed() >= self.spin {
+                return None;
+            }
+        }
+    }
+
+    /// The overflow worker's next job: only while every normal worker is busy, and then when a
+    /// core is spare or the work has waited [`OVERFLOW_PATIENCE`].
+    fn next_overflow(&self, streak: &mut u32) -> Option<(Job, Class)> {
+        let sh = &*self.shared;
+        let mut waiting_since: Option<Instant> = None;
+        loop {
+            if !sh.has_work() {
+                if sh.is_closed() {
+                    return None;
+                }
+                waiting_since = None;
+                sh.overflow_idle.fetch_add(1, Ordering::SeqCst);
+                sh.overflow_park
+                    .park(None, || sh.has_work() || sh.is_closed());
+                sh.overflow_idle.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            let waited = waiting_since.get_or_insert_with(Instant::now).elapsed();
+            let needed = sh.normal_busy.load(Ordering::SeqCst) >= sh.normal;
+            if waited >= OVERFLOW_PATIENCE || (needed && spin::spare_core()) {
+                match sh.take(streak) {
+                    Take::Job(job, class) => return Some((job, class)),
+                    Take::Closed => return None,
+                    Take::Empty => continue,
+                }
+            }
+            // Look again soon: the normal workers may all be busy by then, or a core spare.
+            let left = OVERFLOW_PATIENCE.saturating_sub(waited);
+            sh.overflow_park
+                .park(Some(left.min(OVERFLOW_RECHECK)), || false);
+        }
+    }
+
+    /// The express worker's next job: short-lane work — and unpredicted work, unless an
+    /// unpredicted job it ran turned out long (`cooldown`) — while long work holds every
+    /// general worker (see [`Shared::held_by_long_work`]).
+    fn next_express(&self, cooldown: &mut Option<Instant>) -> Option<(Job, Class)> {
+        let sh = &*self.shared;
+        loop {
+            let now = Instant::now();
+            let cooling = cooldown.and_then(|t| t.checked_duration_since(now));
+            if cooling.is_none() {
+                *cooldown = None;
+            }
+            let unknown_too = cooling.is_none();
+            if !sh.express_work(unknown_too) {
+                if sh.is_closed() {
+                    return None;
+                }
+                // Pushes of short-ish work wake it; the cooldown's end too, if unpredicted
+                // work is waiting.
+                sh.express_idle.store(true, Ordering::SeqCst);
+                sh.express_park
+                    .park(cooling, || sh.express_work(unknown_too) || sh.is_closed());
+                sh.express_idle.store(false, Ordering::SeqCst);
+                continue;
+            }
+            match sh.held_by_long_work() {
+                Ok(()) => match sh.take_express(unknown_too) {
+                    Take::Job(job, class) => return Some((job, class)),
+                    Take::Closed => return None,
+                    Take::Empty => {}
+                },
+                Err(wait) => {
+                    let wait = wait.unwrap_or(SHORT_LANE_LIMIT).min(SHORT_LANE_LIMIT);
+                    sh.express_park.park(Some(wait), || false);
+                }
+            }
+        }
+    }
+}
