@@ -53,6 +53,8 @@ const PINGPONG_CHILD: &str = "OFFLOAD_BENCH_PINGPONG_CHILD";
 
 const BURST: usize = 10_000;
 
+/// The thread tier's default nice value for its overflow worker (`ThreadsBuilder::low_priority_nice`).
+const OVERFLOW_NICE: i32 = 10;
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -274,7 +276,7 @@ fn pool_of(workers: usize, low: usize, nice: i32) -> Executor {
         .low_priority_nice(nice)
         .build()
         .expect("the pool starts");
-    Executor::from_tier(std::sync::Arc::new(t))
+    Executor::from(t)
 }
 
 fn heartbeat(c: &mut Criterion) {
@@ -287,9 +289,9 @@ fn heartbeat(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (name, busy, workers, low, nice) in [
-        ("idle_pool", false, cores, 1, offload::tier::OVERFLOW_NICE),
+        ("idle_pool", false, cores, 1, OVERFLOW_NICE),
         ("cores_minus_1", true, cores.saturating_sub(1).max(1), 0, 0),
-        ("default_pool", true, cores, 1, offload::tier::OVERFLOW_NICE),
+        ("default_pool", true, cores, 1, OVERFLOW_NICE),
         ("all_normal", true, cores, 0, 0),
         ("overflow_nice19", true, cores, 1, 19),
     ] {

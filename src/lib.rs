@@ -157,10 +157,7 @@ mod task;
 pub mod tier;
 
 pub use error::{BuildError, Error, ErrorKind, ExitInfo, TrySubmitError};
-pub use executor::{
-    Executor, MAP_WINDOW_PER_WORKER, MIN_MAP_WINDOW, WaitMode, Waited, as_completed, wait,
-    wait_timeout,
-};
+pub use executor::{Executor, ExecutorBuilder, WaitMode, Waited, as_completed, wait, wait_timeout};
 pub use placement::{
     BucketStats, Call, CallSite, KeyStats, Placement, PlacementConfig, PlacementStats,
     PlacementTier, Stage, TierCost,
@@ -169,7 +166,7 @@ pub use remote::{AnyRemoteFn, CallFailure, Registry, RemoteFn, init, shared, sha
 pub use scheduler::{
     Cooperate, Scheduler, SchedulerBuilder, SchedulerStats, TaskExit, TaskGroup, yield_now,
 };
-pub use task::{Job, Ran, TaskHandle, WorkerCtx};
+pub use task::TaskHandle;
 /// What most programs need, in one `use offload::prelude::*;`: the executor face, the
 /// scheduler and call sites, the process pool, and [`StreamExt`](futures::StreamExt) for the
 /// streams that [`Executor::map`] and [`as_completed`] return (so a program needs no

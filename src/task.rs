@@ -175,7 +175,7 @@ impl<T> Drop for Completer<T> {
 
 /// Context a tier gives a job when it runs it.
 #[derive(Debug, Clone, Copy)]
-pub struct WorkerCtx {
+pub(crate) struct WorkerCtx {
     /// The tier running the job.
     pub tier: TierKind,
     /// The worker index, if the tier has workers.
@@ -184,7 +184,7 @@ pub struct WorkerCtx {
 
 /// What running a [`Job`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ran {
+pub(crate) struct Ran {
     /// The task's own run time.
     pub run_time: Duration,
     /// Whether it panicked.
@@ -244,7 +244,7 @@ where
 
 /// A unit of work a [`Tier`](crate::tier::Tier) runs: the user's closure together with the slot
 /// its outcome goes to. Dropping a job unrun fails its task with "shut down".
-pub struct Job {
+pub(crate) struct Job {
     inner: Box<dyn RunJob>,
     /// What the submitter said about the task's run time.
     expect: Expect,
@@ -278,17 +278,8 @@ impl fmt::Debug for Job {
 impl Job {
     /// Runs the job here and reports its outcome to its handle. Returns what happened, or
     /// `None` when it had been cancelled and did not run. Panics of the task are caught.
-    pub fn run(self, ctx: WorkerCtx) -> Option<Ran> {
+    pub(crate) fn run(self, ctx: WorkerCtx) -> Option<Ran> {
         self.inner.run(ctx)
-    }
-
-    /// How long the submitter expects the task to run, if it said: the thread tier serves
-    /// work predicted short on a lane that work predicted long cannot fill.
-    pub fn expected(&self) -> Option<Duration> {
-        match self.expect {
-            Expect::About(d) => Some(d),
-            Expect::Unsaid | Expect::Unknown => None,
-        }
     }
 
     /// What the submitter said about the run time.

@@ -147,3 +147,20 @@ fn shutdown_timeout_escalates_past_its_limit_and_fails_what_is_queued() {
     assert!(pool.shutdown_timeout_blocking(ShutdownMode::Drain, Duration::from_secs(10)));
     assert_eq!(h.blocking_wait().unwrap(), 2);
 }
+
+#[test]
+fn two_default_pools_name_their_threads_apart() {
+    // CPython's thread_names_default: each pool's threads carry a name of their own.
+    let a = Executor::builder().workers(1).build().unwrap();
+    let b = Executor::builder().workers(1).build().unwrap();
+    let names = common::threads_named("offload-cpu");
+    let mut prefixes: Vec<String> = names
+        .iter()
+        .map(|n| n.rsplit_once('-').map_or(n.clone(), |(p, _)| p.to_string()))
+        .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    assert!(prefixes.len() >= 2, "two pools, one name: {names:?}");
+    a.shutdown_blocking(ShutdownMode::Drain);
+    b.shutdown_blocking(ShutdownMode::Drain);
+}

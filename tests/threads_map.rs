@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use offload::ShutdownMode;
-use offload::tier::THREADS_MAX_CHUNK;
+/// The thread tier's largest automatic chunk (documented on `Executor::map`).
+const THREADS_MAX_CHUNK: usize = 16_384;
 
 #[tokio::test]
 async fn small_items_run_in_chunks_and_come_out_in_order() {

@@ -22,8 +22,8 @@ impl Executor {
     ///
     /// Items run in chunks, one task per chunk: the first chunks hold one item each; once a
     /// chunk has run, the measured cost of an item sizes the next ones so that a chunk runs
-    /// about [`THREADS_CHUNK_TARGET`](crate::tier::THREADS_CHUNK_TARGET) (at most
-    /// [`THREADS_MAX_CHUNK`](crate::tier::THREADS_MAX_CHUNK) items). So an item of 1 µs travels with a
+    /// about 250 µs (at most
+    /// 16,384 items). So an item of 1 µs travels with a
     /// few hundred others and pays a few nanoseconds of hand-off, and an item of 1 ms travels
     /// alone and spreads over the workers. [`map_chunked`](Self::map_chunked) fixes the size.
     ///

@@ -30,11 +30,11 @@ mod wait;
 pub use wait::{WaitMode, Waited, as_completed, wait, wait_timeout};
 
 /// The smallest default `map` window: enough to keep a pool busy while results are consumed.
-pub const MIN_MAP_WINDOW: usize = 4;
+pub(crate) const MIN_MAP_WINDOW: usize = 4;
 
 /// Default `map` window per worker: each worker has one task running and one queued behind it,
 /// so it never idles between tasks, and the input is pulled no faster than it is consumed.
-pub const MAP_WINDOW_PER_WORKER: usize = 2;
+pub(crate) const MAP_WINDOW_PER_WORKER: usize = 2;
 
 struct Inner {
     tier: Arc<dyn Tier>,
@@ -58,9 +58,87 @@ impl fmt::Debug for Executor {
     }
 }
 
+/// Settings for a thread-tier [`Executor`] (Python's `ThreadPoolExecutor(max_workers, ...)`):
+/// `&mut Self` setters, then [`build`](Self::build).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let pool = offload::Executor::builder()
+///     .workers(2)
+///     .queue_capacity(64)
+///     .thread_name("parser")
+///     .build()?;
+/// assert_eq!(pool.workers(), 2);
+/// assert_eq!(pool.run(|| 6 * 7).await?, 42);
+/// pool.shutdown(offload::ShutdownMode::Drain).await;
+/// # Ok::<(), offload::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorBuilder {
+    threads: crate::tier::ThreadsBuilder,
+}
+
+impl ExecutorBuilder {
+    /// Worker threads (default: one per core on Linux, see [`Threads`](crate::tier::Threads)).
+    pub fn workers(&mut self, n: usize) -> &mut Self {
+        self.threads.workers(n);
+        self
+    }
+
+    /// How many workers run at a lower OS priority and step in only when the others are busy
+    /// and a core is spare (default 1 on Linux, 0 elsewhere).
+    pub fn low_priority_workers(&mut self, n: usize) -> &mut Self {
+        self.threads.low_priority_workers(n);
+        self
+    }
+
+    /// Whether an extra worker serves short work while long work holds every worker (default
+    /// true).
+    pub fn express_worker(&mut self, on: bool) -> &mut Self {
+        self.threads.express_worker(on);
+        self
+    }
+
+    /// Queue capacity (default 256 per worker); a full queue makes `submit` wait.
+    pub fn queue_capacity(&mut self, n: usize) -> &mut Self {
+        self.threads.queue_capacity(n);
+        self
+    }
+
+    /// How long idle workers spin before they park (default 50 µs).
+    pub fn spin_before_park(&mut self, d: Duration) -> &mut Self {
+        self.threads.spin_before_park(d);
+        self
+    }
+
+    /// Prefix of the worker thread names (default: unique per pool, `offload-cpuP-N`).
+    pub fn thread_name(&mut self, name: impl Into<String>) -> &mut Self {
+        self.threads.thread_name(name);
+        self
+    }
+
+    /// Starts the pool's threads.
+    pub fn build(&self) -> Result<Executor, BuildError> {
+        Ok(Executor::from(self.threads.build()?))
+    }
+}
+
+/// The thread pool behind an executor face.
+impl From<Threads> for Executor {
+    fn from(pool: Threads) -> Self {
+        Executor::from_tier(Arc::new(pool))
+    }
+}
+
 impl Executor {
+    /// Settings for a thread-tier executor; see [`ExecutorBuilder`].
+    pub fn builder() -> ExecutorBuilder {
+        ExecutorBuilder::default()
+    }
+
     /// An executor on any tier.
-    pub fn from_tier(tier: Arc<dyn Tier>) -> Self {
+    pub(crate) fn from_tier(tier: Arc<dyn Tier>) -> Self {
         let workers = tier.stats().workers;
         Executor {
             inner: Arc::new(Inner {
@@ -205,7 +283,7 @@ impl Executor {
 
     /// As [`submit_named`](Self::submit_named), saying how long the task is expected to run
     /// (placement's prediction; `None`: asked, but not known yet). The thread tier serves work
-    /// predicted under [`SHORT_LANE_LIMIT`](crate::tier::SHORT_LANE_LIMIT), and work not yet
+    /// predicted under 1 ms, and work not yet
     /// predicted, before plain and long work, and on its express worker when long work holds
     /// every other one: such a task never waits long behind long ones (see
     /// [`Threads`](crate::tier::Threads)).

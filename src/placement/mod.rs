@@ -86,6 +86,8 @@ use crate::error::BuildError;
 use crate::scheduler::Scheduler;
 
 mod config;
+#[cfg(test)]
+mod killable_tests;
 mod model;
 mod policy;
 mod site;

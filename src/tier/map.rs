@@ -28,21 +28,21 @@ use crate::error::Error;
 
 /// `map` sizes its chunks so that one runs about this long: long enough that the trip
 /// (tens of microseconds) is a few percent of it, short enough to balance the workers.
-pub const MAP_CHUNK_TARGET: Duration = Duration::from_millis(2);
+pub(crate) const MAP_CHUNK_TARGET: Duration = Duration::from_millis(2);
 
 /// The largest `map` chunk, in items (bounds the frame and the memory per chunk).
-pub const MAP_MAX_CHUNK: usize = 4096;
+pub(crate) const MAP_MAX_CHUNK: usize = 4096;
 
 /// The thread tier's `map` sizes its chunks so that one runs about this long. A chunk costs one
 /// hand-off (about 1 µs to a spinning worker, ~25 µs to a parked one, plus two small
 /// allocations); at this length that is at most a tenth of the chunk, and 2 × workers chunks
 /// in flight still spread uneven items over the workers.
-pub const THREADS_CHUNK_TARGET: Duration = Duration::from_micros(250);
+pub(crate) const THREADS_CHUNK_TARGET: Duration = Duration::from_micros(250);
 
 /// The largest thread-tier `map` chunk, in items: no frame to bound, only memory (the window
 /// holds 2 × workers chunks); at this size a hand-off costs well under a nanosecond per item
 /// even when the worker has to be woken.
-pub const THREADS_MAX_CHUNK: usize = 16_384;
+pub(crate) const THREADS_MAX_CHUNK: usize = 16_384;
 
 /// How a chunked map cuts its input: a fixed chunk size, or chunks aimed at a run time.
 #[derive(Debug, Clone, Copy)]

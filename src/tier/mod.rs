@@ -10,7 +10,7 @@
 //! The process tier takes named remote functions instead of closures and has its own face
 //! ([`ProcessPool`]) with the same verbs; every tier but inline cuts a `map` into chunks the
 //! same way (`map.rs`: chunk sizing, order, window). Every in-process tier implements the small
-//! [`Tier`] trait: take a [`Job`] now or hand it back when full, take it after waiting for
+//! `Tier` trait: take a `Job` now or hand it back when full, take it after waiting for
 //! room, shut down. Each job reports, when it finishes, its own run time measured where it ran
 //! and the time it spent queued ([`RunInfo`]), so that placement learns each tier's real
 //! overhead on this machine.
@@ -29,13 +29,9 @@ pub(crate) mod threads;
 
 pub use auto::RemotePool;
 pub use inline::Inline;
-pub use map::{MAP_CHUNK_TARGET, MAP_MAX_CHUNK, THREADS_CHUNK_TARGET, THREADS_MAX_CHUNK};
 pub use process::{ProcessPool, ProcessPoolBuilder};
-pub use threads::{
-    DEFAULT_QUEUE_PER_WORKER, EXPRESS_COOLDOWN, OVERFLOW_NICE, OVERFLOW_PATIENCE, RESULT_SPIN,
-    SAMPLE_EVERY, SHORT_LANE_LIMIT, SPIN_BEFORE_PARK, Threads, ThreadsBuilder,
-    default_thread_workers, default_workers,
-};
+pub(crate) use threads::DEFAULT_QUEUE_PER_WORKER;
+pub use threads::{Threads, ThreadsBuilder, default_thread_workers, default_workers};
 
 pub(crate) use crate::task::Job;
 
@@ -137,11 +133,11 @@ pub struct TierStats {
 
 /// A future a tier returns while it waits for room in its queue: the job comes back if the tier
 /// shuts down meanwhile.
-pub type PushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Job>> + Send + 'a>>;
+pub(crate) type PushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Job>> + Send + 'a>>;
 
 /// Why a tier did not take a job at once; the job comes back.
 #[derive(Debug)]
-pub enum PushError {
+pub(crate) enum PushError {
     /// The queue is at capacity.
     Full(Job),
     /// The tier is shut down.
@@ -153,7 +149,7 @@ pub enum PushError {
 /// Implementations keep the contracts of DESIGN.md §3: bounded queues, one outcome per job (a
 /// job that is dropped unrun fails its task with "shut down"), and explicit shutdown after
 /// which none of the tier's threads is left.
-pub trait Tier: Send + Sync + fmt::Debug + 'static {
+pub(crate) trait Tier: Send + Sync + fmt::Debug + 'static {
     /// Which tier this is.
     fn kind(&self) -> TierKind;
 

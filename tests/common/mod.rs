@@ -39,7 +39,7 @@ pub fn pool(prefix: &str, workers: usize, capacity: usize) -> Executor {
         .thread_name(prefix)
         .build()
         .expect("the pool starts");
-    Executor::from_tier(Arc::new(t))
+    Executor::from(t)
 }
 
 /// A one-shot gate: tasks wait on it until the test opens it.

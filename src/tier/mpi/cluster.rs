@@ -351,7 +351,7 @@ impl Cluster {
     /// The window of chunks in flight for [`map`](Self::map): two per worker rank, so every
     /// rank has its next chunk queued while it computes.
     pub fn default_window(&self) -> usize {
-        (self.workers() * 2).max(crate::MIN_MAP_WINDOW)
+        (self.workers() * 2).max(crate::executor::MIN_MAP_WINDOW)
     }
 
     /// Applies `f` to every item on the worker ranks; results in input order, one per item (a
@@ -360,8 +360,8 @@ impl Cluster {
     /// Items travel in chunks, many per MPI message, sized as on the process tier: one item
     /// per chunk until a chunk's run time has been measured (so that a few long items spread
     /// over the ranks), then as many items as take about
-    /// [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET) at the measured mean time per item
-    /// (at most [`MAP_MAX_CHUNK`](crate::tier::MAP_MAX_CHUNK)).
+    /// 2 ms at the measured mean time per item
+    /// (at most 4,096).
     /// A [`ClusterBuilder::task_timeout`] applies to each chunk. At most
     /// [`default_window`](Self::default_window) chunks are in flight; the input is pulled only
     /// as results are consumed, so an endless iterator keeps memory flat. A fixed chunk size

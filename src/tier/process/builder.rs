@@ -171,7 +171,7 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// Queue capacity: tasks waiting for a worker (default [`DEFAULT_QUEUE_PER_WORKER`] ×
+    /// Queue capacity: tasks waiting for a worker (default 256 ×
     /// workers). `submit` waits for room; `try_submit` hands the arguments back.
     pub fn queue_capacity(&mut self, n: usize) -> &mut Self {
         self.queue_capacity = Some(n);

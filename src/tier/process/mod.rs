@@ -544,8 +544,8 @@ impl ProcessPool {
     /// Applies `f` to every item in worker processes; results in input order, one per item.
     ///
     /// Items travel in chunks, many per frame, sized so that a chunk runs about
-    /// [`MAP_CHUNK_TARGET`](crate::tier::MAP_CHUNK_TARGET) (one item per chunk until the first
-    /// chunk reports its run time; at most [`MAP_MAX_CHUNK`](crate::tier::MAP_MAX_CHUNK)).
+    /// 2 ms (one item per chunk until the first
+    /// chunk reports its run time; at most 4,096).
     /// Two chunks per worker are in flight; the input is pulled only as results are consumed,
     /// so an endless iterator is fine. A panic fails only its item; a worker that dies fails
     /// every item of its chunk.

@@ -78,47 +78,48 @@ mod shared;
 pub(crate) mod spin;
 mod worker;
 
-pub use spin::SAMPLE_EVERY;
-
 use shared::{Class, Shared};
 use worker::{Role, Worker};
 
 /// How long an idle worker keeps looking for work before it parks. Twice the measured cost of
 /// waking a parked thread here (~25 µs): a burst of submissions a few microseconds apart never
 /// pays a wake-up, and an idle pool stops burning its cores within 50 µs.
-pub const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+/// The default prefix of worker thread names, before the pool's number.
+const DEFAULT_NAME: &str = "offload-cpu";
+
+pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 /// How long a waiter spins for the result of a task before it parks, when the pool's recent
 /// tasks finish this soon after their submission. Equal to the cost of one thread wake-up:
 /// spinning longer than a wake-up costs could never pay.
-pub const RESULT_SPIN: Duration = Duration::from_micros(25);
+pub(crate) const RESULT_SPIN: Duration = Duration::from_micros(25);
 
 /// Default queue capacity per worker (each lane). Large enough that a burst keeps every worker
 /// fed, small enough that an endless producer is held back (bounded memory, DESIGN.md §3.3).
-pub const DEFAULT_QUEUE_PER_WORKER: usize = 256;
+pub(crate) const DEFAULT_QUEUE_PER_WORKER: usize = 256;
 
 /// Work predicted to run under this (or not predicted) goes to the short lane. Five times the
 /// inline budget: work placement sends off-core because it is a little over the budget stays
 /// short; a millisecond is also the longest a short task waits for the express worker once
 /// long work holds every other worker.
-pub const SHORT_LANE_LIMIT: Duration = Duration::from_millis(1);
+pub(crate) const SHORT_LANE_LIMIT: Duration = Duration::from_millis(1);
 
 /// After a not-yet-predicted job it ran turned out long (over [`SHORT_LANE_LIMIT`]), the
 /// express worker takes no such work for this many times that job's run time: it is there for
 /// short work, and gives long work that nobody could predict at most ~2 % of a core beyond the
 /// workers the pool was given.
-pub const EXPRESS_COOLDOWN: u32 = 50;
+pub(crate) const EXPRESS_COOLDOWN: u32 = 50;
 
 /// The overflow worker's nice value (Linux). At 10 a busy overflow worker gets about a tenth of
 /// a core that a normal-priority thread also wants (weights 110 : 1024): the I/O threads keep
 /// ~90 % of it, and work the overflow worker holds still progresses when the machine is busy.
 /// Nice 19 or `SCHED_IDLE` would leave it ~1.5 % or nothing.
-pub const OVERFLOW_NICE: i32 = 10;
+pub(crate) const OVERFLOW_NICE: i32 = 10;
 
 /// Queued work the overflow worker leaves to the normal workers (or to a busy system) waits at
 /// most this long before the overflow worker takes it anyway. Long against a thread wake-up,
 /// short against the work worth sending off-core.
-pub const OVERFLOW_PATIENCE: Duration = Duration::from_millis(5);
+pub(crate) const OVERFLOW_PATIENCE: Duration = Duration::from_millis(5);
 
 /// The default number of normal-priority workers, and the process tier's default worker count:
 /// cores − 1, at least 1 (Listing 5).
@@ -158,7 +159,7 @@ impl Default for ThreadsBuilder {
             nice: OVERFLOW_NICE,
             queue_capacity: None,
             spin: SPIN_BEFORE_PARK,
-            name: "offload-cpu".to_string(),
+            name: DEFAULT_NAME.to_string(),
         }
     }
 }
@@ -178,7 +179,7 @@ impl ThreadsBuilder {
         self
     }
 
-    /// The overflow workers' nice value (default [`OVERFLOW_NICE`]).
+    /// The overflow workers' nice value (default 10).
     pub fn low_priority_nice(&mut self, nice: i32) -> &mut Self {
         self.nice = nice;
         self
@@ -191,20 +192,22 @@ impl ThreadsBuilder {
         self
     }
 
-    /// Capacity of each lane (default: [`DEFAULT_QUEUE_PER_WORKER`] × workers).
+    /// Capacity of each lane (default: 256 × workers).
     pub fn queue_capacity(&mut self, n: usize) -> &mut Self {
         self.queue_capacity = Some(n);
         self
     }
 
-    /// How long idle workers spin before they park (default [`SPIN_BEFORE_PARK`]; zero parks at
+    /// How long idle workers spin before they park (default 50 µs; zero parks at
     /// once, which saves CPU on a busy machine and costs a wake-up per hand-off).
     pub fn spin_before_park(&mut self, d: Duration) -> &mut Self {
         self.spin = d;
         self
     }
 
-    /// Prefix of the worker thread names (default `offload-cpu`).
+    /// Prefix of the worker thread names (default `offload-cpuP`, with `P` numbering the pools
+    /// of this process, so two default pools never share a name: `offload-cpu0-0`,
+    /// `offload-cpu1-0`, ...; the express worker is `...-x`).
     pub fn thread_name(&mut self, name: impl Into<String>) -> &mut Self {
         self.name = name.into();
         self
@@ -227,6 +230,15 @@ impl ThreadsBuilder {
             0
         };
         let normal = self.workers - overflow;
+        let prefix = if self.name == DEFAULT_NAME {
+            static POOLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            format!(
+                "{DEFAULT_NAME}{}",
+                POOLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        } else {
+            self.name.clone()
+        };
         let shared = Arc::new(Shared::new(cap, normal, self.workers));
         let pool = Threads {
             shared: shared.clone(),
@@ -251,8 +263,8 @@ impl ThreadsBuilder {
                 nice: self.nice,
             };
             let name = match role {
-                Role::Express => format!("{}-x", self.name),
-                _ => format!("{}-{index}", self.name),
+                Role::Express => format!("{prefix}-x"),
+                _ => format!("{prefix}-{index}"),
             };
             let started = std::thread::Builder::new()
                 .name(name)

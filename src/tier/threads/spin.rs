@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 /// How often the runnable count is read again: rarely enough that the read (~5 µs) costs
 /// under 0.3 % of one core, often enough that a spinner stops within a few milliseconds of
 /// another process wanting its core.
-pub const SAMPLE_EVERY: Duration = Duration::from_millis(2);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(2);
 
 struct Gate {
     epoch: Instant,

@@ -1,13 +1,15 @@
 //! Killable work never runs inline nor on the thread tier. Without a killable tier it is
 //! refused with a clear "unsupported" error; with one attached (here a stand-in tier that says
 //! it is the process tier), every call goes there, however cheap the model learns it is.
+//! Inside the crate: the stand-in implements the internal `Tier` trait.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use offload::tier::{PushError, PushFuture, Tier, TierStats};
-use offload::{ErrorKind, Executor, Job, Scheduler, ShutdownMode, Stage, TierKind, WorkerCtx};
+use crate::task::{Job, WorkerCtx};
+use crate::tier::{PushError, PushFuture, Tier, TierStats};
+use crate::{ErrorKind, Executor, Scheduler, ShutdownMode, Stage, TierKind};
 
 /// A stand-in killable tier: runs each job on a fresh thread and reports itself as processes.
 #[derive(Debug, Default)]
@@ -107,7 +109,7 @@ fn without_a_killable_tier_killable_calls_are_refused_and_never_run() {
     );
     assert_eq!(site.stats().inline, 0);
     assert_eq!(site.stats().threads, 0);
-    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(ShutdownMode::Drain, Duration::from_secs(5));
 }
 
 #[test]
@@ -132,5 +134,5 @@ fn with_a_killable_tier_every_killable_call_goes_there() {
     let s = site.stats();
     assert_eq!((s.inline, s.threads, s.processes), (0, 0, 101));
     assert!(site.prediction(None).expect("learned") < site.budget());
-    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
+    sched.shutdown_timeout_blocking(ShutdownMode::Drain, Duration::from_secs(5));
 }
