@@ -164,3 +164,36 @@ fn two_default_pools_name_their_threads_apart() {
     a.shutdown_blocking(ShutdownMode::Drain);
     b.shutdown_blocking(ShutdownMode::Drain);
 }
+
+#[test]
+fn submit_blocking_from_a_task_of_its_own_full_pool_errs_instead_of_deadlocking() {
+    // A pool of one worker and a queue of one: a task that fills the queue and then waits for
+    // room in it would wait for itself for ever.
+    let pool = Executor::builder()
+        .workers(1)
+        .low_priority_workers(0)
+        .express_worker(false)
+        .queue_capacity(1)
+        .build()
+        .unwrap();
+    let inner = pool.clone();
+    let mut outer = pool
+        .submit_blocking(move || {
+            let first = inner.submit_blocking(|| 1);
+            let second = inner.submit_blocking(|| 2);
+            (
+                first.map(|h| h.detach()).is_ok(),
+                second.map(|h| h.detach()),
+            )
+        })
+        .unwrap();
+    let (first_ok, second) = outer
+        .blocking_wait_timeout(Duration::from_secs(10))
+        .expect("no deadlock")
+        .unwrap();
+    assert!(first_ok, "there was room for one");
+    let e = second.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Usage, "{e}");
+    assert!(e.to_string().contains("same pool"), "{e}");
+    pool.shutdown_blocking(ShutdownMode::Drain);
+}

@@ -30,6 +30,7 @@ impl Executor {
     /// At most [`default_window`](Self::default_window) chunks are in flight and the input is
     /// pulled only as results are consumed, so an endless iterator is fine and memory stays
     /// flat. A panic fails only its item.
+    #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map<I, F, T>(
         &self,
         items: I,
@@ -46,6 +47,7 @@ impl Executor {
     }
 
     /// As [`map`](Self::map) with a fixed chunk size (at least 1; Python's `chunksize`).
+    #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map_chunked<I, F, T>(
         &self,
         items: I,
@@ -65,6 +67,7 @@ impl Executor {
     /// One task per item, results in input order, with at most `window` items (at least 1) in
     /// flight. For items of a millisecond or more, or when each item must be its own task
     /// (cancellation, a lane of its own); [`map`](Self::map) batches small items.
+    #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map_window<I, F, T>(
         &self,
         items: I,
@@ -84,6 +87,7 @@ impl Executor {
 
     /// As [`map`](Self::map), yielding results as their chunks finish (`as_completed` order;
     /// within a chunk, input order).
+    #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map_unordered<I, F, T>(
         &self,
         items: I,

@@ -373,6 +373,24 @@ impl Executor {
             handle.set_lazy(job);
             return Ok(handle);
         }
+        if tier.is_own_worker() {
+            // A task of this pool that waited for room in its own full queue would wait for
+            // itself (with one worker, for ever): take the room there is, or say why not.
+            return match tier.try_push(job) {
+                Ok(()) => Ok(handle),
+                Err(PushError::Closed(_)) => Err(self.refuse(None)),
+                Err(PushError::Full(job)) => {
+                    drop(crate::task::recover_closure::<F, T>(job));
+                    Err(Error::new(
+                        crate::ErrorKind::Usage,
+                        "submit_blocking was called from a task of the same pool while its queue \
+                         is full: waiting for room would wait for this task itself; use \
+                         try_submit there, or submit from outside the pool",
+                    )
+                    .with_tier(self.tier()))
+                }
+            };
+        }
         match tier.push_blocking(job) {
             Ok(()) => Ok(handle),
             Err(_) => Err(self.refuse(None)),

@@ -167,6 +167,7 @@ impl RemotePool {
     }
 
     /// Applies `f` to every item, results in input order, one per item.
+    #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map<A, R, I>(&self, f: &RemoteFn<A, R>, items: I) -> BoxStream<'static, Result<R, Error>>
     where
         I: IntoIterator<Item = A> + 'static,

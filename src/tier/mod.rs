@@ -164,6 +164,12 @@ pub(crate) trait Tier: Send + Sync + fmt::Debug + 'static {
     /// Takes `job`, waiting for room.
     fn push(&self, job: Job) -> PushFuture<'_>;
 
+    /// Whether the calling thread is one of this tier's own workers (a task of this tier is
+    /// submitting): a blocking submit there must not wait for room that only it could make.
+    fn is_own_worker(&self) -> bool {
+        false
+    }
+
     /// Takes `job`, blocking the calling thread while the queue is full.
     fn push_blocking(&self, job: Job) -> Result<(), Job>;
 

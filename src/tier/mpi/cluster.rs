@@ -366,6 +366,7 @@ impl Cluster {
     /// [`default_window`](Self::default_window) chunks are in flight; the input is pulled only
     /// as results are consumed, so an endless iterator keeps memory flat. A fixed chunk size
     /// set with [`ClusterBuilder::chunk_size`] replaces the adaptive one.
+    #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map<A, R, I>(
         &self,
         f: &RemoteFn<A, R>,
@@ -381,6 +382,7 @@ impl Cluster {
     }
 
     /// As [`map`](Self::map) with a fixed chunk size (Python's `chunksize`).
+    #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map_chunked<A, R, I>(
         &self,
         f: &RemoteFn<A, R>,

@@ -549,6 +549,7 @@ impl ProcessPool {
     /// Two chunks per worker are in flight; the input is pulled only as results are consumed,
     /// so an endless iterator is fine. A panic fails only its item; a worker that dies fails
     /// every item of its chunk.
+    #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map<A, R, I>(
         &self,
         f: &RemoteFn<A, R>,
@@ -564,6 +565,7 @@ impl ProcessPool {
     }
 
     /// As [`map`](Self::map) with a fixed chunk size (Python's `chunksize`).
+    #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map_chunked<A, R, I>(
         &self,
         f: &RemoteFn<A, R>,

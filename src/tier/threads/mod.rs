@@ -81,12 +81,17 @@ mod worker;
 use shared::{Class, Shared};
 use worker::{Role, Worker};
 
-/// How long an idle worker keeps looking for work before it parks. Twice the measured cost of
-/// waking a parked thread here (~25 µs): a burst of submissions a few microseconds apart never
-/// pays a wake-up, and an idle pool stops burning its cores within 50 µs.
+thread_local! {
+    /// The pool whose worker this thread is (the address of its shared state; 0 elsewhere).
+    static OWN_POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// The default prefix of worker thread names, before the pool's number.
 const DEFAULT_NAME: &str = "offload-cpu";
 
+/// How long an idle worker keeps looking for work before it parks. Twice the measured cost of
+/// waking a parked thread here (~25 µs): a burst of submissions a few microseconds apart never
+/// pays a wake-up, and an idle pool stops burning its cores within 50 µs.
 pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 /// How long a waiter spins for the result of a task before it parks, when the pool's recent
@@ -360,6 +365,10 @@ impl Tier for Threads {
             self.shared.after_push(class);
             Ok(())
         })
+    }
+
+    fn is_own_worker(&self) -> bool {
+        OWN_POOL.with(|p| p.get() == Arc::as_ptr(&self.shared) as usize)
     }
 
     fn push_blocking(&self, job: Job) -> Result<(), Job> {

@@ -43,6 +43,7 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn run(self) {
+        super::OWN_POOL.with(|p| p.set(Arc::as_ptr(&self.shared) as usize));
         if self.role == Role::Overflow {
             priority::lower_this_thread(self.nice);
         }
