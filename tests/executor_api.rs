@@ -153,14 +153,21 @@ fn two_default_pools_name_their_threads_apart() {
     // CPython's thread_names_default: each pool's threads carry a name of their own.
     let a = Executor::builder().workers(1).build().unwrap();
     let b = Executor::builder().workers(1).build().unwrap();
-    let names = common::threads_named("offload-cpu");
-    let mut prefixes: Vec<String> = names
-        .iter()
-        .map(|n| n.rsplit_once('-').map_or(n.clone(), |(p, _)| p.to_string()))
-        .collect();
-    prefixes.sort();
-    prefixes.dedup();
-    assert!(prefixes.len() >= 2, "two pools, one name: {names:?}");
+    // A new thread names itself as it starts: look until both pools' threads carry names.
+    let prefixes = || {
+        let mut p: Vec<String> = common::threads_named("offload-cpu")
+            .iter()
+            .map(|n| n.rsplit_once('-').map_or(n.clone(), |(p, _)| p.to_string()))
+            .collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+    assert!(
+        common::eventually(|| prefixes().len() >= 2),
+        "two pools, one name: {:?}",
+        common::threads_named("offload-cpu")
+    );
     a.shutdown_blocking(ShutdownMode::Drain);
     b.shutdown_blocking(ShutdownMode::Drain);
 }
