@@ -30,6 +30,23 @@ impl Executor {
     /// At most [`default_window`](Self::default_window) chunks are in flight and the input is
     /// pulled only as results are consumed, so an endless iterator is fine and memory stays
     /// flat. A panic fails only its item.
+    ///
+    /// ```
+    /// use offload::prelude::*;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let pool = Executor::threads(2)?;
+    /// let out: Vec<Result<u64, Error>> = pool
+    ///     .map(1..=4u64, |x| if x == 3 { panic!("three") } else { x * 10 })
+    ///     .collect()
+    ///     .await;
+    /// assert_eq!(out[0].as_ref().ok(), Some(&10));
+    /// assert!(out[2].as_ref().unwrap_err().is_panic()); // only that item failed
+    /// assert_eq!(out[3].as_ref().ok(), Some(&40));
+    /// pool.shutdown(ShutdownMode::Drain).await;
+    /// # Ok::<(), offload::Error>(())
+    /// # }).unwrap();
+    /// ```
     #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map<I, F, T>(
         &self,
@@ -47,6 +64,18 @@ impl Executor {
     }
 
     /// As [`map`](Self::map) with a fixed chunk size (at least 1; Python's `chunksize`).
+    ///
+    /// ```
+    /// use offload::prelude::*;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let pool = Executor::threads(2)?;
+    /// let n = pool.map_chunked(0..10_000u32, 500, |x| x % 7).filter(|r| std::future::ready(r.is_ok())).count().await;
+    /// assert_eq!(n, 10_000);
+    /// pool.shutdown(ShutdownMode::Drain).await;
+    /// # Ok::<(), offload::Error>(())
+    /// # }).unwrap();
+    /// ```
     #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map_chunked<I, F, T>(
         &self,
@@ -67,6 +96,24 @@ impl Executor {
     /// One task per item, results in input order, with at most `window` items (at least 1) in
     /// flight. For items of a millisecond or more, or when each item must be its own task
     /// (cancellation, a lane of its own); [`map`](Self::map) batches small items.
+    ///
+    /// ```
+    /// use offload::prelude::*;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let pool = Executor::threads(2)?;
+    /// // Endless input: only `window` items are pulled ahead of what is consumed.
+    /// let first: Vec<u64> = pool
+    ///     .map_window(1.., 4, |x: u64| x * x)
+    ///     .take(3)
+    ///     .map(|r| r.expect("no panic"))
+    ///     .collect()
+    ///     .await;
+    /// assert_eq!(first, [1, 4, 9]);
+    /// pool.shutdown(ShutdownMode::Drain).await;
+    /// # Ok::<(), offload::Error>(())
+    /// # }).unwrap();
+    /// ```
     #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map_window<I, F, T>(
         &self,
@@ -87,6 +134,23 @@ impl Executor {
 
     /// As [`map`](Self::map), yielding results as their chunks finish (`as_completed` order;
     /// within a chunk, input order).
+    ///
+    /// ```
+    /// use offload::prelude::*;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let pool = Executor::threads(2)?;
+    /// let mut got: Vec<u32> = pool
+    ///     .map_unordered(0..100u32, |x| x + 1)
+    ///     .map(|r| r.expect("no panic"))
+    ///     .collect()
+    ///     .await;
+    /// got.sort();
+    /// assert_eq!(got, (1..=100).collect::<Vec<_>>());
+    /// pool.shutdown(ShutdownMode::Drain).await;
+    /// # Ok::<(), offload::Error>(())
+    /// # }).unwrap();
+    /// ```
     #[must_use = "a map stream does nothing unless polled: consume it (e.g. `.collect().await`)"]
     pub fn map_unordered<I, F, T>(
         &self,

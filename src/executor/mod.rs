@@ -43,6 +43,24 @@ struct Inner {
 }
 
 /// Runs closures on one tier; the concurrent.futures face. See the module docs.
+///
+/// ```
+/// use offload::prelude::*;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let pool = Executor::builder().workers(2).build()?;  // or Executor::auto()
+/// let sum = pool.run(|| (1..=100u64).sum::<u64>()).await?;
+/// assert_eq!(sum, 5050);
+/// let lens: Vec<usize> = pool
+///     .map(["a", "bb", "ccc"], |s| s.len())
+///     .map(|r| r.expect("len does not panic"))
+///     .collect()
+///     .await;
+/// assert_eq!(lens, [1, 2, 3]);
+/// pool.shutdown(ShutdownMode::Drain).await;
+/// # Ok::<(), offload::Error>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone)]
 pub struct Executor {
     inner: Arc<Inner>,
@@ -234,6 +252,19 @@ impl Executor {
     /// Submits `f`, waiting while the queue is full. The handle is a `Future` of the outcome.
     ///
     /// Errors with "shut down" after [`shutdown`](Self::shutdown).
+    ///
+    /// ```
+    /// use offload::prelude::*;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let pool = Executor::threads(2)?;
+    /// let h = pool.submit(|| "hello".to_uppercase()).await?;
+    /// // ... other work while it runs ...
+    /// assert_eq!(h.await?, "HELLO");
+    /// pool.shutdown(ShutdownMode::Drain).await;
+    /// # Ok::<(), offload::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn submit<F, T>(&self, f: F) -> Result<TaskHandle<T>, Error>
     where
         F: FnOnce() -> T + Send + 'static,
