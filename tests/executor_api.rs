@@ -204,3 +204,34 @@ fn submit_blocking_from_a_task_of_its_own_full_pool_errs_instead_of_deadlocking(
     assert!(e.to_string().contains("same pool"), "{e}");
     pool.shutdown_blocking(ShutdownMode::Drain);
 }
+
+#[test]
+fn the_initializer_runs_once_on_every_worker_before_its_tasks() {
+    thread_local! {
+        static READY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let inits = Arc::new(AtomicUsize::new(0));
+    let n = inits.clone();
+    let pool = Executor::builder()
+        .workers(2)
+        .express_worker(false)
+        .initializer(move |_| {
+            READY.with(|r| r.set(true));
+            n.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    for _ in 0..50 {
+        let ready = pool
+            .submit_blocking(|| READY.with(|r| r.get()))
+            .unwrap()
+            .blocking_wait()
+            .unwrap();
+        assert!(
+            ready,
+            "a task ran on a thread the initializer had not set up"
+        );
+    }
+    pool.shutdown_blocking(ShutdownMode::Drain);
+    assert_eq!(inits.load(Ordering::SeqCst), 2);
+}

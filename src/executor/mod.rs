@@ -130,6 +130,13 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Runs `init(worker_index)` once on every worker thread before its first task (Python's
+    /// `initializer`); see [`ThreadsBuilder::initializer`](crate::tier::ThreadsBuilder::initializer).
+    pub fn initializer(&mut self, init: impl Fn(usize) + Send + Sync + 'static) -> &mut Self {
+        self.threads.initializer(init);
+        self
+    }
+
     /// Prefix of the worker thread names (default: unique per pool, `offload-cpuP-N`).
     pub fn thread_name(&mut self, name: impl Into<String>) -> &mut Self {
         self.threads.thread_name(name);

@@ -144,8 +144,9 @@ pub fn default_thread_workers() -> usize {
 }
 
 /// Settings for a [`Threads`] pool.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ThreadsBuilder {
+    initializer: Option<Initializer>,
     workers: usize,
     low_priority: usize,
     express: bool,
@@ -155,9 +156,26 @@ pub struct ThreadsBuilder {
     name: String,
 }
 
+/// What every worker thread runs once, before its first task (Python's `initializer`).
+pub(crate) type Initializer = Arc<dyn Fn(usize) + Send + Sync + 'static>;
+
+impl std::fmt::Debug for ThreadsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadsBuilder")
+            .field("workers", &self.workers)
+            .field("low_priority", &self.low_priority)
+            .field("express", &self.express)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("initializer", &self.initializer.is_some())
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
 impl Default for ThreadsBuilder {
     fn default() -> Self {
         ThreadsBuilder {
+            initializer: None,
             workers: default_thread_workers(),
             low_priority: usize::from(priority::SUPPORTED),
             express: true,
@@ -170,6 +188,15 @@ impl Default for ThreadsBuilder {
 }
 
 impl ThreadsBuilder {
+    /// Runs `init(worker_index)` on every worker thread (the express worker too, with the index
+    /// after the last general worker) once, before it takes its first task: thread-local set-up
+    /// such as a per-thread buffer or a seeded RNG (Python's `ThreadPoolExecutor(initializer=)`).
+    /// A panic in it is caught and logged; the worker then serves as usual.
+    pub fn initializer(&mut self, init: impl Fn(usize) + Send + Sync + 'static) -> &mut Self {
+        self.initializer = Some(Arc::new(init));
+        self
+    }
+
     /// Number of general worker threads, normal and overflow together (default
     /// [`default_thread_workers`]: one per core on Linux).
     pub fn workers(&mut self, n: usize) -> &mut Self {
@@ -266,6 +293,7 @@ impl ThreadsBuilder {
                 shared: shared.clone(),
                 spin: self.spin,
                 nice: self.nice,
+                init: self.initializer.clone(),
             };
             let name = match role {
                 Role::Express => format!("{prefix}-x"),

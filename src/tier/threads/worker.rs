@@ -39,11 +39,22 @@ pub(super) struct Worker {
     pub(super) shared: Arc<Shared>,
     pub(super) spin: Duration,
     pub(super) nice: i32,
+    pub(super) init: Option<super::Initializer>,
 }
 
 impl Worker {
     pub(super) fn run(self) {
         super::OWN_POOL.with(|p| p.set(Arc::as_ptr(&self.shared) as usize));
+        if let Some(init) = &self.init {
+            let index = self.index;
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init(index))) {
+                tracing::error!(
+                    worker = index,
+                    panic = %crate::error::panic_message(&*p),
+                    "the thread pool's initializer panicked; the worker serves on"
+                );
+            }
+        }
         if self.role == Role::Overflow {
             priority::lower_this_thread(self.nice);
         }
