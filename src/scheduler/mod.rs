@@ -171,7 +171,11 @@ impl SchedulerBuilder {
 
     /// Builds a scheduler on the runtime this code already runs in (inside `#[tokio::main]`).
     /// The runtime keeps its own threads (tokio's default: one per core); the scheduler adds
-    /// its CPU workers beside them. Shut it down with [`Scheduler::shutdown`]`.await`.
+    /// its CPU workers beside them (by default one per core on Linux, the last at a lower OS
+    /// priority, so the I/O threads win a core when they need it). To size both: the runtime
+    /// with `#[tokio::main(worker_threads = N)]` (a few for an I/O-bound service), the CPU side
+    /// with [`cpu_workers`](Self::cpu_workers) (one per core is right for CPU-heavy calls; fewer
+    /// leaves cores to other processes). Shut it down with [`Scheduler::shutdown`]`.await`.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
