@@ -55,7 +55,7 @@ impl Worker {
                 );
             }
         }
-        if self.role == Role::Overflow {
+        if self.role != Role::Normal {
             priority::lower_this_thread(self.nice);
         }
         let ctx = WorkerCtx {
