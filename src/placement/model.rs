@@ -807,7 +807,6 @@ mod tests {
                 5_000
             }
         });
-        eprintln!("bimodal: {long_inline} long calls inline in 20 000, {changes} changes");
         assert!(
             long_inline <= 4,
             "{long_inline} long calls inline, {changes} changes"
@@ -827,7 +826,6 @@ mod tests {
         });
         // About 2 300 of the calls are over twice the budget; a handful may run inline while
         // the strikes build up, then none.
-        eprintln!("pareto: {long_inline} long calls inline in 20 000");
         assert!(long_inline <= 4, "{long_inline}");
         assert!(!b.gate().inline);
     }
