@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use compute_server::{Admission, ComputeConfig, Dispatch, Policy, ServerStats};
-use examples_support::{ChildServer, LIMIT};
+use examples_support::LIMIT;
 use offload::Scheduler;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -323,30 +323,12 @@ async fn compute_pooled_request_past_its_deadline_gets_err_deadline() {
         .await;
 }
 
-/// Set in a child's environment: the server's arguments.
-const CHILD_ARGS: &str = "OFFLOAD_TEST_COMPUTE_ARGS";
-
-/// The child's side: runs the server when this binary is started as a child, else nothing.
-#[test]
-fn child_compute_server() {
-    let Some(args) = examples_support::child_args(CHILD_ARGS, "compute_server") else {
-        return;
-    };
-    use clap::Parser;
-    compute_server::common::init_tracing("warn");
-    examples_support::exit_with(compute_server::run(compute_server::Args::parse_from(args)));
-}
-
-/// Starts the server as its own process.
-fn start_server(args: &str, nofile: Option<u64>) -> ChildServer {
-    ChildServer::start(
-        "child_compute_server",
-        CHILD_ARGS,
-        args,
-        "compute server on ",
-        nofile,
-    )
-}
+child_server!(
+    compute_server,
+    child_compute_server,
+    "OFFLOAD_TEST_COMPUTE_ARGS",
+    "compute server on "
+);
 
 /// The next line from the server, without its newline (empty at EOF or past the limit).
 async fn read(c: &mut Conn) -> String {

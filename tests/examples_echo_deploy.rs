@@ -13,34 +13,16 @@ mod examples_support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use examples_support::{ChildServer, LIMIT};
+use examples_support::LIMIT;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// Set in a child's environment: the server's arguments.
-const CHILD_ARGS: &str = "OFFLOAD_TEST_ECHO_ARGS";
-
-/// The child's side: runs the server when this binary is started as a child, else nothing.
-#[test]
-fn child_echo_server() {
-    let Some(args) = examples_support::child_args(CHILD_ARGS, "echo_server") else {
-        return;
-    };
-    use clap::Parser;
-    echo_server::common::init_tracing("warn");
-    examples_support::exit_with(echo_server::run(echo_server::Args::parse_from(args)));
-}
-
-/// Starts the server as its own process.
-fn start_server(args: &str, nofile: Option<u64>) -> ChildServer {
-    ChildServer::start(
-        "child_echo_server",
-        CHILD_ARGS,
-        args,
-        "echo server on ",
-        nofile,
-    )
-}
+child_server!(
+    echo_server,
+    child_echo_server,
+    "OFFLOAD_TEST_ECHO_ARGS",
+    "echo server on "
+);
 
 async fn client(
     addr: SocketAddr,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use examples_support::{ChildServer, LIMIT};
+use examples_support::LIMIT;
 use http_body_util::{BodyExt, Empty};
 use http_server::{Admission, Dispatch, Policy};
 use hyper_util::client::legacy::Client;
@@ -176,30 +176,12 @@ async fn http_past_the_cpu_queue_bound_gets_503_with_retry_after() {
         .await;
 }
 
-/// Set in a child's environment: the server's arguments.
-const CHILD_ARGS: &str = "OFFLOAD_TEST_HTTP_ARGS";
-
-/// The child's side: runs the server when this binary is started as a child, else nothing.
-#[test]
-fn child_http_server() {
-    let Some(args) = examples_support::child_args(CHILD_ARGS, "http_server") else {
-        return;
-    };
-    use clap::Parser;
-    http_server::common::init_tracing("warn");
-    examples_support::exit_with(http_server::run(http_server::Args::parse_from(args)));
-}
-
-/// Starts the server as its own process.
-fn start_server(args: &str, nofile: Option<u64>) -> ChildServer {
-    ChildServer::start(
-        "child_http_server",
-        CHILD_ARGS,
-        args,
-        "http server on http://",
-        nofile,
-    )
-}
+child_server!(
+    http_server,
+    child_http_server,
+    "OFFLOAD_TEST_HTTP_ARGS",
+    "http server on http://"
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_sigterm_stops_the_service_exit_0() {

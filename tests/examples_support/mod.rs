@@ -39,6 +39,32 @@ pub fn exit_with<E: std::fmt::Display>(outcome: Result<(), E>) -> ! {
     std::process::exit(code);
 }
 
+/// Declares, in a test binary that includes an example server as module `$server`, the
+/// child's side (the test `$child`, which runs the server when this
+/// binary was started by [`ChildServer::start`]) and `start_server(args, nofile)`, which starts
+/// it as its own process and waits for the line holding `$marker` and the address.
+#[macro_export]
+macro_rules! child_server {
+    ($server:ident, $child:ident, $env:literal, $marker:literal) => {
+        /// The child's side: runs the server when this binary is started as a child, else
+        /// nothing.
+        #[test]
+        fn $child() {
+            let Some(args) = examples_support::child_args($env, stringify!($server)) else {
+                return;
+            };
+            use clap::Parser;
+            $server::common::init_tracing("warn");
+            examples_support::exit_with($server::run($server::Args::parse_from(args)));
+        }
+
+        /// Starts the server as its own process.
+        fn start_server(args: &str, nofile: Option<u64>) -> examples_support::ChildServer {
+            examples_support::ChildServer::start(stringify!($child), $env, args, $marker, nofile)
+        }
+    };
+}
+
 /// A server process and what it printed.
 pub struct ChildServer {
     proc: std::process::Child,
