@@ -475,6 +475,15 @@ impl Scheduler {
         clean
     }
 
+    /// The runtime, when the scheduler owns it and it was not taken yet.
+    fn take_runtime(&self) -> Option<Runtime> {
+        self.inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     /// As [`shutdown`](Self::shutdown), from sync code; then, when the scheduler owns its
     /// runtime, the runtime's own shutdown. Afterwards no thread of the library is left.
     ///
@@ -485,13 +494,8 @@ impl Scheduler {
     #[track_caller]
     pub fn shutdown_blocking(self, mode: ShutdownMode) {
         self.inner.handle.block_on(self.stop(mode, None));
-        let rt = self
-            .inner
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        drop(rt);
+        // Dropping an owned runtime waits for its tasks and threads.
+        drop(self.take_runtime());
     }
 
     /// As [`shutdown_timeout`](Self::shutdown_timeout), from sync code; then, when the
@@ -519,13 +523,7 @@ impl Scheduler {
         let started = Instant::now();
         let clean = self.inner.handle.block_on(self.stop(mode, Some(limit)));
         let left = limit.saturating_sub(started.elapsed());
-        let rt = self
-            .inner
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(rt) = rt {
+        if let Some(rt) = self.take_runtime() {
             rt.shutdown_timeout(left);
         }
         clean
