@@ -629,28 +629,60 @@ pub struct Args {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:7879")]
     addr: SocketAddr,
-    /// Where the CPU work runs.
-    #[arg(long, value_enum, default_value_t = Policy::Adaptive)]
-    policy: Policy,
-    /// Runtime (I/O) threads.
-    #[arg(long, default_value_t = 1)]
-    io_threads: usize,
-    /// CPU pool threads (default: cores - 1, at least 1).
-    #[arg(long)]
-    cpu_workers: Option<usize>,
+    #[command(flatten)]
+    cpu: CpuArgs,
     /// Connections served at once (lowered at start to what the fd limit leaves room for).
     #[arg(long, default_value_t = 1024)]
     max_conns: usize,
-    /// Predicted CPU work, in milliseconds, that may wait for or run on the CPU pool; past it,
-    /// `ERR busy, retry` (default: 1,000 per CPU thread).
-    #[arg(long)]
-    queue_ms: Option<u64>,
-    /// The longest a pooled request may take, in milliseconds, before `ERR deadline`.
-    #[arg(long, default_value_t = DEFAULT_DEADLINE.as_millis() as u64)]
-    deadline_ms: u64,
     /// Serve on an ephemeral loopback port, ask a few questions, print the answers and exit.
     #[arg(long)]
     self_test: bool,
+}
+
+/// How a server places and bounds its CPU work; shared by this server and `http_server`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CpuArgs {
+    /// Where the CPU work runs.
+    #[arg(long, value_enum, default_value_t = Policy::Adaptive)]
+    pub policy: Policy,
+    /// Runtime (I/O) threads.
+    #[arg(long, default_value_t = 1)]
+    pub io_threads: usize,
+    /// CPU pool threads (default: the library's, one per core on Linux).
+    #[arg(long)]
+    pub cpu_workers: Option<usize>,
+    /// Predicted CPU work, in milliseconds, that may wait for or run on the CPU pool; past it,
+    /// the request is shed (`ERR busy, retry`; HTTP 503) (default: 1,000 per CPU thread).
+    #[arg(long)]
+    pub queue_ms: Option<u64>,
+    /// The longest a pooled request may take, in milliseconds (`ERR deadline`; HTTP 504).
+    #[arg(long, default_value_t = DEFAULT_DEADLINE.as_millis() as u64)]
+    pub deadline_ms: u64,
+}
+
+impl CpuArgs {
+    /// The scheduler and the dispatch these settings describe, with the admission in force.
+    pub fn start(
+        &self,
+    ) -> Result<(Scheduler, Arc<Dispatch>, Admission), Box<dyn std::error::Error>> {
+        let mut builder = Scheduler::builder();
+        builder.io_threads(self.io_threads);
+        if let Some(n) = self.cpu_workers {
+            builder.cpu_workers(n);
+        }
+        let sched = builder.build()?;
+        let mut admission = Admission::for_workers(sched.executor().workers());
+        admission.deadline = Duration::from_millis(self.deadline_ms);
+        if let Some(ms) = self.queue_ms {
+            admission.queued_work = Duration::from_millis(ms.max(1));
+        }
+        let dispatch = Arc::new(Dispatch::with_admission(
+            sched.clone(),
+            self.policy,
+            admission,
+        ));
+        Ok((sched, dispatch, admission))
+    }
 }
 
 #[allow(dead_code)]
@@ -665,22 +697,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// then every client reads `BYE`.
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let fds = common::fds::fit_max_conns(args.max_conns);
-    let mut builder = Scheduler::builder();
-    builder.io_threads(args.io_threads);
-    if let Some(n) = args.cpu_workers {
-        builder.cpu_workers(n);
-    }
-    let sched = builder.build()?;
-    let mut admission = Admission::for_workers(sched.executor().workers());
-    admission.deadline = Duration::from_millis(args.deadline_ms);
-    if let Some(ms) = args.queue_ms {
-        admission.queued_work = Duration::from_millis(ms.max(1));
-    }
-    let dispatch = Arc::new(Dispatch::with_admission(
-        sched.clone(),
-        args.policy,
-        admission,
-    ));
+    let (sched, dispatch, admission) = args.cpu.start()?;
     let cfg = ComputeConfig {
         max_conns: fds.max_conns,
         grace: admission.deadline.max(Duration::from_secs(1)),
@@ -700,7 +717,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let local = listener.local_addr()?;
         println!(
             "compute server on {local}, policy {}, {fds}, CPU queue bound {} ms, deadline {} ms",
-            args.policy.name(),
+            args.cpu.policy.name(),
             admission.queued_work.as_millis(),
             admission.deadline.as_millis()
         );

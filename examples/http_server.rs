@@ -178,22 +178,8 @@ pub struct Args {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:7880")]
     addr: SocketAddr,
-    /// Where the CPU work runs.
-    #[arg(long, value_enum, default_value_t = Policy::Adaptive)]
-    policy: Policy,
-    /// Runtime (I/O) threads.
-    #[arg(long, default_value_t = 1)]
-    io_threads: usize,
-    /// CPU pool threads (default: cores - 1, at least 1).
-    #[arg(long)]
-    cpu_workers: Option<usize>,
-    /// Predicted CPU work, in milliseconds, that may wait for or run on the CPU pool; past it,
-    /// `503` (default: 1,000 per CPU thread).
-    #[arg(long)]
-    queue_ms: Option<u64>,
-    /// The longest a pooled request may take, in milliseconds, before `504`.
-    #[arg(long, default_value_t = compute_server::DEFAULT_DEADLINE.as_millis() as u64)]
-    deadline_ms: u64,
+    #[command(flatten)]
+    cpu: compute_server::CpuArgs,
 }
 
 #[allow(dead_code)]
@@ -208,22 +194,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Every connection is a descriptor: take what the hard limit allows.
     let fds = common::fds::fit_max_conns(usize::MAX);
-    let mut builder = Scheduler::builder();
-    builder.io_threads(args.io_threads);
-    if let Some(n) = args.cpu_workers {
-        builder.cpu_workers(n);
-    }
-    let sched = builder.build()?;
-    let mut admission = Admission::for_workers(sched.executor().workers());
-    admission.deadline = Duration::from_millis(args.deadline_ms);
-    if let Some(ms) = args.queue_ms {
-        admission.queued_work = Duration::from_millis(ms.max(1));
-    }
-    let dispatch = Arc::new(Dispatch::with_admission(
-        sched.clone(),
-        args.policy,
-        admission,
-    ));
+    let (sched, dispatch, admission) = args.cpu.start()?;
     if !args.addr.ip().is_loopback() {
         tracing::warn!(addr = %args.addr, "listening beyond loopback");
     }
@@ -234,7 +205,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "http server on http://{local}, policy {}, fd limit {}, CPU queue bound {} ms, \
              deadline {} ms",
-            args.policy.name(),
+            args.cpu.policy.name(),
             fds.soft,
             admission.queued_work.as_millis(),
             admission.deadline.as_millis()
