@@ -63,6 +63,28 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime starts")
 }
 
+/// One trivial task submitted and awaited at a time: `threads` (the library's pool) and its
+/// peer `tokio_spawn_blocking`, in the group `g`.
+fn threads_and_spawn_blocking(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    threads: &Executor,
+) {
+    g.bench_function("threads", |b| {
+        b.to_async(rt).iter(|| async {
+            let h = threads.submit(|| black_box(1u64) + 1).await.expect("open");
+            h.await.expect("no panic")
+        })
+    });
+    g.bench_function("tokio_spawn_blocking", |b| {
+        b.to_async(rt).iter(|| async {
+            tokio::task::spawn_blocking(|| black_box(1u64) + 1)
+                .await
+                .expect("no panic")
+        })
+    });
+}
+
 fn roundtrip(c: &mut Criterion) {
     let rt = runtime();
     let inline = Executor::inline();
@@ -76,19 +98,7 @@ fn roundtrip(c: &mut Criterion) {
             h.await.expect("no panic")
         })
     });
-    g.bench_function("threads", |b| {
-        b.to_async(&rt).iter(|| async {
-            let h = threads.submit(|| black_box(1u64) + 1).await.expect("open");
-            h.await.expect("no panic")
-        })
-    });
-    g.bench_function("tokio_spawn_blocking", |b| {
-        b.to_async(&rt).iter(|| async {
-            tokio::task::spawn_blocking(|| black_box(1u64) + 1)
-                .await
-                .expect("no panic")
-        })
-    });
+    threads_and_spawn_blocking(&mut g, &rt, &threads);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -203,19 +213,7 @@ fn contended(c: &mut Criterion) {
     let load = contention::Contention::start();
     let mut g = c.benchmark_group("contended");
     g.measurement_time(Duration::from_secs(4));
-    g.bench_function("threads", |b| {
-        b.to_async(&rt).iter(|| async {
-            let h = threads.submit(|| black_box(1u64) + 1).await.expect("open");
-            h.await.expect("no panic")
-        })
-    });
-    g.bench_function("tokio_spawn_blocking", |b| {
-        b.to_async(&rt).iter(|| async {
-            tokio::task::spawn_blocking(|| black_box(1u64) + 1)
-                .await
-                .expect("no panic")
-        })
-    });
+    threads_and_spawn_blocking(&mut g, &rt, &threads);
     g.finish();
     drop(load);
     threads.shutdown_blocking(ShutdownMode::Drain);
