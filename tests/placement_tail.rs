@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::spin;
+use common::{spin, spin_call};
 use std::thread;
 use std::time::Duration;
 
@@ -76,6 +76,56 @@ fn a_bimodal_key_keeps_its_long_calls_off_the_io_thread() {
     assert!(
         inline_long <= 2,
         "{inline_long} of {long} long calls ran inline after the warm-up: {s:?}"
+    );
+    sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
+}
+
+/// The first long call that a key runs inline is its last one for a long while. The thread's
+/// counters show that the call computed for that long (it was not preempted), so the bucket
+/// takes a strike at once. Before, the first spike was taken for preemption: the bucket came
+/// back inline after one clean call, and a bimodal key ran two or three of its long calls on the
+/// I/O thread in its warm-up.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_first_long_call_seen_inline_is_not_taken_for_preemption() {
+    let sched = Scheduler::builder()
+        .io_threads(1)
+        .cpu_workers(1)
+        .build()
+        .expect("scheduler starts");
+    let site = sched.site("two-faced");
+    let cheap = Duration::from_micros(5);
+    let long = Duration::from_millis(3);
+    let (warm, inline_long, cheap_inline_after, seq) = sched.block_on(async {
+        let mut warm = 0;
+        for _ in 0..12 {
+            warm += usize::from(spin_call(&site, cheap).await);
+        }
+        let mut inline_long = 0;
+        let mut cheap_inline_after = 0;
+        let mut seq = String::new();
+        for _ in 0..4 {
+            let here = spin_call(&site, long).await;
+            seq.push(if here { 'L' } else { 'l' });
+            inline_long += usize::from(here);
+            for _ in 0..3 {
+                let here = spin_call(&site, cheap).await;
+                seq.push(if here { 'C' } else { 'c' });
+                cheap_inline_after += usize::from(here);
+            }
+        }
+        (warm, inline_long, cheap_inline_after, seq)
+    });
+    let s = site.stats();
+    assert!(warm >= 4, "the cheap key went inline in its warm-up: {s:?}");
+    // One at most (none if noise had already made the key wary in its warm-up).
+    assert!(
+        inline_long <= 1,
+        "long calls that ran on the I/O thread: {inline_long} of 4 (L/C: a long/cheap call ran inline, l/c: off-core: {seq}): {s:?}"
+    );
+    assert_eq!(
+        cheap_inline_after, 0,
+        "after a long call the key waits for a long clean streak: {s:?}"
     );
     sched.shutdown_timeout_blocking(offload::ShutdownMode::Drain, Duration::from_secs(5));
 }

@@ -92,13 +92,14 @@ mod model;
 mod policy;
 mod site;
 mod stats;
+mod usage;
 
 pub use config::PlacementConfig;
 pub use policy::PlacementTier;
 pub use site::{Call, CallSite, Stage};
 pub use stats::{BucketStats, KeyStats, PlacementStats, TierCost};
 
-use model::{BUCKETS, Bucket, Params, UNKNOWN, UNSIZED, bucket_floor};
+use model::{BUCKETS, Bucket, KeyPrior, Params, UNKNOWN, UNSIZED, bucket_floor};
 use policy::TierSlot;
 use stats::{KeyCounters, tier_index};
 
@@ -141,6 +142,31 @@ impl SiteState {
             }
         }
         own
+    }
+
+    /// What the rest of the key tells bucket `idx` (see [`KeyPrior`]). Its spread is looked up
+    /// only for a bucket's first sample (the nearest sized bucket with a few samples, at most
+    /// two octaves away); the rest is two loads.
+    pub(crate) fn prior(&self, idx: usize, p: &Params) -> KeyPrior {
+        let c = &self.counters;
+        let strikes = c.strikes.load(Relaxed);
+        let trusted =
+            strikes == 0 && c.quiet.load(Relaxed) >= p.clean_streak.saturating_mul(p.strike_decay);
+        let dev = if idx < UNSIZED && self.buckets[idx].estimate().samples == 0 {
+            (1..=8usize)
+                .flat_map(|d| [idx.checked_sub(d), Some(idx + d).filter(|&j| j < UNSIZED)])
+                .flatten()
+                .map(|j| self.buckets[j].estimate())
+                .find(|e| e.samples >= p.clean_streak)
+                .map(|e| e.dev)
+        } else {
+            None
+        };
+        KeyPrior {
+            strikes,
+            dev,
+            trusted,
+        }
     }
 
     fn snapshot(&self) -> KeyStats {

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use super::model::{Gate, Transition, UNKNOWN, UNSIZED, is_overrun, size_bucket};
 use super::policy::{self, Backend, Hint, TierSlot, explore_mask, explores_masked, sample_mask};
 use super::stats::{KeyStats, tier_index};
+use super::usage::{Judged, Usage};
 use super::{Shared, SiteState};
 use crate::error::{Error, ErrorKind, panic_message};
 use crate::remote::RemoteFn;
@@ -463,19 +464,49 @@ impl CallSite {
             );
             return r.map_err(|p| self.panicked(p));
         }
+        // Until the bucket is confident, the thread's counters are read too, so that a spike
+        // can be told from preemption (usage.rs); a confident bucket relies on the lone-spike
+        // rule instead and pays only the clock.
+        let usage = if self.state.buckets[idx]
+            .gate()
+            .confident(&self.shared.params)
+        {
+            None
+        } else {
+            Usage::now()
+        };
         let t0 = Instant::now();
         let r = catch_unwind(AssertUnwindSafe(f));
         let ns = nanos(t0.elapsed());
-        self.learn_inline(idx, pred, ns);
+        self.learn_inline(idx, pred, ns, usage);
         r.map_err(|p| self.panicked(p))
     }
 
     /// Folds a timed inline call into the model; an overrun is counted as a misprediction (the
-    /// gate moves the bucket off-core on a spike, see [`Gate::step`]).
+    /// gate moves the bucket off-core on a spike, see [`Gate::step`]). A spike of a call whose
+    /// thread counters were read at its start is judged by them: a preempted call is learned
+    /// at its CPU time, a long one is a verified spike.
     #[inline(never)]
-    fn learn_inline(&self, idx: usize, pred: u64, ns: u64) {
+    fn learn_inline(&self, idx: usize, pred: u64, ns: u64, start: Option<Usage>) {
         let sh = &*self.shared;
         let c = &self.state.counters;
+        let sample = match start {
+            Some(s) if ns > sh.params.leave_ns => match Usage::now() {
+                Some(end) => s.judge(&end, ns),
+                None => Judged::wall(ns),
+            },
+            _ => Judged::wall(ns),
+        };
+        if sample.verified && sample.ns <= sh.params.leave_ns {
+            tracing::debug!(
+                target: TARGET,
+                key = %self.state.key,
+                wall_ns = ns,
+                cpu_ns = sample.ns,
+                "an inline call was preempted: learned at its CPU time"
+            );
+        }
+        let ns = sample.ns;
         c.hist.record(ns);
         if is_overrun(ns, pred, &sh.params) {
             c.mispredictions.fetch_add(1, Relaxed);
@@ -487,7 +518,7 @@ impl CallSite {
                 "misprediction: an inline call overran"
             );
         }
-        self.learn(idx, ns, true);
+        self.learn_judged(idx, sample, true);
         tracing::trace!(
             target: TARGET,
             key = %self.state.key,
@@ -500,10 +531,22 @@ impl CallSite {
 
     /// Folds one timed call of bucket `idx` into the model and steps the bucket's gate.
     fn learn(&self, idx: usize, ns: u64, ran_inline: bool) {
+        self.learn_judged(idx, Judged::wall(ns), ran_inline);
+    }
+
+    /// [`learn`](Self::learn) with a sample the thread's counters may have verified.
+    fn learn_judged(&self, idx: usize, sample: Judged, ran_inline: bool) {
         let sh = &*self.shared;
         let c = &self.state.counters;
         let b = &self.state.buckets[idx];
-        let (gate, t) = b.observe(ns, ran_inline, c.strikes.load(Relaxed), &sh.params);
+        let ns = sample.ns;
+        let prior = self.state.prior(idx, &sh.params);
+        let (gate, t) = b.observe_judged(sample, ran_inline, prior, &sh.params);
+        if matches!(t, Transition::Spike | Transition::Surprise) {
+            c.quiet.store(0, Relaxed);
+        } else {
+            c.quiet.fetch_add(1, Relaxed);
+        }
         if t != Transition::Stay {
             if t == Transition::Surprise {
                 c.strikes.fetch_max(gate.strikes, Relaxed);

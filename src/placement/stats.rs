@@ -85,6 +85,9 @@ pub(crate) struct KeyCounters {
     pub(crate) mispredictions: AtomicU64,
     /// The most strikes any bucket of the key has had: a new bucket starts with them.
     pub(crate) strikes: AtomicU32,
+    /// Timed samples since the last spike of any bucket of the key where it was inline or
+    /// said short (see [`KeyPrior::trusted`](super::model::KeyPrior)).
+    pub(crate) quiet: AtomicU64,
     pub(crate) hist: Histogram,
 }
 

@@ -81,3 +81,16 @@ pub fn spin(d: Duration) {
         std::hint::spin_loop();
     }
 }
+
+/// Runs one call of `site` with size hint 1000 that spins `cost` (on the wall clock); whether
+/// it ran on the calling thread (inline).
+pub async fn spin_call(site: &offload::CallSite, cost: Duration) -> bool {
+    let caller = std::thread::current().id();
+    site.sized(1000)
+        .call(move || {
+            spin(cost);
+            std::thread::current().id() == caller
+        })
+        .await
+        .expect("no panic")
+}
