@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release --example placement_quality -- --json target/placement_quality.json
 //! cargo run --release --example placement_quality -- --quick     # a few seconds (CI)
+//! cargo run --release --example placement_quality -- --load      # beside busy threads and a
+//!                                                                # second process using offload
 //! ```
 //!
 //! **Workload.** `--loops` request loops (8) on a runtime of `--io-threads` I/O threads (2), each
@@ -52,6 +54,8 @@ use offload::{CallSite, Executor, Scheduler};
 use serde_json::json;
 
 mod common;
+#[path = "../benches/support/contention.rs"]
+mod contention;
 
 /// The inline budget the oracle and the over-budget figures go by: placement's own.
 fn budget() -> Duration {
@@ -96,6 +100,12 @@ struct Args {
     /// Policies to run (default: all), comma-separated.
     #[arg(long, value_delimiter = ',')]
     policies: Option<Vec<String>>,
+    /// Run every policy beside a background load: one busy thread per core at normal priority
+    /// and a second process doing this library's thread-tier round trips in a loop (the load
+    /// of the benches' `contended` groups, `benches/support/contention.rs`). The call costs are
+    /// calibrated before the load starts, so they stay CPU time.
+    #[arg(long)]
+    load: bool,
 }
 
 /// splitmix64: small, seeded, the same on every machine.
@@ -580,6 +590,9 @@ impl Figures {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
+    if contention::child_main_if_asked() {
+        return Ok(());
+    }
     common::init_tracing("warn");
     let args = Args::parse();
     let calls = args.calls.unwrap_or(if args.quick { 120 } else { 1500 });
@@ -638,6 +651,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         budget(),
         t_agree * 100.0
     );
+    let _load = args.load.then(|| {
+        println!(
+            "with a background load: {cores} busy threads and a second process doing \
+             thread-tier round trips"
+        );
+        contention::Contention::start()
+    });
     let mut figs: Vec<Figures> = policies.iter().map(|&p| Figures::new(p)).collect();
     for _ in 0..args.rounds {
         for f in &mut figs {
@@ -824,7 +844,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_default();
         let doc = json!({
             "loops": args.loops, "calls_per_loop": calls, "io_threads": args.io_threads,
-            "cores": cores, "seed": args.seed, "rounds": args.rounds,
+            "cores": cores, "seed": args.seed, "rounds": args.rounds, "load": args.load,
             "budget_us": budget().as_micros() as u64,
             "cpu_work_s": plan.total_cpu.as_secs_f64(),
             "hand_rule_threshold": t,

@@ -2,7 +2,8 @@
 //! who runs what since when, and the wake-up rules after a push.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender, TryRecvError};
@@ -201,6 +202,19 @@ pub(super) struct Shared {
     pub(super) overflow_idle: AtomicUsize,
     pub(super) cancelling: AtomicBool,
     pub(super) counters: Counters,
+    /// Surge workers alive now, and the most there may be (see [`SURGE_PER_CORE`]).
+    ///
+    /// [`SURGE_PER_CORE`]: super::SURGE_PER_CORE
+    pub(super) surge_live: AtomicUsize,
+    pub(super) surge_max: usize,
+    /// Surge workers started so far (their names and indexes).
+    pub(super) surge_seq: AtomicUsize,
+    /// When the last surge worker started (ns since the epoch, plus one; 0: never).
+    pub(super) surge_at: AtomicU64,
+    /// Every worker thread, surge workers included: joined at shutdown. A surge worker is
+    /// started only under this lock and only while the pool is open, so a shutdown that takes
+    /// the list after closing the pool joins every thread there will ever be.
+    pub(super) threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Jobs a general worker takes from the short lane in a row while long work waits, before it
@@ -208,7 +222,7 @@ pub(super) struct Shared {
 const SHORT_STREAK: u32 = 16;
 
 impl Shared {
-    pub(super) fn new(cap: usize, normal: usize, general: usize) -> Self {
+    pub(super) fn new(cap: usize, normal: usize, general: usize, surge_max: usize) -> Self {
         Shared {
             epoch: Instant::now(),
             short: Lane::new(cap),
@@ -226,7 +240,51 @@ impl Shared {
             overflow_idle: AtomicUsize::new(0),
             cancelling: AtomicBool::new(false),
             counters: Counters::default(),
+            surge_live: AtomicUsize::new(0),
+            surge_max,
+            surge_seq: AtomicUsize::new(0),
+            surge_at: AtomicU64::new(0),
+            threads: Mutex::new(Vec::with_capacity(general + 1)),
         }
+    }
+
+    pub(super) fn lock_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a surge worker may start now: work is queued, every normal worker is busy,
+    /// there is room under the cap, the last one started at least [`OVERFLOW_PATIENCE`] ago,
+    /// and the calling worker is `starved` (see `Starve` in worker.rs). On success the slot is taken (count
+    /// and time); the caller starts the thread or gives the slot back.
+    ///
+    /// [`OVERFLOW_PATIENCE`]: super::OVERFLOW_PATIENCE
+    pub(super) fn claim_surge(&self, starved: bool) -> bool {
+        if !starved
+            || self.surge_max == 0
+            || !self.has_work()
+            || self.normal_busy.load(Ordering::SeqCst) < self.normal
+            || self.surge_live.load(Ordering::SeqCst) >= self.surge_max
+        {
+            return false;
+        }
+        let now = self.now_ns();
+        let at = self.surge_at.load(Ordering::Relaxed);
+        let patience = u64::try_from(super::OVERFLOW_PATIENCE.as_nanos()).unwrap_or(u64::MAX);
+        if at != 0 && now.saturating_sub(at - 1) < patience {
+            return false;
+        }
+        if self
+            .surge_at
+            .compare_exchange(at, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        if self.surge_live.fetch_add(1, Ordering::SeqCst) >= self.surge_max {
+            self.surge_live.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     pub(super) fn lane(&self, class: Class) -> &Lane {
@@ -408,7 +466,7 @@ mod tests {
 
     #[test]
     fn long_work_holds_the_workers_only_when_every_one_runs_long() {
-        let sh = Shared::new(4, 1, 2);
+        let sh = Shared::new(4, 1, 2, 0);
         assert_eq!(sh.held_by_long_work(), Err(None), "idle workers");
         sh.started(0, true);
         assert_eq!(sh.held_by_long_work(), Err(None), "one idle");

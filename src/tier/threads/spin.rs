@@ -55,7 +55,7 @@ fn gate() -> &'static Gate {
 /// Every online CPU of the machine (the runnable count covers them all), not only those this
 /// process may use.
 #[allow(unsafe_code)]
-fn online_cores() -> usize {
+pub(crate) fn online_cores() -> usize {
     #[cfg(unix)]
     {
         // SAFETY: sysconf has no preconditions.
@@ -155,6 +155,25 @@ pub(crate) fn try_spin() -> Option<SpinSlot> {
 pub(crate) fn spare_core() -> bool {
     let g = gate();
     g.fits(g.spinners.load(Ordering::Relaxed), 1)
+}
+
+/// The calling thread's CPU time so far, in ns (`None` where it cannot be read).
+#[allow(unsafe_code)]
+pub(crate) fn thread_cpu_ns() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one `timespec` through a valid, writable pointer.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            let s = u64::try_from(ts.tv_sec).ok()?;
+            let ns = u64::try_from(ts.tv_nsec).ok()?;
+            return Some(s.saturating_mul(1_000_000_000).saturating_add(ns));
+        }
+    }
+    None
 }
 
 /// Counts a thread-tier task as running while the guard lives.

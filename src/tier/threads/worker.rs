@@ -1,4 +1,5 @@
-//! The worker loops, one per role: normal workers, the overflow worker, the express worker.
+//! The worker loops, one per role: normal workers, the overflow worker, the express worker,
+//! and surge workers, started on demand while other work keeps the machine's cores busy.
 //! See the module docs of the thread tier for what each role takes and when.
 
 use std::sync::Arc;
@@ -6,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::shared::{Class, Shared, Take};
-use super::{EXPRESS_COOLDOWN, OVERFLOW_PATIENCE, SHORT_LANE_LIMIT, priority, spin};
+use super::{
+    EXPRESS_COOLDOWN, OVERFLOW_PATIENCE, SHORT_LANE_LIMIT, SURGE_KEEP_ALIVE, priority, spin,
+};
 use crate::task::{Job, WorkerCtx};
 use crate::tier::TierKind;
 
@@ -30,6 +33,64 @@ pub(super) enum Role {
     /// Normal priority; short-lane work only, and only while long work holds every general
     /// worker.
     Express,
+    /// Normal priority, started on demand (see [`SURGE_PER_CORE`](super::SURGE_PER_CORE));
+    /// takes any work; exits after [`SURGE_KEEP_ALIVE`] without any.
+    Surge,
+}
+
+/// How long a worker measures its share of a core before it judges it (a few scheduler
+/// slices: not noise, and a few surge steps within a second).
+const STARVE_WINDOW: Duration = Duration::from_millis(20);
+
+/// Windows in a row that must find a worker starved: a VM's host taking a virtual CPU away for
+/// a few milliseconds, or a short burst of other work, is not a busy machine.
+const STARVED_WINDOWS: u32 = 3;
+
+/// Whether a busy worker is starved of CPU: it is measured over windows of [`STARVE_WINDOW`]
+/// of uninterrupted work (a worker that finds no work starts over), and starved after
+/// [`STARVED_WINDOWS`] windows in a row in which it ran less than three quarters of the wall
+/// time. On an idle machine a worker at normal priority runs nearly all of it; beside other
+/// busy threads it gets its share, and a fixed pool falls behind `spawn_blocking`'s thread per
+/// call. Its own CPU clock, read at most once per window.
+#[derive(Default)]
+pub(super) struct Starve {
+    since: std::cell::Cell<Option<(Instant, u64)>>,
+    streak: std::cell::Cell<u32>,
+}
+
+impl Starve {
+    /// Forget the window: the worker is about to wait for work.
+    fn reset(&self) {
+        self.since.set(None);
+        self.streak.set(0);
+    }
+
+    /// Measures, at most once per window; whether the worker is starved now.
+    fn check(&self) -> bool {
+        let now = Instant::now();
+        match self.since.get() {
+            Some((t0, _)) if now.duration_since(t0) < STARVE_WINDOW => {}
+            Some((t0, cpu0)) => {
+                let Some(cpu) = spin::thread_cpu_ns() else {
+                    return false;
+                };
+                let wall = u64::try_from(now.duration_since(t0).as_nanos()).unwrap_or(u64::MAX);
+                let ran = cpu.saturating_sub(cpu0);
+                if ran.saturating_mul(4) < wall.saturating_mul(3) {
+                    self.streak.set(self.streak.get().saturating_add(1));
+                } else {
+                    self.streak.set(0);
+                }
+                self.since.set(Some((now, cpu)));
+            }
+            None => {
+                if let Some(cpu) = spin::thread_cpu_ns() {
+                    self.since.set(Some((now, cpu)));
+                }
+            }
+        }
+        self.streak.get() >= STARVED_WINDOWS
+    }
 }
 
 pub(super) struct Worker {
@@ -40,6 +101,10 @@ pub(super) struct Worker {
     pub(super) spin: Duration,
     pub(super) nice: i32,
     pub(super) init: Option<super::Initializer>,
+    /// The pool's thread-name prefix (surge workers are named from it).
+    pub(super) prefix: Arc<str>,
+    /// Whether this worker gets its core (normal and surge workers: see [`Starve`]).
+    pub(super) starve: Starve,
 }
 
 impl Worker {
@@ -55,7 +120,7 @@ impl Worker {
                 );
             }
         }
-        if self.role != Role::Normal {
+        if matches!(self.role, Role::Overflow | Role::Express) {
             priority::lower_this_thread(self.nice);
         }
         let ctx = WorkerCtx {
@@ -73,6 +138,7 @@ impl Worker {
                 Role::Normal => self.next_normal(&mut streak, &mut unpaid, &mut parks),
                 Role::Overflow => self.next_overflow(&mut streak),
                 Role::Express => self.next_express(&mut cooldown),
+                Role::Surge => self.next_surge(&mut streak),
             };
             let Some((job, class)) = next else { break };
             if self.role != Role::Express {
@@ -88,18 +154,89 @@ impl Worker {
                 cooldown = Some(Instant::now() + ran.saturating_mul(EXPRESS_COOLDOWN));
             }
         }
+        if self.role == Role::Surge {
+            sh.surge_live.fetch_sub(1, Ordering::SeqCst);
+        }
         tracing::trace!(worker = self.index, role = ?self.role, "thread worker exits");
+    }
+
+    /// Starts a surge worker in the slot [`Shared::claim_surge`] took (gives it back when the
+    /// pool has closed or the thread cannot start).
+    fn start_surge(&self) {
+        let sh = &self.shared;
+        let mut threads = sh.lock_threads();
+        if sh.is_closed() {
+            sh.surge_live.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let n = sh.surge_seq.fetch_add(1, Ordering::Relaxed);
+        let w = Worker {
+            index: sh.running.len() + 1 + n,
+            role: Role::Surge,
+            shared: sh.clone(),
+            spin: self.spin,
+            nice: self.nice,
+            init: self.init.clone(),
+            prefix: self.prefix.clone(),
+            starve: Starve::default(),
+        };
+        let started = std::thread::Builder::new()
+            .name(format!("{}-s{n}", self.prefix))
+            .spawn(move || w.run());
+        match started {
+            Ok(h) => {
+                threads.push(h);
+                tracing::debug!(
+                    surge = sh.surge_live.load(Ordering::Relaxed),
+                    "the machine is busy: a surge worker started"
+                );
+            }
+            Err(e) => {
+                sh.surge_live.fetch_sub(1, Ordering::SeqCst);
+                tracing::debug!(error = %e, "could not start a surge worker");
+            }
+        }
+    }
+
+    /// A surge worker's next job: any queued work; `None` after [`SURGE_KEEP_ALIVE`] without
+    /// any (it exits), or when the pool closed.
+    fn next_surge(&self, streak: &mut u32) -> Option<(Job, Class)> {
+        let sh = &*self.shared;
+        let since = Instant::now();
+        loop {
+            match sh.take(streak) {
+                Take::Job(job, class) => return Some((job, class)),
+                Take::Closed => return None,
+                Take::Empty => self.starve.reset(),
+            }
+            let left = SURGE_KEEP_ALIVE.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                return None;
+            }
+            // Parked beside the normal workers: a push wakes one of them or this one.
+            sh.normal_park
+                .park(Some(left), || sh.has_work() || sh.is_closed());
+        }
     }
 
     /// Runs `job`; returns its run time (zero when it had been cancelled).
     fn run_one(&self, job: Job, class: Class, ctx: WorkerCtx) -> Duration {
         let sh = &*self.shared;
-        let general = self.role != Role::Express;
+        let general = matches!(self.role, Role::Normal | Role::Overflow);
         if self.role == Role::Normal {
             sh.normal_busy.fetch_add(1, Ordering::SeqCst);
         }
         if general {
             sh.started(self.index, class == Class::Long);
+        }
+        // With this job counted: more queued behind it on a busy machine starts a surge
+        // worker. Only threads at normal priority start them: a thread inherits the nice value
+        // of the thread that starts it, and cannot raise it again unprivileged.
+        if matches!(self.role, Role::Normal | Role::Surge)
+            && sh.has_work()
+            && sh.claim_surge(self.starve.check())
+        {
+            self.start_surge();
         }
         sh.counters.busy.fetch_add(1, Ordering::Relaxed);
         let mut run_time = Duration::ZERO;
@@ -132,7 +269,7 @@ impl Worker {
             match sh.take(streak) {
                 Take::Job(job, class) => return Some((job, class)),
                 Take::Closed => return None,
-                Take::Empty => {}
+                Take::Empty => self.starve.reset(),
             }
             *parks = parks.wrapping_add(1);
             let worth = *unpaid < UNPAID_SPINS || *parks % PROBE_EVERY == 0;
