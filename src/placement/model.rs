@@ -274,6 +274,9 @@ const STREAK_MASK: u64 = (1 << 32) - 1;
 /// "never" too.
 const QUIET_MAX: u64 = (1 << 25) - 1;
 
+/// The most strikes a first verified spike of a bucket adds (see [`Gate::step`]).
+const FIRST_VERIFIED_STRIKES: u32 = 2;
+
 /// How many octaves a spike of `ns` went past the leave threshold, rounded up: after a surprise
 /// (a repeated spike) a bucket needs at least `clean_streak × ns / leave` clean samples, so that
 /// a key let back inline risks, per call, about a quarter of the leave threshold of I/O-thread
@@ -382,10 +385,13 @@ impl Gate {
                 g.quiet = 0;
                 g.inline = false;
                 if lone && verified {
-                    // The call itself ran that long (no preemption inside this OS): one strike,
-                    // not the octaves it went past: a VM's host can still have stolen the time
-                    // unseen, and a cheap key must not pay hundreds of calls off-core for that.
-                    g.strikes = (g.strikes + 1).min(p.max_strikes);
+                    // The call itself ran that long (no preemption inside this OS): a strike
+                    // per octave it went past, but at most two (16 clean samples), not all of
+                    // them: a VM's host can still have stolen the time unseen, and a cheap key
+                    // must not pay hundreds of calls off-core for that.
+                    g.strikes = (g.strikes + 1)
+                        .max(overrun_octaves(ns, p).min(FIRST_VERIFIED_STRIKES))
+                        .min(p.max_strikes);
                     return (g, Transition::Surprise);
                 }
                 if lone {
@@ -896,7 +902,7 @@ mod tests {
             verified: true,
         };
         let (g, t) = b.observe_judged(verified, true, KeyPrior::default(), &p);
-        assert_eq!((t, g.inline, g.strikes), (Transition::Surprise, false, 1));
+        assert_eq!((t, g.inline, g.strikes), (Transition::Surprise, false, 2));
         // One clean sample does not bring it back, as it would after a lone unverified spike.
         assert!(!b.observe(1_000, false, 0, &p).0.inline);
         // A second one soon after strikes as many octaves as it went past (5 ms / 100 µs: 6).
