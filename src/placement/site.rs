@@ -544,7 +544,8 @@ impl CallSite {
         let (gate, t) = b.observe_judged(sample, ran_inline, prior, &sh.params);
         if matches!(t, Transition::Spike | Transition::Surprise) {
             c.quiet.store(0, Relaxed);
-        } else {
+        } else if !prior.trusted {
+            // Counted only up to trust: a trusted key's timed calls pay no shared write.
             c.quiet.fetch_add(1, Relaxed);
         }
         if t != Transition::Stay {

@@ -50,14 +50,7 @@ impl Usage {
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
     pub(crate) fn now() -> Option<Usage> {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one `timespec` through a valid, writable pointer.
-        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-            return None;
-        }
+        let cpu_ns = crate::tier::threads::spin::thread_cpu_ns()?;
         let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
         // SAFETY: getrusage writes one `rusage` through the pointer, which points to a
         // properly sized and aligned, writable value; RUSAGE_THREAD names the calling thread.
@@ -68,10 +61,7 @@ impl Usage {
         // every field of `rusage` is an integer, for which zero is valid).
         let ru = unsafe { ru.assume_init() };
         Some(Usage {
-            cpu_ns: u64::try_from(ts.tv_sec)
-                .unwrap_or(0)
-                .saturating_mul(1_000_000_000)
-                .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0)),
+            cpu_ns,
             blocked: u64::try_from(ru.ru_nvcsw).unwrap_or(0),
         })
     }

@@ -254,13 +254,12 @@ impl Shared {
 
     /// Whether a surge worker may start now: work is queued, every normal worker is busy,
     /// there is room under the cap, the last one started at least [`OVERFLOW_PATIENCE`] ago,
-    /// and the calling worker is `starved` (see `Starve` in worker.rs). On success the slot is taken (count
+    /// and the calling worker is `starved` (asked last, see `Starve` in worker.rs). On success the slot is taken (count
     /// and time); the caller starts the thread or gives the slot back.
     ///
     /// [`OVERFLOW_PATIENCE`]: super::OVERFLOW_PATIENCE
-    pub(super) fn claim_surge(&self, starved: bool) -> bool {
-        if !starved
-            || self.surge_max == 0
+    pub(super) fn claim_surge(&self, starved: impl FnOnce() -> bool) -> bool {
+        if self.surge_max == 0
             || !self.has_work()
             || self.normal_busy.load(Ordering::SeqCst) < self.normal
             || self.surge_live.load(Ordering::SeqCst) >= self.surge_max
@@ -271,6 +270,9 @@ impl Shared {
         let at = self.surge_at.load(Ordering::Relaxed);
         let patience = u64::try_from(super::OVERFLOW_PATIENCE.as_nanos()).unwrap_or(u64::MAX);
         if at != 0 && now.saturating_sub(at - 1) < patience {
+            return false;
+        }
+        if !starved() {
             return false;
         }
         if self

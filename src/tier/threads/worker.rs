@@ -232,9 +232,7 @@ impl Worker {
         // With this job counted: more queued behind it on a busy machine starts a surge
         // worker. Only threads at normal priority start them: a thread inherits the nice value
         // of the thread that starts it, and cannot raise it again unprivileged.
-        if matches!(self.role, Role::Normal | Role::Surge)
-            && sh.has_work()
-            && sh.claim_surge(self.starve.check())
+        if matches!(self.role, Role::Normal | Role::Surge) && sh.claim_surge(|| self.starve.check())
         {
             self.start_surge();
         }
